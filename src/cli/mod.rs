@@ -1,0 +1,148 @@
+//! The command line (DESIGN §8). Each subcommand lives in its own small
+//! file that turns parsed arguments into a library call and prints.
+
+mod progress;
+mod pull;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use hoist::exit::ExitStatus;
+use hoist::registry::config::{parse_mirror, RegistriesConf};
+use hoist::registry::RegistryOptions;
+use hoist::store::Store;
+
+#[derive(Parser)]
+#[command(
+    name = "hoist",
+    version,
+    about = "Run agent evaluations from OCI images with no container daemon"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// The content-addressed store (an OCI image layout).
+    #[arg(long, global = true, env = "HOIST_STORE")]
+    pub store: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print nothing but errors.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// Allow plain HTTP and unverified TLS for this registry host.
+    #[arg(long = "insecure-registry", value_name = "HOST", global = true)]
+    pub insecure: Vec<String>,
+    /// Fetch HOST's images from a mirror first: HOST=URL.
+    #[arg(long = "mirror", value_name = "HOST=URL", global = true)]
+    pub mirrors: Vec<String>,
+    /// Trust this PEM CA bundle for registry TLS, besides the system roots.
+    #[arg(long = "ca-file", value_name = "PEM", global = true)]
+    pub ca_files: Vec<PathBuf>,
+}
+
+impl Global {
+    pub fn store(&self) -> anyhow::Result<Store> {
+        let root = self.store.clone().unwrap_or_else(Store::default_root);
+        Ok(Store::open(&root)?)
+    }
+
+    pub fn registry_options(&self) -> anyhow::Result<RegistryOptions> {
+        let mut o = RegistryOptions {
+            insecure: self.insecure.clone(),
+            ca_files: self.ca_files.clone(),
+            conf: RegistriesConf::load_default()?,
+            ..Default::default()
+        };
+        for m in &self.mirrors {
+            o.mirrors.push(parse_mirror(m)?);
+        }
+        if let Some(ms) = env_u64("HOIST_STALL_TIMEOUT_MS") {
+            o.stall_timeout = std::time::Duration::from_millis(ms);
+        }
+        if let Some(n) = env_u64("HOIST_RETRY_ATTEMPTS") {
+            o.retry.attempts = n.max(1) as u32;
+        }
+        if let Some(ms) = env_u64("HOIST_RETRY_BASE_MS") {
+            o.retry.base_delay = std::time::Duration::from_millis(ms);
+        }
+        Ok(o)
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok()?.parse().ok()
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pull images into the store, verified, and print their digests.
+    Pull(pull::PullArgs),
+}
+
+pub fn main() -> ExitStatus {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // clap prints help and version to stdout with exit 0.
+            let code = if e.use_stderr() {
+                ExitStatus::Usage
+            } else {
+                ExitStatus::Success
+            };
+            let _ = e.print(); // nothing useful to do if stderr is gone
+            return code;
+        }
+    };
+    init_logging(cli.global.quiet);
+    let result = match &cli.command {
+        Command::Pull(a) => pull::run(&cli.global, a),
+    };
+    match result {
+        Ok(status) => status,
+        Err(e) => report(&e),
+    }
+}
+
+fn init_logging(quiet: bool) {
+    let default = if quiet { "error" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Print `error: …` and one `caused by: …` per cause; pick the exit code.
+fn report(e: &anyhow::Error) -> ExitStatus {
+    eprintln!("error: {e}");
+    for cause in e.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    exit_status_for(e)
+}
+
+fn exit_status_for(e: &anyhow::Error) -> ExitStatus {
+    for cause in e.chain() {
+        if let Some(p) = cause.downcast_ref::<hoist::pull::PullError>() {
+            if p.is_pin_mismatch() {
+                return ExitStatus::DigestMismatch;
+            }
+        }
+        if cause.is::<hoist::reference::ReferenceError>()
+            || cause.is::<hoist::platform::PlatformError>()
+            || cause.is::<hoist::registry::config::ConfigError>()
+        {
+            return ExitStatus::Usage;
+        }
+    }
+    ExitStatus::Failure
+}

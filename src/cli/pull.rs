@@ -1,0 +1,64 @@
+//! `hoist pull REF...`
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use hoist::exit::ExitStatus;
+use hoist::platform::Platform;
+use hoist::pull::{pull, Progress, PullOptions, Pulled};
+use hoist::reference::Reference;
+use hoist::registry::Client;
+
+use super::progress::Bars;
+use super::Global;
+
+#[derive(Args)]
+pub struct PullArgs {
+    /// Image references: HOST/REPO[:TAG][@DIGEST] or oci:PATH[:TAG|@DIGEST].
+    #[arg(required = true, value_name = "REF")]
+    refs: Vec<String>,
+    /// Select this platform from a multi-platform index (os/arch[/variant]).
+    #[arg(long)]
+    platform: Option<Platform>,
+    /// Blobs to download at once.
+    #[arg(long, default_value_t = 4)]
+    jobs: usize,
+}
+
+pub fn run(global: &Global, args: &PullArgs) -> anyhow::Result<ExitStatus> {
+    let refs = args
+        .refs
+        .iter()
+        .map(|r| r.parse::<Reference>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let store = global.store()?;
+    let client = Client::new(global.registry_options()?)?;
+    let opts = PullOptions {
+        platform: args.platform.clone(),
+        jobs: args.jobs,
+    };
+    let progress: Arc<dyn Progress> = Bars::for_terminal(global.quiet || global.json);
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let mut pulled = Vec::new();
+    for r in &refs {
+        let p = rt
+            .block_on(pull(&store, &client, r, &opts, progress.clone()))
+            .with_context(|| format!("pulling {r}"))?;
+        if !global.json && !global.quiet {
+            print_human(&p);
+        }
+        pulled.push(p);
+    }
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&pulled)?);
+    }
+    Ok(ExitStatus::Success)
+}
+
+fn print_human(p: &Pulled) {
+    println!("{} {} {}", p.reference, p.manifest_digest, p.platform);
+    if p.digest != p.manifest_digest {
+        println!("  index {}", p.digest);
+    }
+}

@@ -1,0 +1,26 @@
+//! Process exit codes (DESIGN §8), one place so the CLI and the docs agree.
+
+use std::process::ExitCode;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// The command completed (a run completed, whatever its verdict).
+    Success,
+    /// An infrastructure error: pull, unpack, sandbox, gateway or grade.
+    Failure,
+    /// Bad usage: a malformed flag or reference.
+    Usage,
+    /// A pinned digest did not match what was found (`--locked`, `@digest`).
+    DigestMismatch,
+}
+
+impl From<ExitStatus> for ExitCode {
+    fn from(s: ExitStatus) -> ExitCode {
+        ExitCode::from(match s {
+            ExitStatus::Success => 0,
+            ExitStatus::Failure => 1,
+            ExitStatus::Usage => 2,
+            ExitStatus::DigestMismatch => 3,
+        })
+    }
+}

@@ -1,0 +1,16 @@
+//! hoist: run agent evaluations from OCI images without a container daemon.
+//!
+//! The modules follow the data's journey (DESIGN §9): a [`reference`] is
+//! resolved by the [`registry`] client (or read from an OCI layout), its
+//! blobs land in the content-addressed [`store`], layers are applied by
+//! [`unpack`] into the layer cache, fused into a root filesystem, and run in
+//! a sandbox by the task pipeline. The `cli` module in the binary is thin.
+
+pub mod digest;
+pub mod exit;
+pub mod manifest;
+pub mod platform;
+pub mod pull;
+pub mod reference;
+pub mod registry;
+pub mod store;

@@ -1,0 +1,273 @@
+//! The content-addressed store (DESIGN §5): a valid OCI image layout
+//! (`oci-layout`, `index.json`, `blobs/ALG/HEX`) so skopeo and umoci read
+//! it, plus hoist's own working directories beside it:
+//!
+//! - `ingest/`: partial downloads and their locks. A blob becomes visible
+//!   under `blobs/` only by a rename after its size and digest matched, so a
+//!   corrupt or partial blob is never seen as complete;
+//! - `index.json` is rewritten under a lock by temp-file-then-rename.
+//!
+//! Several processes may share a store: one lock per blob means a blob is
+//! downloaded once and the others wait, then find it present.
+
+mod ingest;
+mod layout;
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+pub use ingest::Ingest;
+pub use layout::{read_layout_index, resolve_in_index};
+
+use crate::digest::Digest;
+use crate::manifest::{Descriptor, Index, ANNOTATION_REF_NAME, OCI_INDEX};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("blob {digest}: expected {expected} bytes, got {found}")]
+    SizeMismatch {
+        digest: Digest,
+        expected: u64,
+        found: u64,
+    },
+    #[error("blob digest mismatch: expected {expected}, the bytes hash to {found}")]
+    DigestMismatch { expected: Digest, found: Digest },
+    #[error("blob {digest} is not in the store {store}")]
+    Missing { digest: Digest, store: PathBuf },
+    #[error("{path} is not a valid OCI image index: {source}")]
+    BadIndex {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error(
+        "{path} is not an OCI image layout (no oci-layout file with imageLayoutVersion 1.0.0)"
+    )]
+    NotALayout { path: PathBuf },
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Whether a blob download can begin, or another process already finished it.
+pub enum Begin {
+    Present,
+    Ingest(Ingest),
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+const OCI_LAYOUT: &str = "{\"imageLayoutVersion\":\"1.0.0\"}";
+
+impl Store {
+    /// `--store`, else `HOIST_STORE`, else `$XDG_CACHE_HOME/hoist`, else
+    /// `~/.cache/hoist`.
+    pub fn default_root() -> PathBuf {
+        if let Some(p) = std::env::var_os("HOIST_STORE") {
+            return PathBuf::from(p);
+        }
+        if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
+            return PathBuf::from(p).join("hoist");
+        }
+        let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+        PathBuf::from(home).join(".cache/hoist")
+    }
+
+    /// Open a store, creating the layout if the directory is new.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        let root = root.into();
+        for dir in ["blobs/sha256", "blobs/sha512", "ingest"] {
+            let p = root.join(dir);
+            fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        let store = Store { root };
+        let layout = store.root.join("oci-layout");
+        if !layout.exists() {
+            store.write_atomic(&layout, OCI_LAYOUT.as_bytes())?;
+        }
+        let index = store.root.join("index.json");
+        if !index.exists() {
+            let empty = Index {
+                schema_version: 2,
+                media_type: Some(OCI_INDEX.to_string()),
+                manifests: vec![],
+                annotations: None,
+            };
+            store.write_atomic(&index, &to_json(&empty))?;
+        }
+        Ok(store)
+    }
+
+    /// A read-only view of an existing layout (an `oci:` source): no
+    /// directories are created, and reads are verified as for the store.
+    pub fn view(root: &Path) -> Store {
+        Store {
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join("blobs")
+            .join(digest.algorithm().as_str())
+            .join(digest.hex())
+    }
+
+    /// A blob is present when its file exists with the expected size. Its
+    /// digest was checked before the rename that made it visible.
+    pub fn has_blob(&self, digest: &Digest, size: u64) -> bool {
+        fs::metadata(self.blob_path(digest)).is_ok_and(|m| m.is_file() && m.len() == size)
+    }
+
+    /// Read a small blob (a manifest or config) whole, verifying its digest
+    /// again: the store is on a disk that others can write.
+    pub fn read_blob(&self, digest: &Digest, max: u64) -> Result<Vec<u8>, StoreError> {
+        let path = self.blob_path(digest);
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StoreError::Missing {
+                digest: digest.clone(),
+                store: self.root.clone(),
+            },
+            _ => StoreError::Io {
+                path: path.clone(),
+                source: e,
+            },
+        })?;
+        let mut bytes = Vec::new();
+        file.take(max + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err(&path))?;
+        if bytes.len() as u64 > max {
+            return Err(StoreError::SizeMismatch {
+                digest: digest.clone(),
+                expected: max,
+                found: bytes.len() as u64,
+            });
+        }
+        verify_bytes(digest, &bytes)?;
+        Ok(bytes)
+    }
+
+    /// Store a small blob already in memory, verified against `expected`.
+    pub fn put_blob(&self, expected: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
+        verify_bytes(expected, bytes)?;
+        let path = self.blob_path(expected);
+        if self.has_blob(expected, bytes.len() as u64) {
+            return Ok(());
+        }
+        self.write_atomic(&path, bytes)
+    }
+
+    /// Take the per-blob lock (waiting for another process holding it) and
+    /// return an ingest positioned after any partial download, or `Present`
+    /// when the blob is already complete.
+    pub fn begin(&self, desc: &Descriptor) -> Result<Begin, StoreError> {
+        if self.has_blob(&desc.digest, desc.size) {
+            return Ok(Begin::Present);
+        }
+        let ingest = Ingest::open(self, desc)?;
+        if self.has_blob(&desc.digest, desc.size) {
+            return Ok(Begin::Present);
+        }
+        Ok(Begin::Ingest(ingest))
+    }
+
+    pub(crate) fn ingest_dir(&self) -> PathBuf {
+        self.root.join("ingest")
+    }
+
+    /// The store's `index.json`.
+    pub fn index(&self) -> Result<Index, StoreError> {
+        read_layout_index(&self.root)
+    }
+
+    /// Record `desc` under `name` (`org.opencontainers.image.ref.name`) in
+    /// `index.json`, replacing an older entry of that name.
+    pub fn record(&self, name: &str, desc: &Descriptor) -> Result<(), StoreError> {
+        let lock_path = self.root.join("index.json.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io_err(&lock_path)(e.into()))?;
+        let mut index = self.index()?;
+        index.manifests.retain(|d| ref_name(d) != Some(name));
+        let mut entry = desc.clone();
+        entry
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(ANNOTATION_REF_NAME.to_string(), name.to_string());
+        index.manifests.push(entry);
+        index
+            .manifests
+            .sort_by(|a, b| ref_name(a).cmp(&ref_name(b)));
+        self.write_atomic(&self.root.join("index.json"), &to_json(&index))
+    }
+
+    /// The descriptor recorded under `name`, if any.
+    pub fn lookup(&self, name: &str) -> Result<Option<Descriptor>, StoreError> {
+        Ok(resolve_in_index(&self.index()?, name))
+    }
+
+    /// Write `bytes` to `path` by a temp file in the same directory, then
+    /// rename, so readers see the old or the new content, never a mix.
+    pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+        let dir = path.parent().unwrap_or(&self.root);
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".tmp-")
+            .tempfile_in(dir)
+            .map_err(io_err(dir))?;
+        tmp.write_all(bytes).map_err(io_err(tmp.path()))?;
+        tmp.as_file().sync_data().map_err(io_err(path))?;
+        tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
+        Ok(())
+    }
+}
+
+/// The `org.opencontainers.image.ref.name` of an index entry.
+pub fn ref_name_of(d: &Descriptor) -> Option<&str> {
+    ref_name(d)
+}
+
+pub(crate) fn ref_name(d: &Descriptor) -> Option<&str> {
+    d.annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_REF_NAME))
+        .map(String::as_str)
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    // Serialising plain structs of strings and numbers cannot fail.
+    serde_json::to_vec(v).expect("index serialises")
+}
+
+/// Check that `bytes` hash to `expected`.
+pub fn verify_bytes(expected: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut h = expected.hasher();
+    h.update(bytes);
+    let found = h.finish();
+    if &found == expected {
+        Ok(())
+    } else {
+        Err(StoreError::DigestMismatch {
+            expected: expected.clone(),
+            found,
+        })
+    }
+}
