@@ -14,3 +14,5 @@ pub mod pull;
 pub mod reference;
 pub mod registry;
 pub mod store;
+pub mod treedigest;
+pub mod unpack;

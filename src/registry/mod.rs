@@ -414,15 +414,17 @@ impl Client {
         let resp = self
             .get_following(ep, &base, url.clone(), &headers, cached.as_ref())
             .await?;
-        let resp = if resp.status() == StatusCode::UNAUTHORIZED {
+        let (resp, sent_auth) = if resp.status() == StatusCode::UNAUTHORIZED {
             let value = self.authenticate(r, ep, &resp).await?;
             lock(&self.auth).insert(auth_key, value.clone());
-            self.get_following(ep, &base, url, &headers, Some(&value))
-                .await?
+            let retried = self
+                .get_following(ep, &base, url, &headers, Some(&value))
+                .await?;
+            (retried, true)
         } else {
-            resp
+            (resp, cached.is_some())
         };
-        check_status(r, ep, resp, cached.is_some())
+        check_status(r, ep, resp, sent_auth)
     }
 
     async fn get_following(

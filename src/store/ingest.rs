@@ -22,7 +22,9 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub(super) fn open(store: &Store, desc: &Descriptor) -> Result<Ingest, StoreError> {
+    /// Take the blob's lock, waiting for another writer; `None` when the
+    /// blob is complete by then (another process finished it).
+    pub(super) fn open(store: &Store, desc: &Descriptor) -> Result<Option<Ingest>, StoreError> {
         let d = &desc.digest;
         let stem = format!("{}-{}", d.algorithm().as_str(), d.hex());
         let dir = store.ingest_dir();
@@ -35,6 +37,9 @@ impl Ingest {
             .map_err(io_err(&lock_path))?;
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| io_err(&lock_path)(e.into()))?;
+        if store.has_blob(d, desc.size) {
+            return Ok(None);
+        }
         let partial = dir.join(format!("{stem}.partial"));
         let file = File::options()
             .create(true)
@@ -54,7 +59,7 @@ impl Ingest {
             hasher: d.hasher(),
         };
         ingest.rehash_partial()?;
-        Ok(ingest)
+        Ok(Some(ingest))
     }
 
     /// Re-read what an earlier, interrupted attempt left, so the digest

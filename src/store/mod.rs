@@ -178,11 +178,10 @@ impl Store {
         if self.has_blob(&desc.digest, desc.size) {
             return Ok(Begin::Present);
         }
-        let ingest = Ingest::open(self, desc)?;
-        if self.has_blob(&desc.digest, desc.size) {
-            return Ok(Begin::Present);
-        }
-        Ok(Begin::Ingest(ingest))
+        Ok(match Ingest::open(self, desc)? {
+            Some(ingest) => Begin::Ingest(ingest),
+            None => Begin::Present,
+        })
     }
 
     pub(crate) fn ingest_dir(&self) -> PathBuf {

@@ -1,0 +1,355 @@
+//! `hoist tree-digest`: a canonical listing of a file tree and its digest,
+//! so two trees (hoist's rootfs, `docker export`, `umoci unpack`) can be
+//! compared exactly. Each entry records path, type, mode (with setuid,
+//! setgid and sticky), uid, gid, size, content hash, link target, device
+//! numbers, hardlink group and xattrs. Modification times are not part of
+//! the contract (DESIGN §2) and are left out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::Digest;
+
+/// One entry of a tree, as it is compared.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: Kind,
+    /// Permission bits including setuid (0o4000), setgid and sticky.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// For files: size and the sha256 hex of their content.
+    pub size: u64,
+    pub content: Option<String>,
+    /// For symlinks: the target, verbatim.
+    pub link: Option<Vec<u8>>,
+    /// For devices: (major, minor).
+    pub rdev: Option<(u32, u32)>,
+    /// Sorted xattr names and values (overlay's own xattrs excluded).
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Char,
+    Block,
+    Fifo,
+    Socket,
+}
+
+impl Kind {
+    fn letter(self) -> char {
+        match self {
+            Kind::File => 'f',
+            Kind::Dir => 'd',
+            Kind::Symlink => 'l',
+            Kind::Char => 'c',
+            Kind::Block => 'b',
+            Kind::Fifo => 'p',
+            Kind::Socket => 's',
+        }
+    }
+}
+
+/// A whole tree: paths (relative, '/'-separated, no leading '/') to
+/// entries, and hardlink groups (each path to the first path of its group).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tree {
+    pub entries: BTreeMap<Vec<u8>, Entry>,
+    pub links: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// xattrs that describe a storage backend, not the image: overlayfs's own
+/// markers, and SELinux labels the host's policy stamps on every file.
+pub fn is_ignored_xattr(name: &str) -> bool {
+    name.starts_with("trusted.overlay.")
+        || name.starts_with("user.overlay.")
+        || name == "security.selinux"
+}
+
+impl Tree {
+    /// The canonical listing: one line per entry, sorted by path bytes.
+    pub fn listing(&self) -> String {
+        let mut out = String::new();
+        for (path, e) in &self.entries {
+            let _ = write!(
+                out,
+                "{} {} {:04o} {} {}",
+                escape(path),
+                e.kind.letter(),
+                e.mode & 0o7777,
+                e.uid,
+                e.gid
+            );
+            match e.kind {
+                Kind::File => {
+                    let _ = write!(
+                        out,
+                        " size={} sha256={}",
+                        e.size,
+                        e.content.as_deref().unwrap_or("-")
+                    );
+                }
+                Kind::Symlink => {
+                    let _ = write!(out, " -> {}", escape(e.link.as_deref().unwrap_or_default()));
+                }
+                Kind::Char | Kind::Block => {
+                    let (ma, mi) = e.rdev.unwrap_or_default();
+                    let _ = write!(out, " dev={ma}:{mi}");
+                }
+                _ => {}
+            }
+            if let Some(first) = self.links.get(path) {
+                let _ = write!(out, " hardlink={}", escape(first));
+            }
+            for (k, v) in &e.xattrs {
+                let _ = write!(out, " xattr.{k}={}", hex::encode(v));
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    pub fn digest(&self) -> Digest {
+        Digest::sha256_of(self.listing().as_bytes())
+    }
+
+    /// Remove `prefix` and everything under it (for paths a runtime adds).
+    pub fn exclude(&mut self, prefix: &str) {
+        let p = prefix.trim_matches('/').as_bytes().to_vec();
+        let under = |k: &Vec<u8>| k == &p || (k.starts_with(&p) && k.get(p.len()) == Some(&b'/'));
+        self.entries.retain(|k, _| !under(k));
+        self.links.retain(|k, v| !under(k) && !under(v));
+    }
+}
+
+/// Paths with spaces, newlines or non-UTF-8 bytes stay unambiguous.
+fn escape(b: &[u8]) -> String {
+    let mut s = String::new();
+    for &c in b {
+        if c.is_ascii_graphic() && c != b'\\' {
+            s.push(c as char);
+        } else {
+            let _ = write!(s, "\\x{c:02x}");
+        }
+    }
+    s
+}
+
+/// Read a tree from disk without following any symlink.
+pub fn read_dir_tree(root: &Path) -> Result<Tree, TreeError> {
+    let mut tree = Tree::default();
+    let mut inodes: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    let mut stack = vec![(root.to_path_buf(), Vec::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TreeError::Io { path, source }
+        };
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .map_err(io_err(&dir))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()
+            .map_err(io_err(&dir))?;
+        names.sort();
+        for name in names {
+            let path = dir.join(&name);
+            let mut key = rel.clone();
+            if !key.is_empty() {
+                key.push(b'/');
+            }
+            key.extend_from_slice(name.as_bytes());
+            let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
+            let entry = read_entry(&path, &meta).map_err(io_err(&path))?;
+            if entry.kind != Kind::Dir && meta.nlink() > 1 {
+                let first = inodes
+                    .entry((meta.dev(), meta.ino()))
+                    .or_insert_with(|| key.clone());
+                if *first != key {
+                    tree.links.insert(key.clone(), first.clone());
+                }
+            }
+            if entry.kind == Kind::Dir {
+                stack.push((path, key.clone()));
+            }
+            tree.entries.insert(key, entry);
+        }
+    }
+    // A hardlink group is named by its smallest path, whatever order the
+    // walk met them in.
+    normalise_links(&mut tree);
+    Ok(tree)
+}
+
+/// Rename every hardlink group after its lexicographically first member,
+/// and record every member but that one.
+pub fn normalise_links(tree: &mut Tree) {
+    let mut groups: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
+    for (member, first) in &tree.links {
+        groups
+            .entry(first.clone())
+            .or_default()
+            .push(member.clone());
+    }
+    let mut links = BTreeMap::new();
+    for (first, mut members) in groups {
+        members.push(first);
+        members.sort();
+        let head = members[0].clone();
+        for m in members.into_iter().skip(1) {
+            links.insert(m, head.clone());
+        }
+    }
+    tree.links = links;
+}
+
+fn read_entry(path: &Path, meta: &fs::Metadata) -> io::Result<Entry> {
+    let ft = meta.file_type();
+    let kind = if ft.is_file() {
+        Kind::File
+    } else if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_symlink() {
+        Kind::Symlink
+    } else if ft.is_char_device() {
+        Kind::Char
+    } else if ft.is_block_device() {
+        Kind::Block
+    } else if ft.is_fifo() {
+        Kind::Fifo
+    } else {
+        Kind::Socket
+    };
+    let mut e = Entry {
+        kind,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        size: 0,
+        content: None,
+        link: None,
+        rdev: None,
+        xattrs: read_xattrs(path)?,
+    };
+    match kind {
+        Kind::File => {
+            e.size = meta.len();
+            e.content = Some(hash_file(path)?);
+        }
+        Kind::Symlink => e.link = Some(fs::read_link(path)?.as_os_str().as_bytes().to_vec()),
+        Kind::Char | Kind::Block => {
+            let dev = meta.rdev();
+            e.rdev = Some((rustix::fs::major(dev), rustix::fs::minor(dev)));
+        }
+        _ => {}
+    }
+    Ok(e)
+}
+
+fn hash_file(path: &Path) -> io::Result<String> {
+    let mut f = fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn read_xattrs(path: &Path) -> io::Result<BTreeMap<String, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    let mut names = vec![0u8; 4096];
+    let n = match rustix::fs::llistxattr(path, &mut names) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::NOTSUP) => return Ok(out),
+        Err(rustix::io::Errno::RANGE) => {
+            names = vec![0u8; 65536];
+            rustix::fs::llistxattr(path, &mut names)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for raw in names[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
+        let name = String::from_utf8_lossy(raw).into_owned();
+        if is_ignored_xattr(&name) {
+            continue;
+        }
+        let mut value = vec![0u8; 65536];
+        let len = rustix::fs::lgetxattr(path, raw, &mut value)?;
+        value.truncate(len);
+        out.insert(name, value);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    #[test]
+    fn listing_covers_types_modes_links_and_hardlinks() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        fs::create_dir(r.join("d")).unwrap();
+        fs::write(r.join("d/b"), b"hello").unwrap();
+        fs::hard_link(r.join("d/b"), r.join("a")).unwrap();
+        symlink("../x y", r.join("d/l")).unwrap();
+        fs::set_permissions(r.join("d"), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::set_permissions(r.join("a"), fs::Permissions::from_mode(0o4755)).unwrap();
+        let tree = read_dir_tree(r).unwrap();
+        let l = tree.listing();
+        let lines: Vec<&str> = l.lines().collect();
+        assert_eq!(lines.len(), 4, "{l}");
+        assert!(lines[0].starts_with("a f 4755 "), "{l}");
+        assert!(lines[1].starts_with("d d 0700 "), "{l}");
+        assert!(lines[2].contains("hardlink=a"), "{l}");
+        assert!(lines[3].ends_with("-> ../x\\x20y"), "{l}");
+        assert_eq!(tree.digest(), read_dir_tree(r).unwrap().digest());
+    }
+
+    #[test]
+    fn any_change_changes_the_digest() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("f"), b"1").unwrap();
+        let before = read_dir_tree(t.path()).unwrap().digest();
+        fs::set_permissions(t.path().join("f"), fs::Permissions::from_mode(0o600)).unwrap();
+        let after = read_dir_tree(t.path()).unwrap().digest();
+        assert_ne!(before, after);
+    }
+
+    #[test]
+    fn exclude_removes_subtrees_only() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir(t.path().join("proc")).unwrap();
+        fs::write(t.path().join("proc/x"), b"").unwrap();
+        fs::write(t.path().join("process"), b"").unwrap();
+        let mut tree = read_dir_tree(t.path()).unwrap();
+        tree.exclude("/proc");
+        let keys: Vec<_> = tree
+            .entries
+            .keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
+        assert_eq!(keys, vec!["process"]);
+    }
+}
