@@ -185,6 +185,12 @@ pub async fn pull(
     opts: &PullOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<Pulled, PullError> {
+    let _gc_guard = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.gc_lock_shared())
+            .await
+            .map_err(|e| PullError::Join(e.to_string()))??
+    };
     let wanted = opts.platform.clone().unwrap_or_else(Platform::host);
     let (source, top_ref, name, pinned) = match reference {
         Reference::Registry(r) => (

@@ -343,3 +343,39 @@ fn four_concurrent_pulls_share_one_store() {
     assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
     let _ = Path::new("");
 }
+
+#[test]
+fn pulls_docker_schema2_manifests_and_manifest_lists() {
+    let Some(e) = env() else { return };
+    if !have_tool("skopeo") {
+        return;
+    }
+    // skopeo converts the OCI fixtures to Docker's schema2 on the way in.
+    for (tag, all) in [("small", false), ("multi", true)] {
+        let mut c = Command::new("skopeo");
+        c.args(["copy", "-q", "--format", "v2s2", "--dest-tls-verify=false"]);
+        if all {
+            c.arg("--all");
+        }
+        c.arg(format!("oci:{}:{tag}", e.oci));
+        c.arg(format!("docker://{}/schema2-{tag}:latest", e.plain));
+        ok(&mut c);
+    }
+    let store = tempfile::tempdir().unwrap();
+    let o = ok(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{}/schema2-small", e.plain),
+    ]));
+    let raw: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    let v = pull_json(hoist(store.path()).args(["pull", &format!("{}/schema2-small", e.plain)]));
+    assert_eq!(v["layers"], 3);
+    let v = pull_json(hoist(store.path()).args(["pull", &format!("{}/schema2-multi", e.plain)]));
+    assert_eq!(v["platform"]["architecture"], "amd64");
+    assert_store_clean(store.path());
+}

@@ -1,8 +1,11 @@
 //! The command line (DESIGN §8). Each subcommand lives in its own small
 //! file that turns parsed arguments into a library call and prints.
 
+mod gc;
+mod materialize;
 mod progress;
 mod pull;
+mod tree_digest;
 
 use std::path::PathBuf;
 
@@ -84,6 +87,12 @@ fn env_u64(name: &str) -> Option<u64> {
 enum Command {
     /// Pull images into the store, verified, and print their digests.
     Pull(pull::PullArgs),
+    /// Build the fused root filesystem of benchmark + agent + gateway.
+    Materialize(materialize::MaterializeArgs),
+    /// Print the canonical digest (or listing) of a file tree.
+    TreeDigest(tree_digest::TreeDigestArgs),
+    /// Remove runs, layers and blobs no image or live run references.
+    Gc(gc::GcArgs),
 }
 
 pub fn main() -> ExitStatus {
@@ -103,6 +112,9 @@ pub fn main() -> ExitStatus {
     init_logging(cli.global.quiet);
     let result = match &cli.command {
         Command::Pull(a) => pull::run(&cli.global, a),
+        Command::Materialize(a) => materialize::run(&cli.global, a),
+        Command::TreeDigest(a) => tree_digest::run(&cli.global, a),
+        Command::Gc(a) => gc::run(&cli.global, a),
     };
     match result {
         Ok(status) => status,

@@ -145,7 +145,7 @@ fn from_env() -> Option<Credentials> {
 fn from_config(
     cfg: &DockerConfig,
     host: &str,
-    path: &PathBuf,
+    path: &std::path::Path,
 ) -> Result<Option<Credentials>, AuthError> {
     let helper = cfg
         .cred_helpers
@@ -176,7 +176,7 @@ fn from_config(
         return Ok(None);
     };
     let bad = |message: &str| AuthError::Config {
-        path: path.clone(),
+        path: path.to_path_buf(),
         message: format!("auths[{host:?}].auth: {message}"),
     };
     let decoded = base64::engine::general_purpose::STANDARD

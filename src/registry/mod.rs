@@ -54,10 +54,16 @@ pub enum RegistryError {
         status: StatusCode,
         hint: &'static str,
     },
-    #[error("{url}: the body stalled: no bytes for {secs} s")]
-    Stalled { url: Url, secs: u64 },
+    #[error("{url}: the body stalled: no bytes for {after:?}")]
+    Stalled { url: Url, after: Duration },
     #[error("{url}: the body ended after {got} of {expected} bytes")]
     Truncated { url: Url, got: u64, expected: u64 },
+    #[error("{url}: asked to resume at byte {asked}, the registry sent Content-Range {got:?}; starting over")]
+    UnexpectedRange {
+        url: Url,
+        asked: u64,
+        got: Option<String>,
+    },
     #[error("{url}: too many redirects")]
     Redirects { url: Url },
     #[error("{url}: {message}")]
@@ -86,8 +92,8 @@ pub enum RegistryError {
 
 impl RegistryError {
     /// Whether a later attempt may succeed: connection trouble, a stalled
-    /// or short body, 408, 429 and 5xx. 401/403/404 and digest or size
-    /// mismatches are final.
+    /// or short body, a resume answered from the wrong offset, 408, 429
+    /// and 5xx. 401/403/404 and digest or size mismatches are final.
     pub fn is_transient(&self) -> bool {
         match self {
             RegistryError::Http { source, .. } => {
@@ -102,7 +108,9 @@ impl RegistryError {
                     || *status == StatusCode::TOO_MANY_REQUESTS
                     || status.is_server_error()
             }
-            RegistryError::Stalled { .. } | RegistryError::Truncated { .. } => true,
+            RegistryError::Stalled { .. }
+            | RegistryError::Truncated { .. }
+            | RegistryError::UnexpectedRange { .. } => true,
             _ => false,
         }
     }
@@ -331,11 +339,17 @@ impl Client {
                 tracing::debug!(digest = %desc.digest, offset, "resuming download");
             }
             StatusCode::PARTIAL_CONTENT => {
-                // A range we did not ask for: start over rather than guess.
+                // A range we did not ask for: start over rather than guess
+                // (a transient error, so the next attempt asks from byte 0).
                 ingest.reset().map_err(blob_err)?;
-                return Err(RegistryError::Protocol {
+                let got = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                return Err(RegistryError::UnexpectedRange {
                     url,
-                    message: "206 with an unexpected Content-Range".into(),
+                    asked: offset,
+                    got,
                 });
             }
             _ => {
@@ -795,7 +809,7 @@ impl Body {
         match tokio::time::timeout(self.stall, self.resp.chunk()).await {
             Err(_) => Err(RegistryError::Stalled {
                 url: url.clone(),
-                secs: self.stall.as_secs(),
+                after: self.stall,
             }),
             Ok(Err(source)) => Err(RegistryError::Http {
                 url: url.clone(),

@@ -58,7 +58,7 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
 /// Whether a blob download can begin, or another process already finished it.
 pub enum Begin {
     Present,
-    Ingest(Ingest),
+    Ingest(Box<Ingest>),
 }
 
 #[derive(Clone, Debug)]
@@ -179,9 +179,31 @@ impl Store {
             return Ok(Begin::Present);
         }
         Ok(match Ingest::open(self, desc)? {
-            Some(ingest) => Begin::Ingest(ingest),
+            Some(ingest) => Begin::Ingest(Box::new(ingest)),
             None => Begin::Present,
         })
+    }
+
+    /// Taken shared by every pull, exclusive by `hoist gc`, so gc never
+    /// removes a blob a pull is about to record.
+    pub fn gc_lock_shared(&self) -> Result<File, StoreError> {
+        self.gc_lock(rustix::fs::FlockOperation::LockShared)
+    }
+
+    pub fn gc_lock_exclusive(&self) -> Result<File, StoreError> {
+        self.gc_lock(rustix::fs::FlockOperation::LockExclusive)
+    }
+
+    fn gc_lock(&self, op: rustix::fs::FlockOperation) -> Result<File, StoreError> {
+        let path = self.root.join("gc.lock");
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        rustix::fs::flock(&f, op).map_err(|e| io_err(&path)(e.into()))?;
+        Ok(f)
     }
 
     pub(crate) fn ingest_dir(&self) -> PathBuf {

@@ -59,8 +59,7 @@ pub fn hoist(store: &Path) -> Command {
 }
 
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("spawn");
-    out
+    cmd.output().expect("spawn")
 }
 
 pub fn stdout(o: &Output) -> String {

@@ -1,0 +1,270 @@
+//! Run directories (the upper layers of an overlay rootfs) and `hoist gc`.
+//!
+//! Each overlay rootfs has a run directory `STORE/runs/ID/` holding its
+//! upper and work directories and `owner.json` (pid, target, whether the
+//! user asked to keep it, the cache paths it uses). A run whose process is
+//! gone is taken down by the next materialize or by `hoist gc`: its mounts
+//! are detached and its directory removed. A kept rootfs (`hoist
+//! materialize`) stays while it is mounted.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::cache::remove_tree;
+use super::{mount, RootfsError};
+use crate::digest::Digest;
+use crate::manifest::{parse_document, Document, MAX_DOCUMENT_SIZE};
+use crate::store::Store;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Owner {
+    pid: u32,
+    target: PathBuf,
+    keep: bool,
+}
+
+pub(crate) struct RunDir {
+    path: PathBuf,
+}
+
+fn runs_dir(store: &Store) -> PathBuf {
+    store.root().join("runs")
+}
+
+impl RunDir {
+    pub(crate) fn create(store: &Store, target: &Path, keep: bool) -> Result<RunDir, RootfsError> {
+        let base = runs_dir(store);
+        fs::create_dir_all(&base).map_err(|source| RootfsError::Io {
+            path: base.clone(),
+            source,
+        })?;
+        let dir = tempfile::Builder::new()
+            .prefix("run-")
+            .tempdir_in(&base)
+            .map_err(|source| RootfsError::Io {
+                path: base.clone(),
+                source,
+            })?
+            .keep();
+        let owner = Owner {
+            pid: std::process::id(),
+            target: fs::canonicalize(target).unwrap_or_else(|_| target.to_path_buf()),
+            keep,
+        };
+        let json = serde_json::to_vec(&owner).unwrap_or_default();
+        let path = dir.join("owner.json");
+        fs::write(&path, json).map_err(|source| RootfsError::Io { path, source })?;
+        Ok(RunDir { path: dir })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Fresh upper and work directories for the overlay named `name`.
+    pub(crate) fn upper_work(&self, name: &str) -> Result<(PathBuf, PathBuf), RootfsError> {
+        let d = self.path.join(name.replace('/', "_"));
+        let (upper, work) = (d.join("upper"), d.join("work"));
+        for p in [&upper, &work] {
+            fs::create_dir_all(p).map_err(|source| RootfsError::Io {
+                path: p.clone(),
+                source,
+            })?;
+        }
+        Ok((upper, work))
+    }
+
+    pub(crate) fn remove(&self) {
+        if let Err(e) = remove_tree(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove run directory");
+        }
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    rustix::process::Pid::from_raw(pid as i32)
+        .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+}
+
+/// Take down runs whose owner died (and kept rootfs no longer mounted).
+/// Returns how many were removed. Failures are logged, not fatal: a
+/// leftover costs disk, not correctness.
+pub fn reap_dead_runs(store: &Store) -> usize {
+    let Ok(entries) = fs::read_dir(runs_dir(store)) else {
+        return 0;
+    };
+    let mut reaped = 0;
+    for e in entries.flatten() {
+        let dir = e.path();
+        let owner: Option<Owner> = fs::read(dir.join("owner.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let Some(owner) = owner else {
+            // A run directory without an owner is a crash during creation.
+            if let Err(err) = remove_tree(&dir) {
+                tracing::warn!(path = %dir.display(), error = %err, "could not remove run directory");
+            }
+            continue;
+        };
+        let mounted = mount::is_mount_point(&owner.target);
+        let dead = if owner.keep {
+            !mounted
+        } else {
+            !alive(owner.pid)
+        };
+        if !dead {
+            continue;
+        }
+        if mounted {
+            if let Err(err) = mount::unmount_all(&owner.target) {
+                tracing::warn!(path = %owner.target.display(), error = %err, "could not unmount leftover rootfs");
+                continue;
+            }
+        }
+        match remove_tree(&dir) {
+            Ok(()) => reaped += 1,
+            Err(err) => {
+                tracing::warn!(path = %dir.display(), error = %err, "could not remove run directory")
+            }
+        }
+    }
+    reaped
+}
+
+/// What `hoist gc` removed.
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    pub runs: usize,
+    pub layers: usize,
+    pub subtrees: usize,
+    pub blobs: usize,
+    pub bytes: u64,
+}
+
+/// Remove dead runs, then every blob, unpacked layer and subtree that no
+/// image recorded in the store's `index.json` references. Holds the store's
+/// gc lock, which pulls take shared, so nothing being pulled is removed.
+pub fn gc(store: &Store) -> Result<GcReport, RootfsError> {
+    let _lock = store
+        .gc_lock_exclusive()
+        .map_err(|source| RootfsError::Io {
+            path: store.root().to_path_buf(),
+            source: std::io::Error::other(source.to_string()),
+        })?;
+    let mut report = GcReport {
+        runs: reap_dead_runs(store),
+        ..Default::default()
+    };
+    let live = live_set(store)?;
+    let blobs = store.root().join("blobs/sha256");
+    for (name, path) in list(&blobs) {
+        if !live.blobs.contains(&name) {
+            report.bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            fs::remove_file(&path).map_err(|source| RootfsError::Io { path, source })?;
+            report.blobs += 1;
+        }
+    }
+    for (name, path) in list(&store.root().join("layers/sha256")) {
+        let key = name
+            .trim_end_matches(".lock")
+            .trim_end_matches(".tmp")
+            .to_string();
+        if !live.blobs.contains(&key) && !live.in_use.contains(&path) {
+            remove_tree(&path)?;
+            if !name.ends_with(".lock") {
+                report.layers += 1;
+            }
+        }
+    }
+    for (name, path) in list(&store.root().join("subtrees")) {
+        let key = name
+            .trim_end_matches(".lock")
+            .trim_end_matches(".tmp")
+            .to_string();
+        if !live.subtrees.contains(&key) && !live.in_use.contains(&path) {
+            remove_tree(&path)?;
+            if !name.ends_with(".lock") {
+                report.subtrees += 1;
+            }
+        }
+    }
+    Ok(report)
+}
+
+struct Live {
+    /// Hex digests of every blob an image in index.json needs.
+    blobs: BTreeSet<String>,
+    subtrees: BTreeSet<String>,
+    in_use: BTreeSet<PathBuf>,
+}
+
+fn live_set(store: &Store) -> Result<Live, RootfsError> {
+    let mut live = Live {
+        blobs: BTreeSet::new(),
+        subtrees: BTreeSet::new(),
+        in_use: BTreeSet::new(),
+    };
+    let index = store.index().map_err(|e| RootfsError::Io {
+        path: store.root().join("index.json"),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let mut todo: Vec<Digest> = Vec::new();
+    for d in &index.manifests {
+        todo.push(d.digest.clone());
+        if let Some(from) = d
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("io.github.hoist.resolved-from"))
+            .and_then(|s| s.parse::<Digest>().ok())
+        {
+            todo.push(from);
+        }
+    }
+    while let Some(d) = todo.pop() {
+        if !live.blobs.insert(d.hex().to_string()) {
+            continue;
+        }
+        let Ok(bytes) = store.read_blob(&d, MAX_DOCUMENT_SIZE) else {
+            continue; // not a document we can read: a layer or config
+        };
+        match parse_document(&bytes, None) {
+            Ok(Document::Manifest(m)) => {
+                live.blobs.insert(m.config.digest.hex().to_string());
+                for l in &m.layers {
+                    live.blobs.insert(l.digest.hex().to_string());
+                }
+                for path in [super::AGENT_PATH, super::GATEWAY_PATH] {
+                    let key = Digest::sha256_of(format!("{d}\n{path}").as_bytes());
+                    live.subtrees.insert(key.hex().to_string());
+                }
+            }
+            // Only the index's platforms that were pulled are in the store;
+            // the others simply are not found above.
+            Ok(Document::Index(i)) => todo.extend(i.manifests.iter().map(|m| m.digest.clone())),
+            Err(_) => {}
+        }
+    }
+    // While any run is live, unpacked layers and subtrees are all kept: a
+    // mounted overlay may use any of them, whatever index.json now says.
+    let runs_live = fs::read_dir(runs_dir(store)).is_ok_and(|mut d| d.next().is_some());
+    if runs_live {
+        for dir in ["layers/sha256", "subtrees"] {
+            live.in_use
+                .extend(list(&store.root().join(dir)).into_iter().map(|(_, p)| p));
+        }
+    }
+    Ok(live)
+}
+
+fn list(dir: &Path) -> Vec<(String, PathBuf)> {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,102 @@
+//! The chroot isolation, for a runner inside a container whose seccomp
+//! profile forbids `unshare` and `mount`. The rootfs is a plain directory
+//! (a copy); `/dev` gets the nodes hoist may create (Docker grants
+//! CAP_MKNOD), the hoist binary and context are copied in, `/output` is a
+//! directory of the rootfs copied out afterwards. What this cannot isolate
+//! is listed by `Isolation::not_isolated`.
+
+use std::fs::{self, File};
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use rustix::fs::{FileType, Mode};
+
+use super::{io_err, mounts, set_limits, supervisor_args, SandboxConfig, SandboxError};
+use crate::rootfs::mount::open_dir_beneath;
+
+/// `__sandbox` in chroot mode: prepare the tree, run the supervisor
+/// chrooted, copy `/output/task` out.
+pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
+    let root = File::open(&cfg.rootfs).map_err(io_err("the rootfs"))?;
+    let r = root.as_fd();
+    let dev = mounts::dir(r, "dev")?;
+    for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
+        match rustix::fs::mknodat(&dev, name, FileType::CharacterDevice, Mode::from_raw_mode(0o666), rustix::fs::makedev(major, minor)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            // Without CAP_MKNOD the node is missing; the supervisor copes.
+            Err(e) => tracing::warn!(node = name, error = %e, "cannot create device node"),
+        }
+    }
+    for (rel, mode) in [("tmp", 0o1777), ("run", 0o755), ("output", 0o755), (".hoist", 0o755)] {
+        let d = open_dir_beneath(r, rel).map_err(io_err(format!("/{rel}")))?;
+        rustix::fs::fchmod(&d, Mode::from_raw_mode(mode)).map_err(|e| io_err(format!("/{rel}"))(e.into()))?;
+    }
+    let hoist_dir = fd_path(&open_dir_beneath(r, ".hoist").map_err(io_err("/.hoist"))?)?;
+    copy_file(&cfg.hoist_binary, &hoist_dir.join("hoist"), 0o755)?;
+    copy_file(&cfg.context, &hoist_dir.join("context.json"), 0o600)?;
+    if let Some(rec) = &cfg.recordings {
+        let d = fd_path(&open_dir_beneath(r, "recordings").map_err(io_err("/recordings"))?)?;
+        for e in fs::read_dir(rec).map_err(io_err(format!("{}", rec.display())))?.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_file()) {
+                copy_file(&e.path(), &d.join(e.file_name()), 0o644)?;
+            }
+        }
+    }
+    let status = Command::new("/proc/self/exe")
+        .arg("__sandbox-chroot")
+        .arg(&cfg.rootfs)
+        .args(supervisor_args(cfg))
+        .status()
+        .map_err(io_err("starting the chrooted supervisor"))?;
+    let inner = fd_path(&open_dir_beneath(r, "output/task").map_err(io_err("/output/task"))?)?;
+    let outer = cfg.output.join("task");
+    fs::create_dir_all(&outer).map_err(io_err(format!("{}", outer.display())))?;
+    for e in fs::read_dir(&inner).map_err(io_err("/output/task"))?.flatten() {
+        // Only regular files: the supervisor writes nothing else there.
+        if fs::symlink_metadata(e.path()).is_ok_and(|m| m.is_file()) {
+            copy_file(&e.path(), &outer.join(e.file_name()), 0o644)?;
+        }
+    }
+    Ok(status.code().unwrap_or(1))
+}
+
+/// `__sandbox-chroot ROOTFS ARGS...`: chroot, limit, exec the supervisor.
+pub fn chroot_exec(rootfs: &Path, args: &[String]) -> i32 {
+    let err = (|| -> Result<std::convert::Infallible, SandboxError> {
+        rustix::process::chroot(rootfs).map_err(|e| io_err("chroot")(e.into()))?;
+        rustix::process::chdir("/").map_err(|e| io_err("chdir /")(e.into()))?;
+        set_limits(&super::Limits::default())?;
+        rustix::thread::set_no_new_privs(true).map_err(|e| io_err("no_new_privs")(e.into()))?;
+        let e = Command::new("/.hoist/hoist")
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", "/root")
+            .exec();
+        Err(io_err("exec /.hoist/hoist task-exec")(e))
+    })();
+    match err {
+        Ok(never) => match never {},
+        Err(e) => {
+            eprintln!("hoist sandbox: {e}");
+            1
+        }
+    }
+}
+
+fn fd_path(fd: &std::os::fd::OwnedFd) -> Result<std::path::PathBuf, SandboxError> {
+    fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd))).map_err(io_err("resolving a rootfs path"))
+}
+
+fn copy_file(src: &Path, dst: &Path, mode: u32) -> Result<(), SandboxError> {
+    // dst's parent was opened beneath the rootfs with symlinks refused; a
+    // symlink planted at dst itself is removed rather than written through.
+    if fs::symlink_metadata(dst).is_ok() {
+        fs::remove_file(dst).map_err(io_err(format!("{}", dst.display())))?;
+    }
+    fs::copy(src, dst).map_err(io_err(format!("copying {} to {}", src.display(), dst.display())))?;
+    fs::set_permissions(dst, fs::Permissions::from_mode(mode)).map_err(io_err(format!("{}", dst.display())))
+}

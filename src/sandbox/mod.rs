@@ -1,0 +1,256 @@
+//! The sandbox (DESIGN §5 "sandbox"): run the supervisor inside the fused
+//! rootfs, isolated as strongly as the host allows.
+//!
+//! - **namespaces**: user (when not root), mount, pid, network, ipc and uts
+//!   namespaces; `pivot_root` into the rootfs; a fresh `/proc`; a minimal
+//!   `/dev`; tmpfs `/tmp` and `/run`; `/output`, `/recordings`, the hoist
+//!   binary and the run context bind-mounted in. The supervisor is PID 1 of
+//!   its pid namespace, so when it exits every process of the run dies.
+//! - **chroot**: for a runner inside a container whose seccomp profile
+//!   forbids `unshare` and `mount` (Docker's default). Same pipeline, with
+//!   `chroot` and `setuid`; what it cannot isolate is listed by
+//!   [`Isolation::not_isolated`] and recorded in `run.json`.
+//!
+//! Namespaces can only be entered by a single-threaded process, so each
+//! stage is a fresh exec of this binary (`hoist __sandbox`, then `hoist
+//! __sandbox-init` as PID 1), configured by a JSON file.
+
+mod chroot;
+mod mounts;
+mod ns;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub use chroot::chroot_exec;
+pub use ns::{init_stage, stage as ns_stage};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// The strongest that works here.
+    Auto,
+    Namespaces,
+    Chroot,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// Only a loopback interface, shared by the gateway and the agent.
+    None,
+    /// The host's network (namespaces mode shares it; opt-in).
+    Host,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Auto => "auto",
+            Isolation::Namespaces => "namespaces",
+            Isolation::Chroot => "chroot",
+        }
+    }
+
+    /// What this isolation does not provide, for `run.json`.
+    pub fn not_isolated(self, network: Network) -> Vec<&'static str> {
+        let mut v = match self {
+            Isolation::Chroot => vec![
+                "pid: agent processes share the container's pid namespace (kill(-1) as the agent uid still ends them all)",
+                "network: the container's network is shared; --network none cannot be enforced",
+                "mounts: no fresh /proc; /dev holds only the nodes hoist could create",
+                "ipc and uts: shared with the container",
+            ],
+            _ => vec![],
+        };
+        if network == Network::Host {
+            v.push("network: --network host shares the host's network");
+        }
+        v
+    }
+}
+
+/// Everything the sandbox stages need, written to a file by the host.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SandboxConfig {
+    pub isolation: Isolation,
+    pub network: Network,
+    /// The fused rootfs (an overlay mount or a plain directory).
+    pub rootfs: PathBuf,
+    /// Host directory bound at `/output`.
+    pub output: PathBuf,
+    /// Host directory bound read-only at `/recordings`.
+    pub recordings: Option<PathBuf>,
+    /// This binary, bound read-only at `/.hoist/hoist`.
+    pub hoist_binary: PathBuf,
+    /// The run context, bound read-only at `/.hoist/context.json`.
+    pub context: PathBuf,
+    /// Arguments for `/.hoist/hoist task-exec`.
+    pub task: Option<String>,
+    pub limits: Limits,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Limits {
+    /// RLIMIT_NPROC for the sandbox (per uid, so it bounds the agent).
+    pub max_processes: u64,
+    /// RLIMIT_NOFILE.
+    pub max_open_files: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_processes: 1024,
+            max_open_files: 4096,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("sandbox: {what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("sandbox: the supervisor did not finish within {0:?}; it was killed")]
+    Timeout(Duration),
+    #[error("sandbox: {0}")]
+    Unsupported(String),
+}
+
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+    let what = what.into();
+    move |source| SandboxError::Io { what, source }
+}
+
+/// What came back from the sandbox.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The supervisor's exit code (0: result.json written).
+    pub exit_code: i32,
+    pub isolation: Isolation,
+    pub elapsed: Duration,
+}
+
+/// Which isolation works here: namespaces when a probe process can enter
+/// them and mount, else chroot (which needs root).
+pub fn probe(self_exe: &Path) -> Isolation {
+    let ok = Command::new(self_exe)
+        .arg("__sandbox-probe")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        Isolation::Namespaces
+    } else {
+        Isolation::Chroot
+    }
+}
+
+/// `hoist __sandbox-probe`: enter the namespaces a run needs and mount a
+/// tmpfs; exit 0 when all of it works.
+pub fn probe_stage() -> i32 {
+    match ns::probe() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}
+
+/// Run the sandbox for `cfg` (isolation already resolved), waiting at most
+/// `deadline`. The config is written beside the output directory.
+pub fn run(cfg: &SandboxConfig, config_path: &Path, deadline: Duration) -> Result<Outcome, SandboxError> {
+    let json = serde_json::to_vec_pretty(cfg).map_err(|e| SandboxError::Unsupported(e.to_string()))?;
+    std::fs::write(config_path, json).map_err(io_err(format!("writing {}", config_path.display())))?;
+    let start = Instant::now();
+    let mut child = Command::new(&cfg.hoist_binary)
+        .arg("__sandbox")
+        .arg(config_path)
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .map_err(io_err("starting the sandbox"))?;
+    loop {
+        if let Some(status) = child.try_wait().map_err(io_err("waiting for the sandbox"))? {
+            let exit_code = status.code().unwrap_or_else(|| {
+                128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+            });
+            return Ok(Outcome {
+                exit_code,
+                isolation: cfg.isolation,
+                elapsed: start.elapsed(),
+            });
+        }
+        if start.elapsed() > deadline {
+            // The supervisor enforces the task's own timeouts; this is the
+            // backstop if it hangs. Killing the namespace stage kills PID 1
+            // of the pid namespace, and with it everything inside.
+            let _ = child.kill(); // it may have exited just now; wait says
+            let _ = child.wait();
+            return Err(SandboxError::Timeout(deadline));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `hoist __sandbox CONFIG`: the stage that isolates, then execs the
+/// supervisor. Never returns on success.
+pub fn sandbox_stage(config_path: &Path) -> i32 {
+    let cfg: SandboxConfig = match std::fs::read(config_path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hoist sandbox: cannot read {}: {e}", config_path.display());
+            return 1;
+        }
+    };
+    let result = match cfg.isolation {
+        Isolation::Chroot => chroot::stage(&cfg),
+        _ => ns::stage(&cfg, config_path),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hoist sandbox: {e}");
+            1
+        }
+    }
+}
+
+/// The supervisor command line inside the sandbox.
+pub(crate) fn supervisor_args(cfg: &SandboxConfig) -> Vec<String> {
+    let mut args = vec!["task-exec".to_string(), "--context".into(), "/.hoist/context.json".into()];
+    if let Some(t) = &cfg.task {
+        args.push("--task".into());
+        args.push(t.clone());
+    }
+    args
+}
+
+pub(crate) fn set_limits(limits: &Limits) -> Result<(), SandboxError> {
+    use rustix::process::{setrlimit, Resource, Rlimit};
+    for (res, n) in [
+        (Resource::Nproc, limits.max_processes),
+        (Resource::Nofile, limits.max_open_files),
+    ] {
+        setrlimit(
+            res,
+            Rlimit {
+                current: Some(n),
+                maximum: Some(n),
+            },
+        )
+        .map_err(|e| io_err(format!("setrlimit {res:?}"))(e.into()))?;
+    }
+    Ok(())
+}

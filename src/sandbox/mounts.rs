@@ -1,0 +1,102 @@
+//! Mounts inside the rootfs, each attached to a directory or file opened
+//! beneath the rootfs with symlinks refused (`RESOLVE_IN_ROOT |
+//! RESOLVE_NO_SYMLINKS`): an image whose `/proc`, `/dev` or `/tmp` is a
+//! symlink gets an error, never a mount somewhere on the host.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::mount::{
+    fsconfig_create, fsconfig_set_string, fsmount, fsopen, move_mount, open_tree, FsMountFlags,
+    FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags,
+};
+
+use super::{io_err, SandboxError};
+use crate::rootfs::mount::open_dir_beneath;
+
+const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
+
+/// Open (creating if needed) the directory `rel` beneath `root`.
+pub fn dir(root: BorrowedFd<'_>, rel: &str) -> Result<OwnedFd, SandboxError> {
+    open_dir_beneath(root, rel).map_err(io_err(format!("/{rel} in the rootfs")))
+}
+
+/// Open (creating an empty one if needed) the regular file `rel` beneath
+/// `root`, as a mount point for a file bind.
+pub fn file(root: BorrowedFd<'_>, rel: &str) -> Result<OwnedFd, SandboxError> {
+    let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let pdir = dir(root, parent)?;
+    rustix::fs::openat2(
+        &pdir,
+        name,
+        OFlags::CREATE | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::from_raw_mode(0o644),
+        RESOLVE,
+    )
+    .map_err(|e| io_err(format!("/{rel} in the rootfs"))(e.into()))
+}
+
+fn attach(mnt: OwnedFd, at: BorrowedFd<'_>, what: &str) -> Result<(), SandboxError> {
+    move_mount(
+        mnt.as_fd(),
+        "",
+        at,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(|e| io_err(format!("mounting {what}"))(e.into()))
+}
+
+/// A new filesystem instance (tmpfs, proc, devpts) at `at`.
+pub fn fresh(
+    fstype: &str,
+    options: &[(&str, &str)],
+    attrs: MountAttrFlags,
+    at: BorrowedFd<'_>,
+    what: &str,
+) -> Result<(), SandboxError> {
+    let err = |e: rustix::io::Errno| io_err(format!("mounting {what}"))(e.into());
+    let fs = fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC).map_err(err)?;
+    for (k, v) in options {
+        if v.is_empty() {
+            rustix::mount::fsconfig_set_flag(&fs, *k).map_err(err)?;
+        } else {
+            fsconfig_set_string(&fs, *k, *v).map_err(err)?;
+        }
+    }
+    fsconfig_create(&fs).map_err(err)?;
+    let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs).map_err(err)?;
+    attach(mnt, at, what)
+}
+
+/// Bind the host path `src` (a file or directory) at `at`, whose path is
+/// `at_path` (already opened beneath the rootfs with symlinks refused, so
+/// the path names that same place). Read-only, nosuid and nodev when asked.
+pub fn bind(
+    src: &Path,
+    at: BorrowedFd<'_>,
+    at_path: &Path,
+    read_only: bool,
+    what: &str,
+) -> Result<(), SandboxError> {
+    let mnt = open_tree(
+        rustix::fs::CWD,
+        src,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_RECURSIVE,
+    )
+    .map_err(|e| io_err(format!("opening {} for {what}", src.display()))(e.into()))?;
+    attach(mnt, at, what)?;
+    if read_only {
+        use rustix::mount::MountFlags;
+        rustix::mount::mount_remount(
+            at_path,
+            MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+            "",
+        )
+        .map_err(|e| io_err(format!("making {what} read-only"))(e.into()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! Owner, mode, xattrs and times of what an entry created.
+
+use rustix::fs::{self as rfs, AtFlags, Mode, XattrFlags};
+use rustix::io::Errno;
+
+use super::{err_name, errno, Applier, Handle, Kind};
+use crate::unpack::fsops;
+use crate::unpack::meta::Meta;
+use crate::unpack::UnpackError;
+
+impl Applier<'_> {
+    /// Owner, then mode (chown clears setuid/setgid), then xattrs (chown also
+    /// clears `security.capability`), then times. Directory modes and times
+    /// wait until the end, so later children neither change the mtime nor
+    /// meet a read-only directory.
+    pub(super) fn set_meta(
+        &mut self,
+        name: &str,
+        h: Handle<'_>,
+        kind: Kind,
+        meta: &Meta,
+    ) -> Result<(), UnpackError> {
+        self.set_owner(name, &h, meta)?;
+        let mode = Mode::from_raw_mode(meta.mode);
+        match (&h, kind) {
+            (_, Kind::Symlink) | (_, Kind::Dir) => Ok(()),
+            (Handle::File(f), _) => rfs::fchmod(f, mode),
+            // A node we just made (or a hardlink we just checked): not a
+            // symlink, so following is moot; Linux has no lchmod before 6.6.
+            (Handle::At(dir, last), _) => rfs::chmodat(dir, *last, mode, AtFlags::empty()),
+        }
+        .map_err(|e| UnpackError::io(name, "chmod", e))?;
+        for (key, value) in &meta.xattrs {
+            let r = match &h {
+                Handle::File(f) => {
+                    rfs::fsetxattr(f, key.as_slice(), value, XattrFlags::empty()).map_err(errno)
+                }
+                Handle::At(dir, last) => fsops::set_xattr_at(*dir, last, key, value),
+            };
+            match r {
+                Ok(()) => {}
+                // As Docker does: a file system without xattrs, or a name
+                // this process may not set (user.* on a symlink, trusted.*
+                // unprivileged), is recorded and skipped.
+                Err(e)
+                    if matches!(
+                        Errno::from_io_error(&e),
+                        Some(Errno::NOTSUP) | Some(Errno::PERM)
+                    ) =>
+                {
+                    self.counts.xattrs_not_set += 1;
+                }
+                Err(e) => return Err(UnpackError::io(name, "set xattr", e)),
+            }
+        }
+        let times = meta.times.timestamps();
+        match (&h, kind) {
+            (_, Kind::Dir) => Ok(()),
+            (Handle::File(f), _) => rfs::futimens(f, &times),
+            (Handle::At(dir, last), _) => {
+                rfs::utimensat(dir, *last, &times, AtFlags::SYMLINK_NOFOLLOW)
+            }
+        }
+        .map_err(|e| UnpackError::io(name, "set times", e))
+    }
+
+    fn set_owner(&mut self, name: &str, h: &Handle<'_>, meta: &Meta) -> Result<(), UnpackError> {
+        if !self.privileged {
+            if (meta.uid, meta.gid) != self.ids {
+                self.counts.ownership_not_reproduced += 1;
+            }
+            return Ok(());
+        }
+        let uid = Some(rfs::Uid::from_raw(meta.uid));
+        let gid = Some(rfs::Gid::from_raw(meta.gid));
+        match h {
+            Handle::File(f) => rfs::fchown(f, uid, gid),
+            Handle::At(dir, last) => rfs::chownat(dir, *last, uid, gid, AtFlags::SYMLINK_NOFOLLOW),
+        }
+        .map_err(|e| UnpackError::io(name, "chown", e))
+    }
+
+    /// Directory modes and times, once every child is in place.
+    pub(super) fn finish_dirs(&mut self) -> Result<(), UnpackError> {
+        for (key, later) in std::mem::take(&mut self.dirs) {
+            let comps: Vec<Vec<u8>> = match key.is_empty() {
+                true => Vec::new(),
+                false => key.split(|&b| b == b'/').map(<[u8]>::to_vec).collect(),
+            };
+            let name = err_name(&key);
+            // Gone or replaced by a later entry of this layer: nothing to do.
+            let Some(fd) = self.existing_dir(&name, &comps)? else {
+                continue;
+            };
+            rfs::chmodat(&*fd, ".", Mode::from_raw_mode(later.mode), AtFlags::empty())
+                .map_err(|e| UnpackError::io(&name, "chmod", e))?;
+            rfs::utimensat(
+                &*fd,
+                ".",
+                &later.times.timestamps(),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| UnpackError::io(&name, "set times", e))?;
+        }
+        Ok(())
+    }
+}

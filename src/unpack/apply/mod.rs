@@ -1,0 +1,536 @@
+//! The entry loop: turns each tar entry into confined file-system changes.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::rc::Rc;
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+mod metadata;
+mod whiteout;
+
+use crate::unpack::fsops::{self, DirError, Root};
+use crate::unpack::meta::{read_meta, Meta, TimesOf};
+use crate::unpack::path::{classify, normalize, EntryPath, PathProblem, Role};
+use crate::unpack::stream::TapState;
+use crate::unpack::{ApplyOptions, OutputMode, UnpackError, HEADER_BUDGET};
+
+const COPY_BUF: usize = 256 * 1024;
+
+/// Counters the caller reports as `LayerStats`.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    pub entries: u64,
+    pub whiteouts: u64,
+    pub opaque_dirs: u64,
+    pub ownership_not_reproduced: u64,
+    pub devices_not_created: u64,
+    pub xattrs_not_set: u64,
+}
+
+/// How an entry's metadata is reached: through the open file we just wrote,
+/// or as `name` in its parent directory.
+enum Handle<'f> {
+    File(&'f File),
+    At(BorrowedFd<'f>, &'f [u8]),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Node,
+}
+
+/// Mode and times of a directory, applied after its children are written.
+struct DirLater {
+    mode: u32,
+    times: TimesOf,
+}
+
+pub(crate) struct Applier<'a> {
+    root: Root<'a>,
+    overlay: bool,
+    privileged: bool,
+    ids: (u32, u32),
+    state: Rc<TapState>,
+    /// Tree mode: every path this layer wrote, and all their ancestors. A
+    /// whiteout or opaque marker hides only what lower layers put there
+    /// (image-spec layer.md), whatever its position in the tar.
+    written: HashSet<Vec<u8>>,
+    /// Overlay form: names this layer whited out; a directory the layer then
+    /// creates there must hide the lower one, so it is made opaque.
+    whited_out: HashSet<Vec<u8>>,
+    dirs: HashMap<Vec<u8>, DirLater>,
+    buf: Vec<u8>,
+    pub counts: Counts,
+}
+
+fn err_name(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw).into_owned()
+}
+
+fn errno(e: Errno) -> io::Error {
+    e.into()
+}
+
+impl<'a> Applier<'a> {
+    pub(crate) fn new(
+        target: BorrowedFd<'a>,
+        opts: &ApplyOptions,
+        privileged: bool,
+        state: Rc<TapState>,
+    ) -> Self {
+        Applier {
+            root: Root::new(target),
+            overlay: opts.mode == OutputMode::OverlayLayer,
+            privileged,
+            ids: (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            ),
+            state,
+            written: HashSet::new(),
+            whited_out: HashSet::new(),
+            dirs: HashMap::new(),
+            buf: vec![0; COPY_BUF],
+            counts: Counts::default(),
+        }
+    }
+
+    /// Applies every entry of `archive`, then the deferred directory modes
+    /// and times.
+    pub(crate) fn run<R: Read>(
+        &mut self,
+        archive: &mut tar::Archive<R>,
+    ) -> Result<(), UnpackError> {
+        let applied = self.entries(archive);
+        // Even when an entry failed, leave the directories written so far
+        // with their declared modes rather than the 0700 they were made
+        // with; the entry's error is the one worth reporting.
+        let finished = self.finish_dirs();
+        applied.and(finished)
+    }
+
+    fn entries<R: Read>(&mut self, archive: &mut tar::Archive<R>) -> Result<(), UnpackError> {
+        let state = self.state.clone();
+        let mut entries = archive
+            .entries()
+            .map_err(|e| state.read_error("<start of archive>", e))?;
+        let mut last = String::from("<start of archive>");
+        loop {
+            state.arm(HEADER_BUDGET);
+            let next = entries.next();
+            state.disarm();
+            let mut entry = match next {
+                None => break,
+                Some(Ok(entry)) => entry,
+                Some(Err(e)) => return Err(state.read_error(&last, e)),
+            };
+            last = err_name(&entry.path_bytes());
+            self.counts.entries += 1;
+            self.entry(&mut entry, &last)?;
+            // Consume what the entry did not (data of a symlink or directory
+            // header, say), so the parser only skips padding while armed.
+            io::copy(&mut entry, &mut io::sink()).map_err(|e| state.read_error(&last, e))?;
+        }
+        Ok(())
+    }
+
+    fn entry<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        name: &str,
+    ) -> Result<(), UnpackError> {
+        let kind = entry.header().entry_type();
+        if kind.is_pax_global_extensions() {
+            // As Docker does: global PAX headers carry nothing a layer needs.
+            return Ok(());
+        }
+        let path = normalize(&entry.path_bytes()).map_err(|p| path_error(name, p))?;
+        let role = classify(&path).map_err(|reason| UnpackError::BadWhiteout {
+            entry: name.to_string(),
+            reason,
+        })?;
+        let ty = type_byte(entry);
+        let is_dir = ty == b'5';
+        match role {
+            Role::AufsMeta => Ok(()),
+            Role::Whiteout { .. } | Role::Opaque { .. } if is_dir => {
+                Err(UnpackError::BadWhiteout {
+                    entry: name.to_string(),
+                    reason: "a whiteout must not be a directory",
+                })
+            }
+            Role::Whiteout { target } => {
+                self.counts.whiteouts += 1;
+                self.whiteout(name, &target)
+            }
+            Role::Opaque { dir } => {
+                self.counts.opaque_dirs += 1;
+                self.opaque(name, &dir)
+            }
+            Role::Plain => self.plain(entry, name, &path),
+        }
+    }
+
+    fn plain<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        name: &str,
+        path: &EntryPath,
+    ) -> Result<(), UnpackError> {
+        let meta = read_meta(entry, name)?;
+        let ty = type_byte(entry);
+        if path.is_root() && ty != b'5' {
+            return Err(UnpackError::BadEntry {
+                entry: name.to_string(),
+                reason: "names the root directory but is not a directory".into(),
+            });
+        }
+        match ty {
+            b'0' | b'\0' | b'7' | b'S' => self.file(entry, name, path, &meta),
+            b'5' => self.dir(name, path, &meta),
+            b'2' => {
+                let target = link_target(entry, name)?;
+                self.symlink(name, path, &target, &meta)
+            }
+            b'1' => {
+                let target = link_target(entry, name)?;
+                self.hardlink(name, path, &target, &meta)
+            }
+            b'3' | b'4' | b'6' => self.node(entry, name, path, &meta),
+            other => Err(UnpackError::BadEntry {
+                entry: name.to_string(),
+                reason: format!("unsupported tar entry type {:?}", other as char),
+            }),
+        }
+    }
+
+    // ---- directories of the tree -------------------------------------
+
+    fn dir_error(&self, name: &str, comps: &[Vec<u8>], e: DirError) -> UnpackError {
+        match e {
+            DirError::Symlink(i) => UnpackError::SymlinkInPath {
+                entry: name.to_string(),
+                component: err_name(&comps[..=i].join(&b'/')),
+            },
+            DirError::NotDir(i) => {
+                let what = format!(
+                    "{:?} is not a directory",
+                    err_name(&comps[..=i].join(&b'/'))
+                );
+                UnpackError::io(
+                    name,
+                    "open parent directory",
+                    io::Error::new(io::ErrorKind::NotADirectory, what),
+                )
+            }
+            DirError::Missing => {
+                UnpackError::io(name, "open parent directory", errno(Errno::NOENT))
+            }
+            DirError::Io(e) => UnpackError::io(name, "open parent directory", e),
+        }
+    }
+
+    /// The parent directory of a new entry, created (0755) if missing.
+    fn parent(&self, name: &str, comps: &[Vec<u8>]) -> Result<Rc<OwnedFd>, UnpackError> {
+        self.root
+            .open_dir(comps, true)
+            .map_err(|e| self.dir_error(name, comps, e))
+    }
+
+    /// An existing directory, or `None` if there is nothing there to change.
+    fn existing_dir(
+        &self,
+        name: &str,
+        comps: &[Vec<u8>],
+    ) -> Result<Option<Rc<OwnedFd>>, UnpackError> {
+        match self.root.open_dir(comps, false) {
+            Ok(fd) => Ok(Some(fd)),
+            Err(DirError::Missing) | Err(DirError::NotDir(_)) => Ok(None),
+            Err(e) => Err(self.dir_error(name, comps, e)),
+        }
+    }
+
+    /// Makes room for a new entry at `last` in `parent`: whatever is there is
+    /// unlinked (a directory recursively), except a directory when the new
+    /// entry is one too, which is kept with its contents. Returns whether a
+    /// directory was kept.
+    fn make_room(
+        &self,
+        name: &str,
+        parent: BorrowedFd<'_>,
+        last: &[u8],
+        want_dir: bool,
+    ) -> Result<bool, UnpackError> {
+        let Some(st) = fsops::lstat(parent, last).map_err(|e| UnpackError::io(name, "lstat", e))?
+        else {
+            return Ok(false);
+        };
+        if fsops::file_type(&st) == FileType::Directory {
+            if want_dir {
+                return Ok(true);
+            }
+            fsops::remove_all(parent, last)
+                .map_err(|e| UnpackError::io(name, "remove existing directory", e))?;
+        } else {
+            rfs::unlinkat(parent, last, AtFlags::empty())
+                .map_err(|e| UnpackError::io(name, "remove existing entry", e))?;
+        }
+        self.root.forget();
+        Ok(false)
+    }
+
+    fn mark_written(&mut self, path: &EntryPath) {
+        if self.overlay {
+            return;
+        }
+        let comps = path.components();
+        for n in (0..=comps.len()).rev() {
+            if !self.written.insert(comps[..n].join(&b'/')) {
+                break;
+            }
+        }
+    }
+
+    // ---- entry kinds ----------------------------------------------------
+
+    fn file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        name: &str,
+        path: &EntryPath,
+        meta: &Meta,
+    ) -> Result<(), UnpackError> {
+        let (pc, last) = split(path);
+        let parent = self.parent(name, pc)?;
+        self.make_room(name, parent.as_fd(), last, false)?;
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rfs::openat(&*parent, last, flags, Mode::from_raw_mode(0o600))
+            .map_err(|e| UnpackError::io(name, "create file", e))?;
+        let mut file = File::from(fd);
+        self.mark_written(path);
+        let expected = entry.size();
+        let mut found = 0u64;
+        loop {
+            let n = match entry.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.state.read_error(name, e)),
+            };
+            self.state.add_written(n as u64)?;
+            file.write_all(&self.buf[..n])
+                .map_err(|e| UnpackError::io(name, "write file", e))?;
+            found += n as u64;
+        }
+        if found != expected {
+            return Err(UnpackError::Truncated {
+                entry: name.to_string(),
+                expected,
+                found,
+            });
+        }
+        self.set_meta(name, Handle::File(&file), Kind::File, meta)
+    }
+
+    fn dir(&mut self, name: &str, path: &EntryPath, meta: &Meta) -> Result<(), UnpackError> {
+        let key = path.key();
+        let (fd, last): (Rc<OwnedFd>, &[u8]) = match path.split_last() {
+            None => (self.parent(name, &[])?, b"."),
+            Some((pc, last)) => {
+                let parent = self.parent(name, pc)?;
+                if !self.make_room(name, parent.as_fd(), last, true)? {
+                    rfs::mkdirat(&*parent, last, Mode::from_raw_mode(0o700))
+                        .map_err(|e| UnpackError::io(name, "mkdir", e))?;
+                }
+                (parent, last)
+            }
+        };
+        if self.overlay && self.whited_out.contains(&key) {
+            self.set_opaque(name, fd.as_fd(), last)?;
+        }
+        self.mark_written(path);
+        self.set_meta(name, Handle::At(fd.as_fd(), last), Kind::Dir, meta)?;
+        self.dirs.insert(
+            key,
+            DirLater {
+                mode: meta.mode,
+                times: meta.times,
+            },
+        );
+        Ok(())
+    }
+
+    fn symlink(
+        &mut self,
+        name: &str,
+        path: &EntryPath,
+        target: &[u8],
+        meta: &Meta,
+    ) -> Result<(), UnpackError> {
+        let (pc, last) = split(path);
+        let parent = self.parent(name, pc)?;
+        self.make_room(name, parent.as_fd(), last, false)?;
+        // The target is data: it is stored as given and never resolved.
+        rfs::symlinkat(target, &*parent, last).map_err(|e| UnpackError::io(name, "symlink", e))?;
+        self.mark_written(path);
+        self.set_meta(name, Handle::At(parent.as_fd(), last), Kind::Symlink, meta)
+    }
+
+    fn hardlink(
+        &mut self,
+        name: &str,
+        path: &EntryPath,
+        target: &[u8],
+        meta: &Meta,
+    ) -> Result<(), UnpackError> {
+        let bad = |reason| UnpackError::BadHardlink {
+            entry: name.to_string(),
+            target: err_name(target),
+            reason,
+        };
+        let tpath = match normalize(target) {
+            Ok(p) => p,
+            Err(PathProblem::Escape) => {
+                return Err(UnpackError::PathEscape {
+                    entry: name.to_string(),
+                })
+            }
+            Err(PathProblem::Invalid(reason)) => return Err(bad(reason)),
+        };
+        let Some((tpc, tlast)) = tpath.split_last() else {
+            return Err(bad("the target is the root directory"));
+        };
+        let tparent = match self.root.open_dir(tpc, false) {
+            Ok(fd) => fd,
+            Err(DirError::Missing) | Err(DirError::NotDir(_)) => {
+                return Err(bad("the target does not exist"))
+            }
+            Err(e) => return Err(self.dir_error(name, tpc, e)),
+        };
+        let tst = fsops::lstat(tparent.as_fd(), tlast)
+            .map_err(|e| UnpackError::io(name, "lstat hardlink target", e))?
+            .ok_or_else(|| bad("the target does not exist"))?;
+        let tkind = match fsops::file_type(&tst) {
+            FileType::Directory => return Err(bad("the target is a directory")),
+            FileType::Symlink => Kind::Symlink,
+            FileType::RegularFile => Kind::File,
+            _ => Kind::Node,
+        };
+        let (pc, last) = split(path);
+        let parent = self.parent(name, pc)?;
+        let existing =
+            fsops::lstat(parent.as_fd(), last).map_err(|e| UnpackError::io(name, "lstat", e))?;
+        // Already this very inode (a link to itself, or a repeated entry):
+        // unlinking it first would lose the target.
+        let same =
+            matches!(existing, Some(st) if (st.st_dev, st.st_ino) == (tst.st_dev, tst.st_ino));
+        if !same {
+            self.make_room(name, parent.as_fd(), last, false)?;
+            // No AT_SYMLINK_FOLLOW: a link to a symlink links the symlink
+            // itself (as GNU tar and Docker do), never what it points to.
+            rfs::linkat(&*tparent, tlast, &*parent, last, AtFlags::empty())
+                .map_err(|e| UnpackError::io(name, "link", e))?;
+        }
+        self.mark_written(path);
+        // Docker applies the link header's owner, mode, xattrs and times to
+        // the shared inode (moby pkg/archive createTarFile).
+        self.set_meta(name, Handle::At(parent.as_fd(), last), tkind, meta)
+    }
+
+    fn node<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        name: &str,
+        path: &EntryPath,
+        meta: &Meta,
+    ) -> Result<(), UnpackError> {
+        let header = entry.header();
+        let (ft, dev) = match header.entry_type().as_byte() {
+            b'6' => (FileType::Fifo, 0),
+            ty => {
+                let num = |r: io::Result<Option<u32>>| {
+                    r.map_err(|e| UnpackError::BadEntry {
+                        entry: name.to_string(),
+                        reason: format!("bad device number: {e}"),
+                    })
+                    .map(|v| v.unwrap_or(0))
+                };
+                let dev = rfs::makedev(num(header.device_major())?, num(header.device_minor())?);
+                let ft = if ty == b'3' {
+                    FileType::CharacterDevice
+                } else {
+                    FileType::BlockDevice
+                };
+                (ft, dev)
+            }
+        };
+        let (pc, last) = split(path);
+        let parent = self.parent(name, pc)?;
+        self.make_room(name, parent.as_fd(), last, false)?;
+        match rfs::mknodat(&*parent, last, ft, Mode::from_raw_mode(0o600), dev) {
+            Ok(()) => {}
+            // Devices need CAP_MKNOD; unprivileged, Docker (in a user
+            // namespace) skips them too. Recorded, not silent.
+            Err(Errno::PERM) if !self.privileged && ft != FileType::Fifo => {
+                self.counts.devices_not_created += 1;
+                return Ok(());
+            }
+            Err(e) => return Err(UnpackError::io(name, "mknod", e)),
+        }
+        self.mark_written(path);
+        self.set_meta(name, Handle::At(parent.as_fd(), last), Kind::Node, meta)
+    }
+}
+
+/// The entry's type flag. A pre-POSIX regular file whose name ends in '/'
+/// is a directory (Go's archive/tar, and so Docker, read it that way).
+fn type_byte<R: Read>(entry: &tar::Entry<'_, R>) -> u8 {
+    match entry.header().entry_type().as_byte() {
+        b'\0' if entry.path_bytes().ends_with(b"/") => b'5',
+        ty => ty,
+    }
+}
+
+fn split(path: &EntryPath) -> (&[Vec<u8>], &[u8]) {
+    // Callers handle the root before getting here.
+    path.split_last().unwrap_or((&[], b"."))
+}
+
+fn join_key(dir: &[u8], child: &[u8]) -> Vec<u8> {
+    let mut key = dir.to_vec();
+    if !key.is_empty() {
+        key.push(b'/');
+    }
+    key.extend_from_slice(child);
+    key
+}
+
+fn path_error(name: &str, p: PathProblem) -> UnpackError {
+    match p {
+        PathProblem::Escape => UnpackError::PathEscape {
+            entry: name.to_string(),
+        },
+        PathProblem::Invalid(reason) => UnpackError::BadPath {
+            entry: name.to_string(),
+            reason,
+        },
+    }
+}
+
+fn link_target<R: Read>(entry: &tar::Entry<'_, R>, name: &str) -> Result<Vec<u8>, UnpackError> {
+    match entry.link_name_bytes() {
+        Some(t) if !t.is_empty() => Ok(t.into_owned()),
+        _ => Err(UnpackError::BadEntry {
+            entry: name.to_string(),
+            reason: "link without a target".into(),
+        }),
+    }
+}

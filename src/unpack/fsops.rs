@@ -1,0 +1,317 @@
+//! File-system operations confined to a root directory handle.
+//!
+//! Directories are reached only with `openat2(RESOLVE_IN_ROOT |
+//! RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)` from the root handle, so no
+//! symlink is followed on the way and `..` cannot leave the root (cap-std's
+//! `open_impl.rs` takes the same approach). Every change is then made with a
+//! `*at` call on that directory and one plain name (never containing `/`),
+//! with `AT_SYMLINK_NOFOLLOW`/`O_NOFOLLOW`/`O_EXCL` wherever the call has
+//! one, so the final component is never followed either.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::rc::Rc;
+
+use rustix::fs::{
+    self as rfs, AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Stat, XattrFlags,
+};
+use rustix::io::Errno;
+
+use super::path::MAX_DEPTH;
+
+/// Why a directory could not be opened.
+#[derive(Debug)]
+pub(crate) enum DirError {
+    /// A component does not exist (only when not creating).
+    Missing,
+    /// Component `i` is a symbolic link.
+    Symlink(usize),
+    /// Component `i` exists and is not a directory.
+    NotDir(usize),
+    Io(io::Error),
+}
+
+/// Mode and owner of directories made implicitly for an entry whose parents
+/// the layer does not list (Docker's `MkdirAll(parent, 0755)` as root).
+const IMPLICIT_DIR_MODE: u32 = 0o755;
+
+pub(crate) struct Root<'a> {
+    fd: BorrowedFd<'a>,
+    /// False once openat2 turned out to be unavailable (kernels before 5.6,
+    /// seccomp profiles that predate it); the component walk is then used,
+    /// which is just as strict but costs a syscall per component.
+    openat2: Cell<bool>,
+    /// The last directory opened: layers list siblings together, so most
+    /// entries reuse it. Dropped whenever anything is removed.
+    cache: RefCell<Option<(Vec<u8>, Rc<OwnedFd>)>>,
+}
+
+impl<'a> Root<'a> {
+    pub(crate) fn new(fd: BorrowedFd<'a>) -> Root<'a> {
+        Root {
+            fd,
+            openat2: Cell::new(true),
+            cache: RefCell::new(None),
+        }
+    }
+
+    /// Forgets the cached directory; call after removing anything.
+    pub(crate) fn forget(&self) {
+        self.cache.borrow_mut().take();
+    }
+
+    /// Opens the directory at `comps` (an `O_PATH` handle), creating missing
+    /// components when `create` is set.
+    pub(crate) fn open_dir(
+        &self,
+        comps: &[Vec<u8>],
+        create: bool,
+    ) -> Result<Rc<OwnedFd>, DirError> {
+        let key = comps.join(&b'/');
+        if let Some((k, fd)) = self.cache.borrow().as_ref() {
+            if *k == key {
+                return Ok(fd.clone());
+            }
+        }
+        let fd = match self.resolve(&key) {
+            Ok(fd) => fd,
+            Err(_) => self.walk(comps, create)?,
+        };
+        let fd = Rc::new(fd);
+        *self.cache.borrow_mut() = Some((key, fd.clone()));
+        Ok(fd)
+    }
+
+    /// One openat2 for the whole path: the fast path.
+    fn resolve(&self, key: &[u8]) -> Result<OwnedFd, Errno> {
+        let path: &[u8] = if key.is_empty() { b"." } else { key };
+        let how = ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        self.openat2_dir(self.fd, path, how)
+    }
+
+    /// `Err(NOSYS)` means openat2 cannot be used here.
+    fn openat2_dir(
+        &self,
+        dir: BorrowedFd<'_>,
+        path: &[u8],
+        how: ResolveFlags,
+    ) -> Result<OwnedFd, Errno> {
+        if !self.openat2.get() {
+            return Err(Errno::NOSYS);
+        }
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        // EAGAIN: a concurrent rename raced the lookup; the kernel asks us
+        // to retry (openat2(2)).
+        for _ in 0..16 {
+            match rfs::openat2(dir, path, flags, Mode::empty(), how) {
+                Err(Errno::AGAIN) => continue,
+                Err(Errno::NOSYS) | Err(Errno::PERM) => {
+                    self.openat2.set(false);
+                    return Err(Errno::NOSYS);
+                }
+                r => return r,
+            }
+        }
+        Err(Errno::AGAIN)
+    }
+
+    /// Component by component: finds which component is wrong, and creates
+    /// missing ones.
+    fn walk(&self, comps: &[Vec<u8>], create: bool) -> Result<OwnedFd, DirError> {
+        let mut cur = rfs::openat(
+            self.fd,
+            ".",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| DirError::Io(e.into()))?;
+        for (i, name) in comps.iter().enumerate() {
+            cur = match self.child_dir(cur.as_fd(), name) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) if create => {
+                    make_dir(cur.as_fd(), name)?;
+                    self.child_dir(cur.as_fd(), name)
+                        .map_err(|e| classify(e, i))?
+                }
+                Err(e) => return Err(classify(e, i)),
+            };
+        }
+        Ok(cur)
+    }
+
+    /// Opens the subdirectory `name` of `dir` without following a symlink.
+    pub(crate) fn child_dir(&self, dir: BorrowedFd<'_>, name: &[u8]) -> Result<OwnedFd, Errno> {
+        let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        match self.openat2_dir(dir, name, how) {
+            Err(Errno::NOSYS) => {}
+            r => return r,
+        }
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rfs::openat(dir, name, flags, Mode::empty()) {
+            // O_PATH|O_NOFOLLOW on a symlink fails with ENOTDIR here; say
+            // ELOOP as openat2 does, so both paths report the same thing.
+            Err(Errno::NOTDIR) if is_symlink(dir, name) => Err(Errno::LOOP),
+            r => r,
+        }
+    }
+}
+
+fn classify(e: Errno, i: usize) -> DirError {
+    match e {
+        Errno::NOENT => DirError::Missing,
+        Errno::LOOP => DirError::Symlink(i),
+        Errno::NOTDIR => DirError::NotDir(i),
+        e => DirError::Io(e.into()),
+    }
+}
+
+fn make_dir(dir: BorrowedFd<'_>, name: &[u8]) -> Result<(), DirError> {
+    match rfs::mkdirat(dir, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) => {}
+        Err(Errno::EXIST) => return Ok(()),
+        Err(e) => return Err(DirError::Io(e.into())),
+    }
+    // Explicit, so the process umask does not decide the mode.
+    rfs::chmodat(
+        dir,
+        name,
+        Mode::from_raw_mode(IMPLICIT_DIR_MODE),
+        AtFlags::empty(),
+    )
+    .map_err(|e| DirError::Io(e.into()))
+}
+
+fn is_symlink(dir: BorrowedFd<'_>, name: &[u8]) -> bool {
+    matches!(lstat(dir, name), Ok(Some(st)) if file_type(&st) == FileType::Symlink)
+}
+
+pub(crate) fn file_type(st: &Stat) -> FileType {
+    FileType::from_raw_mode(st.st_mode)
+}
+
+/// `lstat` of `name` in `dir`; `None` when it does not exist.
+pub(crate) fn lstat(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<Stat>> {
+    match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The names in a directory, without `.` and `..`.
+pub(crate) fn list(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    // Not Dir::read_from: it reopens with the handle's own flags, and ours
+    // are O_PATH, which cannot be read.
+    let fd = rfs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    for entry in Dir::new(fd)? {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(name.to_vec());
+        }
+    }
+    Ok(names)
+}
+
+/// Removes `name` from `dir`, recursively if it is a directory. Never
+/// follows a symlink: a symlink is unlinked, not its target.
+pub(crate) fn remove_all(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    remove_all_depth(dir, name, 0)
+}
+
+fn remove_all_depth(dir: BorrowedFd<'_>, name: &[u8], depth: usize) -> io::Result<()> {
+    match rfs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => return Ok(()),
+        Err(Errno::ISDIR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    // Trees come only from layers, whose names are at most MAX_DEPTH deep.
+    if depth > MAX_DEPTH {
+        return Err(io::Error::other("directory tree too deep to remove"));
+    }
+    let sub = open_listable(dir, name)?;
+    for child in list(sub.as_fd())? {
+        match remove_all_depth(sub.as_fd(), &child, depth + 1) {
+            // A directory without write permission (only unprivileged runs
+            // meet this: root has CAP_DAC_OVERRIDE); it is ours to change.
+            Err(e) if e.raw_os_error() == Some(Errno::ACCESS.raw_os_error()) => {
+                rfs::fchmod(&sub, Mode::from_raw_mode(0o700))?;
+                remove_all_depth(sub.as_fd(), &child, depth + 1)?;
+            }
+            r => r?,
+        }
+    }
+    match rfs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn open_listable(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rfs::openat(dir, name, flags, Mode::empty()) {
+        Err(Errno::ACCESS) => {
+            rfs::chmodat(dir, name, Mode::from_raw_mode(0o700), AtFlags::empty())?;
+            Ok(rfs::openat(dir, name, flags, Mode::empty())?)
+        }
+        r => Ok(r?),
+    }
+}
+
+/// The path `/proc/thread-self/fd/N/NAME`, which names `NAME` inside the
+/// directory `dir` refers to. The *xattr syscalls have no `*at` form before
+/// Linux 6.13, and `lsetxattr` on this path does not follow `NAME` itself,
+/// so it is the confined way to set an xattr on a symlink, device or dir.
+fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
+    let mut p = format!("/proc/thread-self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    p.extend_from_slice(name);
+    p
+}
+
+/// `lsetxattr` on `name` in `dir` (see [`proc_path`]).
+pub(crate) fn set_xattr_at(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    key: &[u8],
+    value: &[u8],
+) -> io::Result<()> {
+    let path = proc_path(dir, name);
+    rfs::lsetxattr(
+        OsStr::from_bytes(&path),
+        OsStr::from_bytes(key),
+        value,
+        XattrFlags::empty(),
+    )?;
+    Ok(())
+}
+
+/// `lgetxattr` on `name` in `dir`; `None` when the attribute is not set.
+pub(crate) fn get_xattr_at(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    key: &[u8],
+) -> io::Result<Option<Vec<u8>>> {
+    let path = proc_path(dir, name);
+    let mut buf = vec![0u8; 256];
+    match rfs::lgetxattr(
+        OsStr::from_bytes(&path),
+        OsStr::from_bytes(key),
+        &mut buf[..],
+    ) {
+        Ok(n) => {
+            buf.truncate(n);
+            Ok(Some(buf))
+        }
+        Err(Errno::NODATA) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
