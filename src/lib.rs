@@ -13,12 +13,16 @@
 
 pub mod digest;
 pub mod exit;
+pub mod lock;
 pub mod manifest;
+pub mod pipeline;
 pub mod platform;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod result;
 pub mod rootfs;
+pub mod run;
 pub mod sandbox;
 pub mod store;
 pub mod sys;

@@ -2,9 +2,12 @@
 //! file that turns parsed arguments into a library call and prints.
 
 mod gc;
+mod lock;
 mod materialize;
 mod progress;
 mod pull;
+mod run;
+mod task_exec;
 mod tree_digest;
 
 use std::path::PathBuf;
@@ -93,9 +96,37 @@ enum Command {
     TreeDigest(tree_digest::TreeDigestArgs),
     /// Remove runs, layers and blobs no image or live run references.
     Gc(gc::GcArgs),
+    /// Run one task: pull, fuse, sandbox, grade; writes OUT/task/result.json.
+    Run(run::RunArgs),
+    /// Pin every axis reference to its digest in hoist.lock.
+    Lock(lock::LockArgs),
+    /// Internal: the sandbox stage (namespaces or chroot).
+    #[command(name = "__sandbox", hide = true)]
+    SandboxStage { config: PathBuf },
+    /// Internal: PID 1 of the sandbox's pid namespace.
+    #[command(name = "__sandbox-init", hide = true)]
+    SandboxInit { config: PathBuf },
+    /// Internal: chroot into ROOTFS and exec the supervisor.
+    #[command(name = "__sandbox-chroot", hide = true)]
+    SandboxChroot {
+        rootfs: PathBuf,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Internal: the supervisor inside the sandbox (DESIGN §3).
+    #[command(hide = true)]
+    TaskExec(task_exec::TaskExecArgs),
+    /// Internal: can this host enter namespaces and mount?
+    #[command(name = "__sandbox-probe", hide = true)]
+    SandboxProbe,
 }
 
 pub fn main() -> ExitStatus {
+    // The sandbox stages run before logging or any thread starts: entering
+    // namespaces needs a single-threaded process.
+    if let Some(code) = sandbox_stage() {
+        std::process::exit(code);
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -115,10 +146,37 @@ pub fn main() -> ExitStatus {
         Command::Materialize(a) => materialize::run(&cli.global, a),
         Command::TreeDigest(a) => tree_digest::run(&cli.global, a),
         Command::Gc(a) => gc::run(&cli.global, a),
+        Command::Run(a) => run::run_cmd(&cli.global, a),
+        Command::Lock(a) => lock::run(&cli.global, a),
+        Command::TaskExec(a) => task_exec::run(a),
+        Command::SandboxStage { .. }
+        | Command::SandboxInit { .. }
+        | Command::SandboxChroot { .. }
+        | Command::SandboxProbe => unreachable!("handled by sandbox_stage"),
     };
     match result {
         Ok(status) => status,
         Err(e) => report(&e),
+    }
+}
+
+/// Dispatch the internal sandbox stages by hand (no clap, no threads).
+fn sandbox_stage() -> Option<i32> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let stage = args.get(1)?.to_str()?;
+    let arg = |i: usize| PathBuf::from(args.get(i).cloned().unwrap_or_default());
+    match stage {
+        "__sandbox" => Some(hoist::sandbox::sandbox_stage(&arg(2))),
+        "__sandbox-init" => Some(hoist::sandbox::init_stage(&arg(2))),
+        "__sandbox-probe" => Some(hoist::sandbox::probe_stage()),
+        "__sandbox-chroot" => {
+            let rest: Vec<String> = args[3.min(args.len())..]
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            Some(hoist::sandbox::chroot_exec(&arg(2), &rest))
+        }
+        _ => None,
     }
 }
 
@@ -144,6 +202,11 @@ fn report(e: &anyhow::Error) -> ExitStatus {
 
 fn exit_status_for(e: &anyhow::Error) -> ExitStatus {
     for cause in e.chain() {
+        if let Some(hoist::lock::LockError::Drift { .. }) =
+            cause.downcast_ref::<hoist::lock::LockError>()
+        {
+            return ExitStatus::DigestMismatch;
+        }
         if let Some(p) = cause.downcast_ref::<hoist::pull::PullError>() {
             if p.is_pin_mismatch() {
                 return ExitStatus::DigestMismatch;

@@ -23,23 +23,45 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
     let root = File::open(&cfg.rootfs).map_err(io_err("the rootfs"))?;
     let r = root.as_fd();
     let dev = mounts::dir(r, "dev")?;
-    for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
-        match rustix::fs::mknodat(&dev, name, FileType::CharacterDevice, Mode::from_raw_mode(0o666), rustix::fs::makedev(major, minor)) {
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        match rustix::fs::mknodat(
+            &dev,
+            name,
+            FileType::CharacterDevice,
+            Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(major, minor),
+        ) {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
             // Without CAP_MKNOD the node is missing; the supervisor copes.
             Err(e) => tracing::warn!(node = name, error = %e, "cannot create device node"),
         }
     }
-    for (rel, mode) in [("tmp", 0o1777), ("run", 0o755), ("output", 0o755), (".hoist", 0o755)] {
+    for (rel, mode) in [
+        ("tmp", 0o1777),
+        ("run", 0o755),
+        ("output", 0o755),
+        (".hoist", 0o755),
+    ] {
         let d = open_dir_beneath(r, rel).map_err(io_err(format!("/{rel}")))?;
-        rustix::fs::fchmod(&d, Mode::from_raw_mode(mode)).map_err(|e| io_err(format!("/{rel}"))(e.into()))?;
+        rustix::fs::fchmod(&d, Mode::from_raw_mode(mode))
+            .map_err(|e| io_err(format!("/{rel}"))(e.into()))?;
     }
     let hoist_dir = fd_path(&open_dir_beneath(r, ".hoist").map_err(io_err("/.hoist"))?)?;
     copy_file(&cfg.hoist_binary, &hoist_dir.join("hoist"), 0o755)?;
     copy_file(&cfg.context, &hoist_dir.join("context.json"), 0o600)?;
     if let Some(rec) = &cfg.recordings {
         let d = fd_path(&open_dir_beneath(r, "recordings").map_err(io_err("/recordings"))?)?;
-        for e in fs::read_dir(rec).map_err(io_err(format!("{}", rec.display())))?.flatten() {
+        for e in fs::read_dir(rec)
+            .map_err(io_err(format!("{}", rec.display())))?
+            .flatten()
+        {
             if e.file_type().is_ok_and(|t| t.is_file()) {
                 copy_file(&e.path(), &d.join(e.file_name()), 0o644)?;
             }
@@ -54,7 +76,10 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
     let inner = fd_path(&open_dir_beneath(r, "output/task").map_err(io_err("/output/task"))?)?;
     let outer = cfg.output.join("task");
     fs::create_dir_all(&outer).map_err(io_err(format!("{}", outer.display())))?;
-    for e in fs::read_dir(&inner).map_err(io_err("/output/task"))?.flatten() {
+    for e in fs::read_dir(&inner)
+        .map_err(io_err("/output/task"))?
+        .flatten()
+    {
         // Only regular files: the supervisor writes nothing else there.
         if fs::symlink_metadata(e.path()).is_ok_and(|m| m.is_file()) {
             copy_file(&e.path(), &outer.join(e.file_name()), 0o644)?;
@@ -73,7 +98,10 @@ pub fn chroot_exec(rootfs: &Path, args: &[String]) -> i32 {
         let e = Command::new("/.hoist/hoist")
             .args(args)
             .env_clear()
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
             .env("HOME", "/root")
             .exec();
         Err(io_err("exec /.hoist/hoist task-exec")(e))
@@ -88,7 +116,11 @@ pub fn chroot_exec(rootfs: &Path, args: &[String]) -> i32 {
 }
 
 fn fd_path(fd: &std::os::fd::OwnedFd) -> Result<std::path::PathBuf, SandboxError> {
-    fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd))).map_err(io_err("resolving a rootfs path"))
+    fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(fd)
+    ))
+    .map_err(io_err("resolving a rootfs path"))
 }
 
 fn copy_file(src: &Path, dst: &Path, mode: u32) -> Result<(), SandboxError> {
@@ -97,6 +129,11 @@ fn copy_file(src: &Path, dst: &Path, mode: u32) -> Result<(), SandboxError> {
     if fs::symlink_metadata(dst).is_ok() {
         fs::remove_file(dst).map_err(io_err(format!("{}", dst.display())))?;
     }
-    fs::copy(src, dst).map_err(io_err(format!("copying {} to {}", src.display(), dst.display())))?;
-    fs::set_permissions(dst, fs::Permissions::from_mode(mode)).map_err(io_err(format!("{}", dst.display())))
+    fs::copy(src, dst).map_err(io_err(format!(
+        "copying {} to {}",
+        src.display(),
+        dst.display()
+    )))?;
+    fs::set_permissions(dst, fs::Permissions::from_mode(mode))
+        .map_err(io_err(format!("{}", dst.display())))
 }

@@ -168,9 +168,15 @@ pub fn probe_stage() -> i32 {
 
 /// Run the sandbox for `cfg` (isolation already resolved), waiting at most
 /// `deadline`. The config is written beside the output directory.
-pub fn run(cfg: &SandboxConfig, config_path: &Path, deadline: Duration) -> Result<Outcome, SandboxError> {
-    let json = serde_json::to_vec_pretty(cfg).map_err(|e| SandboxError::Unsupported(e.to_string()))?;
-    std::fs::write(config_path, json).map_err(io_err(format!("writing {}", config_path.display())))?;
+pub fn run(
+    cfg: &SandboxConfig,
+    config_path: &Path,
+    deadline: Duration,
+) -> Result<Outcome, SandboxError> {
+    let json =
+        serde_json::to_vec_pretty(cfg).map_err(|e| SandboxError::Unsupported(e.to_string()))?;
+    std::fs::write(config_path, json)
+        .map_err(io_err(format!("writing {}", config_path.display())))?;
     let start = Instant::now();
     let mut child = Command::new(&cfg.hoist_binary)
         .arg("__sandbox")
@@ -179,7 +185,10 @@ pub fn run(cfg: &SandboxConfig, config_path: &Path, deadline: Duration) -> Resul
         .spawn()
         .map_err(io_err("starting the sandbox"))?;
     loop {
-        if let Some(status) = child.try_wait().map_err(io_err("waiting for the sandbox"))? {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(io_err("waiting for the sandbox"))?
+        {
             let exit_code = status.code().unwrap_or_else(|| {
                 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
             });
@@ -229,7 +238,11 @@ pub fn sandbox_stage(config_path: &Path) -> i32 {
 
 /// The supervisor command line inside the sandbox.
 pub(crate) fn supervisor_args(cfg: &SandboxConfig) -> Vec<String> {
-    let mut args = vec!["task-exec".to_string(), "--context".into(), "/.hoist/context.json".into()];
+    let mut args = vec![
+        "task-exec".to_string(),
+        "--context".into(),
+        "/.hoist/context.json".into(),
+    ];
     if let Some(t) = &cfg.task {
         args.push("--task".into());
         args.push(t.clone());

@@ -85,7 +85,9 @@ pub fn bind(
     let mnt = open_tree(
         rustix::fs::CWD,
         src,
-        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC | OpenTreeFlags::AT_RECURSIVE,
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_RECURSIVE,
     )
     .map_err(|e| io_err(format!("opening {} for {what}", src.display()))(e.into()))?;
     attach(mnt, at, what)?;

@@ -14,7 +14,8 @@ use rustix::thread::UnshareFlags;
 use super::{io_err, mounts, set_limits, supervisor_args, Network, SandboxConfig, SandboxError};
 use crate::sys;
 
-const NOSUID_NODEV: MountAttrFlags = MountAttrFlags::MOUNT_ATTR_NOSUID.union(MountAttrFlags::MOUNT_ATTR_NODEV);
+const NOSUID_NODEV: MountAttrFlags =
+    MountAttrFlags::MOUNT_ATTR_NOSUID.union(MountAttrFlags::MOUNT_ATTR_NODEV);
 
 fn unshare_all(network: Network) -> Result<(), SandboxError> {
     if !rustix::process::geteuid().is_root() {
@@ -23,7 +24,8 @@ fn unshare_all(network: Network) -> Result<(), SandboxError> {
                 .into(),
         ));
     }
-    let mut flags = UnshareFlags::NEWNS | UnshareFlags::NEWPID | UnshareFlags::NEWIPC | UnshareFlags::NEWUTS;
+    let mut flags =
+        UnshareFlags::NEWNS | UnshareFlags::NEWPID | UnshareFlags::NEWIPC | UnshareFlags::NEWUTS;
     if network == Network::None {
         flags |= UnshareFlags::NEWNET;
     }
@@ -42,7 +44,13 @@ pub fn probe() -> Result<(), SandboxError> {
     unshare_all(Network::None)?;
     let dir = tempfile::tempdir().map_err(io_err("probe dir"))?;
     let fd = File::open(dir.path()).map_err(io_err("probe dir"))?;
-    mounts::fresh("tmpfs", &[("size", "4k")], NOSUID_NODEV, fd.as_fd(), "a probe tmpfs")
+    mounts::fresh(
+        "tmpfs",
+        &[("size", "4k")],
+        NOSUID_NODEV,
+        fd.as_fd(),
+        "a probe tmpfs",
+    )
 }
 
 /// `__sandbox`: isolate, mount, start PID 1, wait for it.
@@ -56,11 +64,23 @@ pub fn stage(cfg: &SandboxConfig, config_path: &Path) -> Result<i32, SandboxErro
     let r = root.as_fd();
 
     let dev = mounts::dir(r, "dev")?;
-    mounts::fresh("tmpfs", &[("mode", "0755"), ("size", "64k")], MountAttrFlags::MOUNT_ATTR_NOSUID, dev.as_fd(), "/dev")?;
+    mounts::fresh(
+        "tmpfs",
+        &[("mode", "0755"), ("size", "64k")],
+        MountAttrFlags::MOUNT_ATTR_NOSUID,
+        dev.as_fd(),
+        "/dev",
+    )?;
     for node in ["null", "zero", "full", "random", "urandom", "tty"] {
         let rel = format!("dev/{node}");
         let at = mounts::file(r, &rel)?;
-        mounts::bind(&Path::new("/dev").join(node), at.as_fd(), &rootfs.join(&rel), false, &format!("/{rel}"))?;
+        mounts::bind(
+            &Path::new("/dev").join(node),
+            at.as_fd(),
+            &rootfs.join(&rel),
+            false,
+            &format!("/{rel}"),
+        )?;
     }
     let pts = mounts::dir(r, "dev/pts")?;
     mounts::fresh(
@@ -71,7 +91,13 @@ pub fn stage(cfg: &SandboxConfig, config_path: &Path) -> Result<i32, SandboxErro
         "/dev/pts",
     )?;
     let shm = mounts::dir(r, "dev/shm")?;
-    mounts::fresh("tmpfs", &[("mode", "1777"), ("size", "64m")], NOSUID_NODEV, shm.as_fd(), "/dev/shm")?;
+    mounts::fresh(
+        "tmpfs",
+        &[("mode", "1777"), ("size", "64m")],
+        NOSUID_NODEV,
+        shm.as_fd(),
+        "/dev/shm",
+    )?;
     let dev = mounts::dir(r, "dev")?;
     for (name, target) in [
         ("ptmx", "pts/ptmx"),
@@ -80,25 +106,59 @@ pub fn stage(cfg: &SandboxConfig, config_path: &Path) -> Result<i32, SandboxErro
         ("stdout", "/proc/self/fd/1"),
         ("stderr", "/proc/self/fd/2"),
     ] {
-        rustix::fs::symlinkat(target, &dev, name).map_err(|e| io_err(format!("/dev/{name}"))(e.into()))?;
+        rustix::fs::symlinkat(target, &dev, name)
+            .map_err(|e| io_err(format!("/dev/{name}"))(e.into()))?;
     }
 
     let tmp = mounts::dir(r, "tmp")?;
-    mounts::fresh("tmpfs", &[("mode", "1777")], NOSUID_NODEV, tmp.as_fd(), "/tmp")?;
+    mounts::fresh(
+        "tmpfs",
+        &[("mode", "1777")],
+        NOSUID_NODEV,
+        tmp.as_fd(),
+        "/tmp",
+    )?;
     let run = mounts::dir(r, "run")?;
-    mounts::fresh("tmpfs", &[("mode", "0755")], NOSUID_NODEV, run.as_fd(), "/run")?;
+    mounts::fresh(
+        "tmpfs",
+        &[("mode", "0755")],
+        NOSUID_NODEV,
+        run.as_fd(),
+        "/run",
+    )?;
 
     let output = mounts::dir(r, "output")?;
-    mounts::bind(&cfg.output, output.as_fd(), &rootfs.join("output"), false, "/output")?;
+    mounts::bind(
+        &cfg.output,
+        output.as_fd(),
+        &rootfs.join("output"),
+        false,
+        "/output",
+    )?;
     if let Some(rec) = &cfg.recordings {
         let at = mounts::dir(r, "recordings")?;
-        mounts::bind(rec, at.as_fd(), &rootfs.join("recordings"), true, "/recordings")?;
+        mounts::bind(
+            rec,
+            at.as_fd(),
+            &rootfs.join("recordings"),
+            true,
+            "/recordings",
+        )?;
     }
     // /.hoist is a tmpfs of its own, so nothing of hoist is written into
     // the image's tree.
     let hoist_dir = mounts::dir(r, ".hoist")?;
-    mounts::fresh("tmpfs", &[("mode", "0755"), ("size", "64k")], NOSUID_NODEV, hoist_dir.as_fd(), "/.hoist")?;
-    for (src, rel) in [(&cfg.hoist_binary, ".hoist/hoist"), (&cfg.context, ".hoist/context.json")] {
+    mounts::fresh(
+        "tmpfs",
+        &[("mode", "0755"), ("size", "64k")],
+        NOSUID_NODEV,
+        hoist_dir.as_fd(),
+        "/.hoist",
+    )?;
+    for (src, rel) in [
+        (&cfg.hoist_binary, ".hoist/hoist"),
+        (&cfg.context, ".hoist/context.json"),
+    ] {
         let at = mounts::file(r, rel)?;
         mounts::bind(src, at.as_fd(), &rootfs.join(rel), true, &format!("/{rel}"))?;
     }
@@ -134,7 +194,8 @@ pub fn init_stage(config_path: &Path) -> i32 {
 
 fn init(config_path: &Path) -> Result<std::convert::Infallible, SandboxError> {
     let cfg: SandboxConfig = serde_json::from_slice(
-        &std::fs::read(config_path).map_err(io_err(format!("reading {}", config_path.display())))?,
+        &std::fs::read(config_path)
+            .map_err(io_err(format!("reading {}", config_path.display())))?,
     )
     .map_err(|e| SandboxError::Unsupported(e.to_string()))?;
     let root = File::open(&cfg.rootfs).map_err(io_err("the rootfs"))?;
@@ -158,7 +219,10 @@ fn init(config_path: &Path) -> Result<std::convert::Infallible, SandboxError> {
     let err = Command::new("/.hoist/hoist")
         .args(supervisor_args(&cfg))
         .env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .env("HOME", "/root")
         .exec();
     Err(io_err("exec /.hoist/hoist task-exec")(err))

@@ -1,0 +1,171 @@
+//! `hoist run --mode crane --benchmark REF --agent REF [--gateway REF] ...`
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, ValueEnum};
+use hoist::exit::ExitStatus;
+use hoist::lock::{LockFile, DEFAULT_FILE};
+use hoist::rootfs::RootfsMode;
+use hoist::run::{check_lock, run, RunRequest};
+use hoist::sandbox::{Isolation, Network};
+
+use super::materialize::pull_axes;
+use super::Global;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Daemonless: pull, fuse and sandbox here.
+    Crane,
+    /// A pre-baked combination image under Docker.
+    Container,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[arg(long, value_enum, default_value = "crane")]
+    mode: Mode,
+    #[arg(long, value_name = "REF")]
+    benchmark: String,
+    #[arg(long, value_name = "REF")]
+    agent: String,
+    #[arg(long, value_name = "REF")]
+    gateway: Option<String>,
+    /// The task to run; may be left out for a per-task image.
+    #[arg(long)]
+    task: Option<String>,
+    /// Where task/result.json, the logs and run.json go.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "none")]
+    network: Network,
+    #[arg(long, value_enum, default_value = "auto")]
+    isolation: Isolation,
+    #[arg(long, value_enum, default_value = "auto")]
+    rootfs: RootfsMode,
+    /// Fail (exit 3) if any axis resolves to another digest than the lock
+    /// file pins.
+    #[arg(long)]
+    locked: bool,
+    #[arg(long = "lock-file", value_name = "FILE", default_value = DEFAULT_FILE)]
+    lock_file: PathBuf,
+    /// Recorded model responses for the gateway, mounted at /recordings.
+    #[arg(long, value_name = "DIR")]
+    recordings: Option<PathBuf>,
+    /// Override the task's agent timeout (seconds).
+    #[arg(long, value_name = "SEC")]
+    agent_timeout: Option<u64>,
+    /// Override the task's grade timeout (seconds).
+    #[arg(long, value_name = "SEC")]
+    grade_timeout: Option<u64>,
+}
+
+pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
+    if args.mode == Mode::Container {
+        bail!("--mode container is not available yet (it needs `hoist bake`, issue 5); use --mode crane, which needs no daemon");
+    }
+    let store = global.store()?;
+    let mut refs = vec![args.benchmark.as_str(), args.agent.as_str()];
+    refs.extend(args.gateway.as_deref());
+    let t = Instant::now();
+    let pulled = pull_axes(global, &store, &refs)?;
+    let pull_ms = t.elapsed().as_millis() as u64;
+    let (benchmark, agent, gateway) = (&pulled[0], &pulled[1], pulled.get(2));
+    if args.locked {
+        let lock = LockFile::read(&args.lock_file)?;
+        let mut axes = vec![
+            ("benchmark", benchmark, args.benchmark.as_str()),
+            ("agent", agent, args.agent.as_str()),
+        ];
+        if let (Some(g), Some(r)) = (gateway, args.gateway.as_deref()) {
+            axes.push(("gateway", g, r));
+        }
+        check_lock(&lock, &args.lock_file, &axes)?;
+    }
+    let req = RunRequest {
+        benchmark,
+        agent,
+        gateway,
+        task: args.task.clone(),
+        out: args.out.clone(),
+        isolation: args.isolation,
+        network: args.network,
+        rootfs: args.rootfs,
+        recordings: args
+            .recordings
+            .as_ref()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
+        agent_timeout_sec: args.agent_timeout,
+        grade_timeout_sec: args.grade_timeout,
+        hoist_binary: static_binary()?,
+        lock_file: args.locked.then(|| args.lock_file.clone()),
+        command_line: std::env::args().collect(),
+        pull_ms,
+    };
+    let (result, record) = run(&store, &req)?;
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else if !global.quiet {
+        print_verdict(&result, record.isolation);
+    }
+    Ok(if result["infra_error"].is_null() {
+        ExitStatus::Success
+    } else {
+        ExitStatus::Failure
+    })
+}
+
+fn print_verdict(r: &serde_json::Value, isolation: &str) {
+    let task = r["task_id"].as_str().unwrap_or("?");
+    if let Some(e) = r["infra_error"].as_object() {
+        println!(
+            "{task}: infrastructure error at {}: {}",
+            e.get("stage").and_then(|s| s.as_str()).unwrap_or("?"),
+            e.get("message").and_then(|s| s.as_str()).unwrap_or("?")
+        );
+        return;
+    }
+    let verdict = if r["resolved"].as_bool() == Some(true) {
+        "RESOLVED"
+    } else {
+        "unresolved"
+    };
+    println!(
+        "{task}: {verdict} (score {}, agent exit {}{}, isolation {isolation})",
+        r["score"],
+        r["agent"]["exit_code"],
+        if r["agent"]["timed_out"].as_bool() == Some(true) {
+            ", timed out"
+        } else {
+            ""
+        }
+    );
+}
+
+/// The hoist binary to put in the sandbox at /.hoist/hoist: it must be
+/// static, since it runs inside any image. `HOIST_STATIC_BINARY`, else
+/// this binary if it is static, else the static build beside it
+/// (`target/x86_64-unknown-linux-gnu/PROFILE/hoist`, made by
+/// `scripts/build-static`).
+pub fn static_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("HOIST_STATIC_BINARY") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::fs::read_link("/proc/self/exe").context("finding this binary")?;
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    if !maps.contains("/ld-linux") {
+        return Ok(exe);
+    }
+    if let (Some(dir), Some(profile)) = (exe.parent(), exe.parent().and_then(Path::file_name)) {
+        let sibling = dir
+            .join("..")
+            .join(format!("{}-unknown-linux-gnu", std::env::consts::ARCH))
+            .join(profile)
+            .join("hoist");
+        if sibling.is_file() {
+            return Ok(sibling);
+        }
+    }
+    bail!("this hoist is dynamically linked and cannot run inside an image; build the static one with scripts/build-static, or set HOIST_STATIC_BINARY")
+}

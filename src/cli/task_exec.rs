@@ -1,0 +1,39 @@
+//! `hoist task-exec [--task ID] [--context FILE]`: the supervisor, run
+//! inside the sandbox as root (DESIGN §3). Hidden: users run `hoist run`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use hoist::exit::ExitStatus;
+use hoist::pipeline::{task_exec, TaskExecOptions};
+
+#[derive(Args)]
+pub struct TaskExecArgs {
+    /// The task to run; may be left out when the image holds one task.
+    #[arg(long, value_name = "ID")]
+    task: Option<String>,
+    /// The run context written by the host [default: /.hoist/context.json].
+    #[arg(long, value_name = "FILE")]
+    context: Option<PathBuf>,
+    /// Resolve every sandbox path under DIR instead of `/` (tests only).
+    #[arg(long, value_name = "DIR", default_value = "/", hide = true)]
+    root: PathBuf,
+}
+
+/// 0 when result.json was written, whatever the verdict; 1 when not.
+pub fn run(args: &TaskExecArgs) -> anyhow::Result<ExitStatus> {
+    let result = task_exec(&TaskExecOptions {
+        root: args.root.clone(),
+        task: args.task.clone(),
+        context: args.context.clone(),
+    })?;
+    if let Some(e) = &result.infra_error {
+        let stage = serde_json::to_value(e.stage).unwrap_or_default();
+        eprintln!(
+            "task-exec: infra_error ({}): {}",
+            stage.as_str().unwrap_or("?"),
+            e.message
+        );
+    }
+    Ok(ExitStatus::Success)
+}

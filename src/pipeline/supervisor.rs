@@ -1,0 +1,564 @@
+//! The steps of DESIGN §3 that start and stop processes. Each step either
+//! records what happened in the [`Record`] or returns the infra error that
+//! ends the run; [`Supervisor::cleanup`] runs whatever way it ended.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::grade::read_grade_report;
+use super::health;
+use super::killuid::kill_user_processes;
+use super::process::{self, Finished, Reaper, Spec};
+use super::root::{create_root_file, ensure_root_dir, remove_if_present, write_atomic, Root};
+use super::task::{choose_task, parse_task, TaskError, TaskSpec, MAX_TASK_BYTES};
+use super::users::{ensure_agent_user, AGENT_GID, AGENT_HOME, AGENT_UID};
+use super::{infra, Record, RunContext};
+use crate::result::{AgentOutcome, InfraError, Stage};
+
+/// The PATH of every child (Debian's default for root and users alike).
+pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+const AGENT_RUN: &str = "/opt/agent/run";
+const AGENT_INSTALL: &str = "/opt/agent/install.sh";
+const GATEWAY_RUN: &str = "/opt/gateway/run";
+const RUN_DIR: &str = "/run/hoist";
+const INSTRUCTION: &str = "/run/hoist/instruction.md";
+const GRADE_OUT: &str = "/run/hoist/grade.json";
+
+/// How long the gateway has to answer `/health` with 200.
+const GATEWAY_READY: Duration = Duration::from_secs(30);
+/// How long one `/health` request may take.
+const HEALTH_PROBE: Duration = Duration::from_secs(1);
+/// How long the agent's processes have to vanish after SIGKILL.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Supervisor<'a> {
+    root: &'a Root,
+    ctx: &'a RunContext,
+    /// `/output/task` under the root.
+    out: PathBuf,
+    reaper: Reaper,
+    /// The gateway's pid (its group id) while it runs.
+    gateway: Option<i32>,
+    pub rec: Record,
+}
+
+fn sandbox_err(e: &dyn std::error::Error) -> InfraError {
+    infra(Stage::Sandbox, e)
+}
+
+fn message(stage: Stage, message: String) -> InfraError {
+    InfraError { stage, message }
+}
+
+impl<'a> Supervisor<'a> {
+    pub fn new(root: &'a Root, ctx: &'a RunContext, out: PathBuf) -> Supervisor<'a> {
+        Supervisor {
+            root,
+            ctx,
+            out,
+            reaper: Reaper::new(),
+            gateway: None,
+            rec: Record::default(),
+        }
+    }
+
+    fn grace(&self) -> Duration {
+        Duration::from_secs(self.ctx.kill_grace_sec)
+    }
+
+    fn finish(&mut self, pid: i32, deadline: Instant) -> Finished {
+        let grace = self.grace();
+        process::run_to_deadline(&mut self.reaper, pid, deadline, grace)
+    }
+
+    /// DESIGN §3 steps 1–7. An `Err` ends the run with that infra error.
+    pub fn execute(&mut self, requested: Option<&str>) -> Result<(), InfraError> {
+        // Inherited by every child: nothing the agent brings (setuid
+        // binaries, file capabilities) can raise its privileges.
+        rustix::thread::set_no_new_privs(true)
+            .map_err(|e| sandbox_err(&std::io::Error::from(e)))?;
+        // Best effort: when it fails, orphans go to the real init, and
+        // the uid sweep still kills the agent's.
+        let _ = process::become_subreaper();
+        let task = self.load_task(requested)?;
+        self.rec.task_id = task.id.clone();
+        ensure_agent_user(self.root).map_err(|e| sandbox_err(&e))?;
+        let workdir = self.check_rootfs(&task)?;
+        let timeout = self.ctx.agent_timeout_sec.unwrap_or(task.agent_timeout_sec);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(timeout);
+        let installed = self.install(&task, &workdir, deadline)?;
+        // Root processes install.sh left behind must not see the agent run.
+        process::sweep_namespace(&mut self.reaper);
+        self.start_gateway()?;
+        self.write_instruction(&task)?;
+        if installed {
+            self.run_agent(&task, &workdir, deadline)?;
+        }
+        self.rec.agent_ms = millis(started.elapsed());
+        self.end_agent_phase()?;
+        self.grade(&task, &workdir)
+    }
+
+    /// Whatever happened: no agent process, gateway or leftover survives
+    /// the supervisor. Errors here are not reported: either the run
+    /// already failed with its own infra error, or
+    /// [`Supervisor::end_agent_phase`] already succeeded and this pass only
+    /// catches what a grader may have started as the agent user.
+    pub fn cleanup(&mut self) {
+        let _ = kill_user_processes(
+            AGENT_UID,
+            &self.root.path("/proc"),
+            &mut self.reaper,
+            KILL_TIMEOUT,
+        );
+        self.stop_gateway();
+        process::sweep_namespace(&mut self.reaper);
+    }
+
+    fn load_task(&mut self, requested: Option<&str>) -> Result<TaskSpec, InfraError> {
+        let tasks_dir = self.root.path("/tasks");
+        let available = list_tasks(&tasks_dir).map_err(|e| {
+            message(
+                Stage::Sandbox,
+                format!("cannot list {}: {e}", tasks_dir.display()),
+            )
+        })?;
+        let id = choose_task(requested, &available).map_err(|e| sandbox_err(&e))?;
+        self.rec.task_id = id.clone();
+        let path = tasks_dir.join(&id).join("task.json");
+        let bytes = read_bounded(&path, MAX_TASK_BYTES)
+            .map_err(|e| {
+                message(
+                    Stage::Sandbox,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?
+            .ok_or_else(|| sandbox_err(&TaskError::TooLarge { task: id.clone() }))?;
+        parse_task(&id, &bytes).map_err(|e| sandbox_err(&e))
+    }
+
+    /// What the rootfs must hold before anything runs: an executable
+    /// `/opt/agent/run` and the task's workdir.
+    fn check_rootfs(&self, task: &TaskSpec) -> Result<PathBuf, InfraError> {
+        let run = self.root.path(AGENT_RUN);
+        match std::fs::metadata(&run) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {}
+            Ok(_) => {
+                return Err(message(
+                    Stage::Sandbox,
+                    format!("{AGENT_RUN} is not an executable file; the agent image must provide one (DESIGN §2)"),
+                ))
+            }
+            Err(e) => {
+                return Err(message(
+                    Stage::Sandbox,
+                    format!("{AGENT_RUN} is missing from the rootfs ({e}); the agent image must provide an executable {AGENT_RUN} (DESIGN §2)"),
+                ))
+            }
+        }
+        let workdir = self.root.path(&task.workdir);
+        if !workdir.is_dir() {
+            return Err(message(
+                Stage::Sandbox,
+                format!(
+                    "the workdir {} of task {} is not a directory in the rootfs",
+                    task.workdir, task.id
+                ),
+            ));
+        }
+        Ok(workdir)
+    }
+
+    /// Step 2: `install.sh` as root. Returns whether `run` may follow.
+    fn install(
+        &mut self,
+        task: &TaskSpec,
+        workdir: &Path,
+        deadline: Instant,
+    ) -> Result<bool, InfraError> {
+        let script = self.root.path(AGENT_INSTALL);
+        if std::fs::symlink_metadata(&script).is_err() {
+            return Ok(true);
+        }
+        let log = self.log("install.log")?;
+        let mut env = self.root_env(task);
+        env.push(("HOIST_WORKDIR", workdir.as_os_str().to_owned()));
+        let spec = Spec {
+            program: script,
+            args: Vec::new(),
+            env,
+            cwd: self.root.path("/"),
+            log: &log,
+            stdin: self.stdin()?,
+            user: None,
+        };
+        let pid = match process::spawn(spec, &mut self.reaper) {
+            Ok(pid) => pid,
+            Err(e) => {
+                // The agent's own file: its failure, not the sandbox's.
+                note(&log, &format!("hoist: cannot execute {AGENT_INSTALL}: {e}"));
+                self.rec.agent = AgentOutcome {
+                    exit_code: Some(if e.kind() == std::io::ErrorKind::NotFound {
+                        127
+                    } else {
+                        126
+                    }),
+                    timed_out: false,
+                };
+                return Ok(false);
+            }
+        };
+        let f = self.finish(pid, deadline);
+        if f.timed_out || f.code() != 0 {
+            self.rec.agent = outcome(f);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Step 3: start the gateway, if there is one, and wait for `/health`.
+    fn start_gateway(&mut self) -> Result<(), InfraError> {
+        let program = self.root.path(GATEWAY_RUN);
+        if std::fs::symlink_metadata(&program).is_err() {
+            return Ok(());
+        }
+        let log = self.log("gateway.log").map_err(|e| InfraError {
+            stage: Stage::Gateway,
+            ..e
+        })?;
+        let mut env = vec![
+            ("PATH", PATH.into()),
+            ("HOME", "/root".into()),
+            (
+                "HOIST_GATEWAY_PORT",
+                self.ctx.gateway_port.to_string().into(),
+            ),
+        ];
+        if self.ctx.recordings {
+            env.push(("HOIST_RECORDINGS", self.root.os("/recordings")));
+        }
+        let spec = Spec {
+            program,
+            args: Vec::new(),
+            env,
+            cwd: self.root.path("/"),
+            log: &log,
+            stdin: self.stdin()?,
+            user: None,
+        };
+        let pid = process::spawn(spec, &mut self.reaper)
+            .map_err(|e| message(Stage::Gateway, format!("cannot start {GATEWAY_RUN}: {e}")))?;
+        self.gateway = Some(pid);
+        self.wait_healthy(pid)
+    }
+
+    fn wait_healthy(&mut self, pid: i32) -> Result<(), InfraError> {
+        let port = self.ctx.gateway_port;
+        let deadline = Instant::now() + GATEWAY_READY;
+        loop {
+            self.reaper.poll();
+            if let Some(exit) = self.reaper.take(pid) {
+                return Err(message(
+                    Stage::Gateway,
+                    format!("{GATEWAY_RUN} exited with code {} before answering GET /health on port {port}; see gateway.log", exit.code()),
+                ));
+            }
+            let last = match health::probe(port, HEALTH_PROBE) {
+                Ok(200) => return Ok(()),
+                Ok(code) => format!("last answer: {code}"),
+                Err(e) => format!("last error: {e}"),
+            };
+            if Instant::now() >= deadline {
+                return Err(message(
+                    Stage::Gateway,
+                    format!("{GATEWAY_RUN} did not answer GET http://127.0.0.1:{port}/health with 200 within {} s ({last}); see gateway.log", GATEWAY_READY.as_secs()),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop_gateway(&mut self) {
+        if let Some(pid) = self.gateway.take() {
+            let grace = self.grace();
+            process::terminate_group(&mut self.reaper, pid, grace);
+        }
+    }
+
+    /// Step 4: the instruction, readable by the agent, writable by root.
+    fn write_instruction(&self, task: &TaskSpec) -> Result<(), InfraError> {
+        let dir = self.root.path(RUN_DIR);
+        let path = self.root.path(INSTRUCTION);
+        ensure_root_dir(&dir, 0o755)
+            .and_then(|()| write_atomic(&path, task.instruction.as_bytes()))
+            .map_err(|e| {
+                message(
+                    Stage::Sandbox,
+                    format!("cannot write {}: {e}", path.display()),
+                )
+            })
+    }
+
+    /// Step 5: the agent, as uid/gid 1000 in its own process group.
+    fn run_agent(
+        &mut self,
+        task: &TaskSpec,
+        workdir: &Path,
+        deadline: Instant,
+    ) -> Result<(), InfraError> {
+        let log = self.log("agent.log")?;
+        let model_url = match self.gateway {
+            Some(_) => format!("http://127.0.0.1:{}/v1", self.ctx.gateway_port),
+            None => String::new(),
+        };
+        let instruction = self.root.os(INSTRUCTION);
+        let spec = Spec {
+            program: self.root.path(AGENT_RUN),
+            args: vec![instruction.clone()],
+            env: agent_env(
+                &task.id,
+                instruction,
+                workdir.as_os_str().to_owned(),
+                model_url,
+            ),
+            cwd: workdir.to_path_buf(),
+            log: &log,
+            stdin: self.stdin()?,
+            user: Some((AGENT_UID, AGENT_GID)),
+        };
+        let pid = process::spawn(spec, &mut self.reaper).map_err(|e| {
+            message(
+                Stage::Sandbox,
+                format!(
+                    "cannot start {AGENT_RUN} as uid {AGENT_UID} in {}: {e}",
+                    task.workdir
+                ),
+            )
+        })?;
+        let f = self.finish(pid, deadline);
+        self.rec.agent = outcome(f);
+        Ok(())
+    }
+
+    /// Step 6: nothing of the agent runs while grading, nor the gateway.
+    fn end_agent_phase(&mut self) -> Result<(), InfraError> {
+        kill_user_processes(
+            AGENT_UID,
+            &self.root.path("/proc"),
+            &mut self.reaper,
+            KILL_TIMEOUT,
+        )
+        .map_err(|e| sandbox_err(&e))?;
+        self.stop_gateway();
+        process::sweep_namespace(&mut self.reaper);
+        Ok(())
+    }
+
+    /// Step 7: the grader, as root in the workdir, and its report.
+    fn grade(&mut self, task: &TaskSpec, workdir: &Path) -> Result<(), InfraError> {
+        let grade_err =
+            |e: std::io::Error, what: &str| message(Stage::Grade, format!("{what}: {e}"));
+        let report = self.root.path(GRADE_OUT);
+        ensure_root_dir(&self.root.path(RUN_DIR), 0o755)
+            .map_err(|e| grade_err(e, "cannot create /run/hoist"))?;
+        remove_if_present(&report)
+            .map_err(|e| grade_err(e, "cannot remove a stale grade report"))?;
+        let log = self.log("grade.log").map_err(|e| InfraError {
+            stage: Stage::Grade,
+            ..e
+        })?;
+        let mut env = self.root_env(task);
+        env.push(("HOIST_GRADE_OUT", report.as_os_str().to_owned()));
+        let program = &task.grade.command[0];
+        let spec = Spec {
+            program: if program.starts_with('/') {
+                self.root.path(program)
+            } else {
+                program.into()
+            },
+            args: task.grade.command[1..].iter().map(OsString::from).collect(),
+            env,
+            cwd: workdir.to_path_buf(),
+            log: &log,
+            stdin: self.stdin()?,
+            user: None,
+        };
+        let timeout = self.ctx.grade_timeout_sec.unwrap_or(task.grade.timeout_sec);
+        let started = Instant::now();
+        let pid = process::spawn(spec, &mut self.reaper)
+            .map_err(|e| grade_err(e, &format!("cannot start the grader {program}")))?;
+        let f = self.finish(pid, started + Duration::from_secs(timeout));
+        self.rec.grade_ms = millis(started.elapsed());
+        self.rec.grade.exit_code = Some(f.code());
+        self.rec.grade.timed_out = f.timed_out;
+        if f.timed_out {
+            return Err(message(
+                Stage::Grade,
+                format!("the grader {program} did not finish within {timeout} s"),
+            ));
+        }
+        let r = read_grade_report(&report).map_err(|e| {
+            message(
+                Stage::Grade,
+                format!(
+                    "{e} (the grader {program} exited with code {}; see grade.log)",
+                    f.code()
+                ),
+            )
+        })?;
+        self.rec.grade.tests = r.tests;
+        self.rec.resolved = r.resolved;
+        Ok(())
+    }
+
+    /// The environment of the root children (install.sh, grader).
+    fn root_env(&self, task: &TaskSpec) -> Vec<(&'static str, OsString)> {
+        vec![
+            ("PATH", PATH.into()),
+            ("HOME", "/root".into()),
+            ("HOIST_TASK_ID", task.id.clone().into()),
+        ]
+    }
+
+    fn log(&self, name: &str) -> Result<File, InfraError> {
+        let path = self.out.join(name);
+        create_root_file(&path).map_err(|e| {
+            message(
+                Stage::Sandbox,
+                format!("cannot create {}: {e}", path.display()),
+            )
+        })
+    }
+
+    fn stdin(&self) -> Result<std::process::Stdio, InfraError> {
+        process::null_stdin(&self.root.path("/dev/null")).map_err(|e| {
+            message(
+                Stage::Sandbox,
+                format!("cannot make stdin for a child: {e}"),
+            )
+        })
+    }
+}
+
+/// The agent's whole environment (DESIGN §3 step 5), nothing inherited.
+pub fn agent_env(
+    task_id: &str,
+    instruction: OsString,
+    workdir: OsString,
+    model_url: String,
+) -> Vec<(&'static str, OsString)> {
+    vec![
+        ("HOME", AGENT_HOME.into()),
+        ("PATH", PATH.into()),
+        ("HOIST_TASK_ID", task_id.into()),
+        ("HOIST_INSTRUCTION_FILE", instruction),
+        ("HOIST_WORKDIR", workdir),
+        ("HOIST_MODEL_URL", model_url.into()),
+    ]
+}
+
+fn outcome(f: Finished) -> AgentOutcome {
+    AgentOutcome {
+        exit_code: Some(f.code()),
+        timed_out: f.timed_out,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A line of the supervisor's own in a child's log.
+fn note(mut log: &File, line: &str) {
+    // The log is a convenience for the reader; the outcome is recorded
+    // in result.json whether or not this line makes it.
+    let _ = writeln!(log, "{line}");
+}
+
+/// The task directories under `/tasks`, sorted. Names that are not UTF-8
+/// are listed lossily; they can never be chosen (not safe ids).
+fn list_tasks(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The file's bytes, or `None` when it is larger than `max`.
+fn read_bounded(path: &Path, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    File::open(path)?
+        .take(max as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok((bytes.len() <= max).then_some(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_env_is_exactly_the_design_set() {
+        let env = agent_env(
+            "t",
+            "/run/hoist/instruction.md".into(),
+            "/testbed".into(),
+            String::new(),
+        );
+        let names: Vec<&str> = env.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            names,
+            [
+                "HOME",
+                "PATH",
+                "HOIST_TASK_ID",
+                "HOIST_INSTRUCTION_FILE",
+                "HOIST_WORKDIR",
+                "HOIST_MODEL_URL"
+            ]
+        );
+        assert_eq!(env[0].1, "/home/agent");
+        assert_eq!(env[5].1, "");
+    }
+
+    #[test]
+    fn agent_env_carries_the_model_url() {
+        let env = agent_env(
+            "t",
+            "i".into(),
+            "w".into(),
+            "http://127.0.0.1:8377/v1".into(),
+        );
+        assert_eq!(env[5].1, "http://127.0.0.1:8377/v1");
+    }
+
+    #[test]
+    fn list_tasks_lists_only_dirs_sorted() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("b")).unwrap();
+        std::fs::create_dir(d.path().join("a")).unwrap();
+        std::fs::write(d.path().join("README"), "").unwrap();
+        assert_eq!(list_tasks(d.path()).unwrap(), ["a", "b"]);
+    }
+
+    #[test]
+    fn read_bounded_refuses_past_the_bound() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, "12345").unwrap();
+        assert_eq!(read_bounded(&p, 5).unwrap(), Some(b"12345".to_vec()));
+        assert_eq!(read_bounded(&p, 4).unwrap(), None);
+    }
+}

@@ -1,0 +1,302 @@
+//! `hoist run --mode crane` on the host (DESIGN §3–§5): pull every axis by
+//! digest, check the lock file, materialize the fused rootfs, run the
+//! supervisor in the sandbox, and write `OUT/run.json` beside the task's
+//! `OUT/task/result.json`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+
+use crate::lock::{LockError, LockFile};
+use crate::pipeline::clock::rfc3339;
+use crate::pipeline::context::{self as ctx, RunContext};
+use crate::pull::Pulled;
+use crate::rootfs::{self, Axes, Materialized, RootfsError, RootfsMode};
+use crate::sandbox::{self, Isolation, Network, SandboxConfig, SandboxError};
+use crate::store::Store;
+
+/// What the caller decided; the images are already pulled.
+pub struct RunRequest<'a> {
+    pub benchmark: &'a Pulled,
+    pub agent: &'a Pulled,
+    pub gateway: Option<&'a Pulled>,
+    pub task: Option<String>,
+    pub out: PathBuf,
+    pub isolation: Isolation,
+    pub network: Network,
+    pub rootfs: RootfsMode,
+    pub recordings: Option<PathBuf>,
+    pub agent_timeout_sec: Option<u64>,
+    pub grade_timeout_sec: Option<u64>,
+    /// The static hoist binary to run inside the sandbox.
+    pub hoist_binary: PathBuf,
+    /// The lock file checked (`--locked`) or used, for run.json.
+    pub lock_file: Option<PathBuf>,
+    pub command_line: Vec<String>,
+    pub pull_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Rootfs(#[from] RootfsError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the sandbox ended (exit {exit_code}) without writing {path}; see the logs in {dir}")]
+    NoResult {
+        exit_code: i32,
+        path: PathBuf,
+        dir: PathBuf,
+    },
+    #[error("namespaces isolation is not available here (the probe could not unshare and mount); use --isolation chroot or auto")]
+    NoNamespaces,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+    move |source| RunError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// `OUT/run.json`: how the run was made.
+#[derive(Debug, Serialize)]
+pub struct RunRecord {
+    pub schema: &'static str,
+    pub command_line: Vec<String>,
+    pub mode: &'static str,
+    pub isolation: &'static str,
+    pub not_isolated: Vec<&'static str>,
+    pub network: Network,
+    pub rootfs: RootfsMode,
+    pub images: serde_json::Value,
+    pub lock_file: Option<PathBuf>,
+    pub host: HostInfo,
+    pub hoist_version: &'static str,
+    pub started_at: String,
+    pub durations_ms: Durations,
+    pub supervisor_exit_code: i32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostInfo {
+    pub kernel: String,
+    pub machine: String,
+    pub uid: u32,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Durations {
+    pub pull: u64,
+    pub materialize: u64,
+    pub sandbox: u64,
+    pub total: u64,
+}
+
+/// Check each axis's resolved digest against `lock`.
+pub fn check_lock(
+    lock: &LockFile,
+    path: &Path,
+    axes: &[(&str, &Pulled, &str)],
+) -> Result<(), LockError> {
+    for (axis, pulled, reference) in axes {
+        lock.check(axis, reference, &pulled.digest, path)?;
+    }
+    Ok(())
+}
+
+fn image_json(p: &Pulled, reference: &str) -> serde_json::Value {
+    serde_json::json!({"ref": reference, "digest": p.digest.to_string()})
+}
+
+/// The isolation to use: `auto` takes namespaces when the probe works.
+pub fn resolve_isolation(requested: Isolation, hoist_binary: &Path) -> Result<Isolation, RunError> {
+    match requested {
+        Isolation::Auto => Ok(sandbox::probe(hoist_binary)),
+        Isolation::Namespaces if sandbox::probe(hoist_binary) != Isolation::Namespaces => {
+            Err(RunError::NoNamespaces)
+        }
+        other => Ok(other),
+    }
+}
+
+/// Run one task; returns the parsed result.json and the run record.
+pub fn run(
+    store: &Store,
+    req: &RunRequest<'_>,
+) -> Result<(serde_json::Value, RunRecord), RunError> {
+    let started = Instant::now();
+    let started_at = rfc3339(SystemTime::now());
+    let isolation = resolve_isolation(req.isolation, &req.hoist_binary)?;
+    // chroot cannot mount: the rootfs must be a plain copy.
+    let rootfs_mode = if isolation == Isolation::Chroot {
+        RootfsMode::Copy
+    } else {
+        req.rootfs
+    };
+
+    std::fs::create_dir_all(&req.out).map_err(io(&req.out))?;
+    let task_dir = req.out.join("task");
+    std::fs::create_dir_all(&task_dir).map_err(io(&task_dir))?;
+    let result_path = task_dir.join("result.json");
+    if result_path.exists() {
+        std::fs::remove_file(&result_path).map_err(io(&result_path))?;
+    }
+    let work = tempfile::Builder::new()
+        .prefix("run-")
+        .tempdir_in(store_work_dir(store)?)
+        .map_err(io(store.root()))?;
+    let rootfs_dir = work.path().join("rootfs");
+
+    let t = Instant::now();
+    let axes = Axes {
+        benchmark: req.benchmark,
+        agent: Some(req.agent),
+        gateway: req.gateway,
+    };
+    let m = rootfs::materialize(store, &axes, &rootfs_dir, rootfs_mode, false)?;
+    let materialize_ms = t.elapsed().as_millis() as u64;
+
+    let result = run_in(store, req, &m, isolation, materialize_ms, work.path());
+    if let Err(e) = rootfs::teardown(store, &m) {
+        tracing::warn!(error = %e, "could not take down the rootfs");
+    }
+    let (exit_code, sandbox_ms) = result?;
+
+    let images = serde_json::json!({
+        "benchmark": image_json(req.benchmark, &req.benchmark.reference),
+        "agent": image_json(req.agent, &req.agent.reference),
+        "gateway": req.gateway.map(|g| image_json(g, &g.reference)),
+    });
+    let record = RunRecord {
+        schema: "hoist.run/v1",
+        command_line: req.command_line.clone(),
+        mode: "crane",
+        isolation: isolation.as_str(),
+        not_isolated: isolation.not_isolated(req.network),
+        network: req.network,
+        rootfs: m.mode,
+        images,
+        lock_file: req.lock_file.clone(),
+        host: host_info(),
+        hoist_version: env!("CARGO_PKG_VERSION"),
+        started_at,
+        durations_ms: Durations {
+            pull: req.pull_ms,
+            materialize: materialize_ms,
+            sandbox: sandbox_ms,
+            total: req.pull_ms + started.elapsed().as_millis() as u64,
+        },
+        supervisor_exit_code: exit_code,
+    };
+    let run_json = req.out.join("run.json");
+    std::fs::write(
+        &run_json,
+        serde_json::to_vec_pretty(&record).unwrap_or_default(),
+    )
+    .map_err(io(&run_json))?;
+    let bytes = std::fs::read(&result_path).map_err(|_| RunError::NoResult {
+        exit_code,
+        path: result_path.clone(),
+        dir: task_dir.clone(),
+    })?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| RunError::Io {
+        path: result_path.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    Ok((value, record))
+}
+
+fn run_in(
+    store: &Store,
+    req: &RunRequest<'_>,
+    m: &Materialized,
+    isolation: Isolation,
+    materialize_ms: u64,
+    work: &Path,
+) -> Result<(i32, u64), RunError> {
+    let _ = store;
+    let context = RunContext {
+        images: serde_json::from_value(serde_json::json!({
+            "benchmark": image_json(req.benchmark, &req.benchmark.reference),
+            "agent": image_json(req.agent, &req.agent.reference),
+            "gateway": req.gateway.map(|g| image_json(g, &g.reference)),
+        }))
+        .unwrap_or_default(),
+        platform: req.benchmark.platform.to_string(),
+        mode: ctx::Mode::Crane,
+        isolation: match isolation {
+            Isolation::Chroot => ctx::Isolation::Chroot,
+            _ => ctx::Isolation::Namespaces,
+        },
+        network: match req.network {
+            Network::None => ctx::Network::None,
+            Network::Host => ctx::Network::Host,
+        },
+        recordings: req.recordings.is_some(),
+        materialize_ms,
+        agent_timeout_sec: req.agent_timeout_sec,
+        grade_timeout_sec: req.grade_timeout_sec,
+        ..RunContext::default()
+    };
+    let context_path = work.join("context.json");
+    write_private(
+        &context_path,
+        &serde_json::to_vec_pretty(&context).unwrap_or_default(),
+    )?;
+    let output = std::fs::canonicalize(&req.out).map_err(io(&req.out))?;
+    let cfg = SandboxConfig {
+        isolation,
+        network: req.network,
+        rootfs: m.root.clone(),
+        output,
+        recordings: req.recordings.clone(),
+        hoist_binary: req.hoist_binary.clone(),
+        context: context_path,
+        task: req.task.clone(),
+        limits: Default::default(),
+    };
+    // The supervisor enforces the task's timeouts; this backstop only
+    // catches a supervisor that hangs.
+    let backstop = Duration::from_secs(
+        req.agent_timeout_sec.unwrap_or(4 * 3600) * 2 + req.grade_timeout_sec.unwrap_or(3600) + 300,
+    );
+    let outcome = sandbox::run(&cfg, &work.join("sandbox.json"), backstop)?;
+    Ok((outcome.exit_code, outcome.elapsed.as_millis() as u64))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))
+}
+
+fn store_work_dir(store: &Store) -> Result<PathBuf, RunError> {
+    let d = store.root().join("work");
+    std::fs::create_dir_all(&d).map_err(io(&d))?;
+    Ok(d)
+}
+
+fn host_info() -> HostInfo {
+    let u = rustix::system::uname();
+    HostInfo {
+        kernel: u.release().to_string_lossy().into_owned(),
+        machine: u.machine().to_string_lossy().into_owned(),
+        uid: rustix::process::geteuid().as_raw(),
+    }
+}
