@@ -23,6 +23,9 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
     let root = File::open(&cfg.rootfs).map_err(io_err("the rootfs"))?;
     let r = root.as_fd();
     let dev = mounts::dir(r, "dev")?;
+    // mknod honours the umask, and the nodes must be 0666; this stage is
+    // single-threaded, so the process-wide umask is ours to change.
+    let old_umask = rustix::process::umask(Mode::empty());
     for (name, major, minor) in [
         ("null", 1, 3),
         ("zero", 1, 5),
@@ -31,18 +34,24 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
         ("urandom", 1, 9),
         ("tty", 5, 0),
     ] {
-        match rustix::fs::mknodat(
+        // Whatever the image put at that name (a file, or a symlink to a
+        // host path) is replaced, never written through.
+        match rustix::fs::unlinkat(&dev, name, rustix::fs::AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(io_err(format!("/dev/{name}"))(e.into())),
+        }
+        if let Err(e) = rustix::fs::mknodat(
             &dev,
             name,
             FileType::CharacterDevice,
             Mode::from_raw_mode(0o666),
             rustix::fs::makedev(major, minor),
         ) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
             // Without CAP_MKNOD the node is missing; the supervisor copes.
-            Err(e) => tracing::warn!(node = name, error = %e, "cannot create device node"),
+            tracing::warn!(node = name, error = %e, "cannot create device node");
         }
     }
+    rustix::process::umask(old_umask);
     for (rel, mode) in [
         ("tmp", 0o1777),
         ("run", 0o755),
