@@ -325,7 +325,7 @@ def main(argv):
                    "it must never appear in a fused rootfs.\n", 0o644)
 
     for name, extra in (("oracle", oracle_extra), ("noop", None), ("scripted", None),
-                        ("probe", None)):
+                        ("probe", None), ("sleeper", None)):
         agent_layer(os.path.join(agents, name, "run"), os.path.join(outdir, f"agent-{name}.tar"),
                     extra)
         images.append({"tag": f"agent-{name}", "axis": "agent", "base": False,

@@ -180,6 +180,9 @@ fn materialize_overlay(
     let mounted = (|| {
         let target = File::open(out).map_err(io(out))?;
         let (upper, work) = run.upper_work("root")?;
+        // An overlay's root directory takes its mode and owner from the
+        // upper directory: give it the image's.
+        copy_dir_meta(&lowers[0], &upper)?;
         mount::mount_overlay(
             &mount::Overlay {
                 lowers: &lowers,
@@ -202,6 +205,7 @@ fn materialize_overlay(
                 }
             })?;
             let (upper, work) = run.upper_work(path)?;
+            copy_dir_meta(dir, &upper)?;
             mount::mount_overlay(
                 &mount::Overlay {
                     lowers: std::slice::from_ref(dir),
@@ -277,6 +281,28 @@ fn materialize_copy(
         mode: RootfsMode::Copy,
         run_dir: None,
     })
+}
+
+/// Give `dst` the mode, owner and xattrs of the directory `src`: an
+/// overlay mount shows its upper directory's, not the layers'.
+fn copy_dir_meta(src: &Path, dst: &Path) -> Result<(), RootfsError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = fs::symlink_metadata(src).map_err(io(src))?;
+    std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid())).map_err(io(dst))?;
+    fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777)).map_err(io(dst))?;
+    let mut names = vec![0u8; 65536];
+    let n = rustix::fs::llistxattr(src, &mut names).unwrap_or(0);
+    for name in names[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
+        if crate::treedigest::is_ignored_xattr(&String::from_utf8_lossy(name)) {
+            continue;
+        }
+        let mut value = vec![0u8; 65536];
+        if let Ok(len) = rustix::fs::lgetxattr(src, name, &mut value) {
+            rustix::fs::lsetxattr(dst, name, &value[..len], rustix::fs::XattrFlags::empty())
+                .map_err(|e| io(dst)(e.into()))?;
+        }
+    }
+    Ok(())
 }
 
 /// A scratch directory beside `out` (same file system, so a rename works).

@@ -1,0 +1,465 @@
+//! `hoist run --mode crane` end to end on the sample images (benchmarks/,
+//! agents/, models/), as root, with the real kernel: namespaces and chroot
+//! isolation, the task pipeline, result.json field by field, timeouts,
+//! the hostile probe agent, the lock file, and images pulled from the test
+//! registry by digest.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+struct Samples {
+    oci: String,
+    registry: String,
+    pyfix_tasks: Vec<String>,
+    swe_tasks: Vec<String>,
+    replay_tasks: Vec<String>,
+}
+
+fn samples() -> Option<Samples> {
+    if !is_root() {
+        skip("hoist run tests need root (namespaces, overlay mounts)");
+        return None;
+    }
+    let words = |v: String| v.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    Some(Samples {
+        oci: env_or_skip("HOIST_SAMPLES_OCI")?,
+        registry: env_or_skip("HOIST_SAMPLES_REGISTRY")?,
+        pyfix_tasks: words(env_or_skip("HOIST_SAMPLES_PYFIX_TASKS")?),
+        swe_tasks: words(env_or_skip("HOIST_SAMPLES_SWE_MINI_TASKS")?),
+        replay_tasks: words(env_or_skip("HOIST_SAMPLES_REPLAY_TASKS")?),
+    })
+}
+
+fn digest(tag: &str) -> String {
+    let var = format!(
+        "HOIST_SAMPLE_{}_DIGEST",
+        tag.to_uppercase().replace('-', "_")
+    );
+    std::env::var(&var).unwrap_or_else(|_| panic!("{var} is not set"))
+}
+
+/// One store for the whole file, so the layer cache is filled once.
+fn store() -> PathBuf {
+    let dir = std::env::var("HOIST_TEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir());
+    dir.join("run-store")
+}
+
+impl Samples {
+    fn r(&self, tag: &str) -> String {
+        format!("oci:{}:{tag}", self.oci)
+    }
+}
+
+fn hoist_run(args: &[&str], out: &Path) -> Output {
+    run(hoist(&store()).arg("run").args(args).arg("--out").arg(out))
+}
+
+fn result(out: &Path) -> Value {
+    let bytes = std::fs::read(out.join("task/result.json")).expect("result.json written");
+    serde_json::from_slice(&bytes).expect("result.json is JSON")
+}
+
+fn run_ok(args: &[&str]) -> (tempfile::TempDir, Value) {
+    let out = tempfile::tempdir().unwrap();
+    let o = hoist_run(args, out.path());
+    assert!(
+        o.status.success(),
+        "hoist run {args:?} failed:\n{}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let r = result(out.path());
+    (out, r)
+}
+
+#[test]
+fn oracle_resolves_every_sample_task() {
+    let Some(s) = samples() else { return };
+    // One task checked field by field.
+    let task = &s.pyfix_tasks[0];
+    let (out, r) = run_ok(&[
+        "--benchmark",
+        &s.r("pyfix"),
+        "--agent",
+        &s.r("agent-oracle"),
+        "--task",
+        task,
+    ]);
+    assert_eq!(r["schema"], "hoist.result/v1");
+    assert_eq!(r["task_id"], task.as_str());
+    assert_eq!(r["resolved"], true);
+    assert_eq!(r["score"], 1.0);
+    assert_eq!(r["agent"]["exit_code"], 0);
+    assert_eq!(r["agent"]["timed_out"], false);
+    assert_eq!(r["grade"]["exit_code"], 0);
+    assert_eq!(r["grade"]["timed_out"], false);
+    let tests = r["grade"]["tests"].as_object().unwrap();
+    assert!(
+        !tests.is_empty() && tests.values().all(|v| v == "PASSED"),
+        "{tests:?}"
+    );
+    assert_eq!(r["images"]["benchmark"]["digest"], digest("pyfix"));
+    assert_eq!(r["images"]["agent"]["digest"], digest("agent-oracle"));
+    assert_eq!(r["images"]["gateway"], Value::Null);
+    assert_eq!(r["platform"], "linux/amd64");
+    assert_eq!(r["infra_error"], Value::Null);
+    assert_eq!(r["mode"], "crane");
+    assert_eq!(r["isolation"], "namespaces");
+    assert!(r["started_at"].as_str().unwrap().ends_with('Z'));
+    for f in ["agent.log", "grade.log", "result.json"] {
+        assert!(out.path().join("task").join(f).is_file(), "{f} missing");
+    }
+    let run_json: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("run.json")).unwrap()).unwrap();
+    assert_eq!(run_json["isolation"], "namespaces");
+    assert_eq!(run_json["not_isolated"], serde_json::json!([]));
+    assert!(run_json["host"]["kernel"]
+        .as_str()
+        .is_some_and(|k| !k.is_empty()));
+
+    for task in &s.pyfix_tasks[1..] {
+        let (_, r) = run_ok(&[
+            "--benchmark",
+            &s.r("pyfix"),
+            "--agent",
+            &s.r("agent-oracle"),
+            "--task",
+            task,
+        ]);
+        assert_eq!(r["resolved"], true, "pyfix {task}: {r}");
+    }
+    // Per-task images: --task may be left out.
+    for task in &s.swe_tasks {
+        let (_, r) = run_ok(&[
+            "--benchmark",
+            &s.r(&format!("swe-mini-{task}")),
+            "--agent",
+            &s.r("agent-oracle"),
+        ]);
+        assert_eq!(r["resolved"], true, "swe-mini {task}: {r}");
+        assert_eq!(r["task_id"], task.as_str());
+    }
+}
+
+#[test]
+fn noop_resolves_nothing() {
+    let Some(s) = samples() else { return };
+    let (_, r) = run_ok(&[
+        "--benchmark",
+        &s.r("pyfix"),
+        "--agent",
+        &s.r("agent-noop"),
+        "--task",
+        &s.pyfix_tasks[0],
+    ]);
+    assert_eq!(r["resolved"], false);
+    assert_eq!(r["score"], 0.0);
+    assert_eq!(r["agent"]["exit_code"], 0);
+    assert_eq!(
+        r["infra_error"],
+        Value::Null,
+        "an unresolved task is not an infra error"
+    );
+    assert!(r["grade"]["tests"]
+        .as_object()
+        .unwrap()
+        .values()
+        .any(|v| v == "FAILED"));
+    let task = &s.swe_tasks[0];
+    let (_, r) = run_ok(&[
+        "--benchmark",
+        &s.r(&format!("swe-mini-{task}")),
+        "--agent",
+        &s.r("agent-noop"),
+    ]);
+    assert_eq!(r["resolved"], false);
+}
+
+#[test]
+fn scripted_agent_with_replay_gateway_resolves() {
+    let Some(s) = samples() else { return };
+    let task = &s.replay_tasks[0];
+    let (out, r) = run_ok(&[
+        "--benchmark",
+        &s.r("pyfix"),
+        "--agent",
+        &s.r("agent-scripted"),
+        "--gateway",
+        &s.r("gateway-replay"),
+        "--task",
+        task,
+    ]);
+    assert_eq!(r["resolved"], true, "{r}");
+    assert_eq!(r["images"]["gateway"]["digest"], digest("gateway-replay"));
+    let gw_log = std::fs::read_to_string(out.path().join("task/gateway.log")).unwrap();
+    assert!(gw_log.contains("chat/completions"), "gateway log: {gw_log}");
+}
+
+#[test]
+fn probe_agent_is_denied_everything() {
+    let Some(s) = samples() else { return };
+    let sentinel = Path::new("/tmp/hoist-probe-sentinel");
+    let _ = std::fs::remove_file(sentinel);
+    let (out, r) = run_ok(&[
+        "--benchmark",
+        &s.r("pyfix"),
+        "--agent",
+        &s.r("agent-probe"),
+        "--task",
+        &s.pyfix_tasks[0],
+    ]);
+    assert_eq!(r["infra_error"], Value::Null);
+    let log = std::fs::read_to_string(out.path().join("task/agent.log")).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let attempts: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l.get("attempt").is_some())
+        .collect();
+    assert!(
+        attempts.len() >= 30,
+        "the probe made {} attempts:\n{log}",
+        attempts.len()
+    );
+    for a in &attempts {
+        assert_ne!(a["denied"], false, "not denied: {a}");
+    }
+    let summary = lines
+        .iter()
+        .find(|l| l["probe"] == "done")
+        .expect("probe summary line");
+    assert_eq!(summary["escaped"], serde_json::json!([]), "{summary}");
+    // From the host: no process of the agent uid outlives the run, and the
+    // probe's attempts to write outside left nothing on the host.
+    // (Other tests run agents at the same time: look for the probe's own
+    // daemon, `sleep 3600`.)
+    let left = agent_uid_processes("sleep 3600");
+    assert!(left.is_empty(), "left running: {left:?}");
+    assert!(!out.path().join("task/probe-was-here").exists());
+    let write_attempt = attempts
+        .iter()
+        .find(|a| a["attempt"] == "write-output-result")
+        .expect("probe tried /output");
+    assert_eq!(write_attempt["denied"], true);
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(out.path().join("task/result.json")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.mode() & 0o777),
+        (0, 0o644),
+        "result.json is root's alone"
+    );
+}
+
+/// Processes of uid 1000 on the host (the sandbox's agent uid) whose
+/// command line starts with `prefix`.
+fn agent_uid_processes(prefix: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+        if uid.split_whitespace().nth(1) == Some("1000") {
+            let cmd = std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = cmd.replace('\0', " ");
+            if cmd.starts_with(prefix) {
+                v.push(cmd);
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn timeout_kills_the_agent_tree_and_still_grades() {
+    let Some(s) = samples() else { return };
+    let start = Instant::now();
+    let (_, r) = run_ok(&[
+        "--benchmark",
+        &s.r("pyfix"),
+        "--agent",
+        &s.r("agent-sleeper"),
+        "--task",
+        &s.pyfix_tasks[0],
+        "--agent-timeout",
+        "2",
+    ]);
+    assert_eq!(r["agent"]["timed_out"], true);
+    assert_eq!(r["agent"]["exit_code"], 124);
+    assert_eq!(r["grade"]["exit_code"], 0, "grading ran: {r}");
+    assert_eq!(r["resolved"], false);
+    // timeout 2 s + kill grace 10 s + materialize and grading.
+    assert!(
+        start.elapsed() < Duration::from_secs(40),
+        "took {:?}",
+        start.elapsed()
+    );
+    let left = agent_uid_processes("sleep 100000");
+    assert!(left.is_empty(), "left running: {left:?}");
+}
+
+#[test]
+fn chroot_isolation_runs_the_same_pipeline() {
+    let Some(s) = samples() else { return };
+    let (out, r) = run_ok(&[
+        "--isolation",
+        "chroot",
+        "--benchmark",
+        &s.r("pyfix"),
+        "--agent",
+        &s.r("agent-oracle"),
+        "--task",
+        &s.pyfix_tasks[1],
+    ]);
+    assert_eq!(r["resolved"], true, "{r}");
+    assert_eq!(r["isolation"], "chroot");
+    let run_json: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("run.json")).unwrap()).unwrap();
+    assert_eq!(run_json["rootfs"], "copy");
+    let gaps = run_json["not_isolated"].as_array().unwrap();
+    assert!(
+        gaps.iter()
+            .any(|g| g.as_str().unwrap().starts_with("network")),
+        "{run_json}"
+    );
+}
+
+#[test]
+fn same_run_twice_gives_identical_normalised_results() {
+    let Some(s) = samples() else { return };
+    let args = [
+        "--benchmark",
+        &s.r("pyfix"),
+        "--agent",
+        &s.r("agent-oracle"),
+        "--task",
+        &s.pyfix_tasks[2],
+    ];
+    let (_, mut a) = run_ok(&args);
+    let (_, mut b) = run_ok(&args);
+    assert_ne!(a["started_at"], Value::Null);
+    hoist::result::normalise_json(&mut a);
+    hoist::result::normalise_json(&mut b);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn pulls_from_the_registry_by_digest_and_locked_detects_retagging() {
+    let Some(s) = samples() else { return };
+    let reg = |tag: &str| format!("{}/{tag}@{}", s.registry, digest(tag));
+    let (_, r) = run_ok(&[
+        "--benchmark",
+        &reg("pyfix"),
+        "--agent",
+        &reg("agent-oracle"),
+        "--task",
+        &s.pyfix_tasks[0],
+    ]);
+    assert_eq!(r["resolved"], true);
+    assert_eq!(r["images"]["benchmark"]["digest"], digest("pyfix"));
+
+    // A tag that moves: lock it, re-tag it, run --locked: exit 3.
+    if !have_tool("skopeo") {
+        return;
+    }
+    let host = s.registry.split('/').next().unwrap();
+    let moving = format!("{host}/relock/agent:latest");
+    let push = |tag: &str| {
+        ok(Command::new("skopeo").args([
+            "copy",
+            "-q",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:{tag}", s.oci),
+            &format!("docker://{moving}"),
+        ]))
+    };
+    push("agent-oracle");
+    let dir = tempfile::tempdir().unwrap();
+    let lock = dir.path().join("hoist.lock");
+    let lock_s = lock.to_str().unwrap();
+    ok(hoist(&store()).args([
+        "lock",
+        "--benchmark",
+        &s.r("pyfix"),
+        "--agent",
+        &moving,
+        "--lock-file",
+        lock_s,
+    ]));
+    let out = tempfile::tempdir().unwrap();
+    let o = hoist_run(
+        &[
+            "--benchmark",
+            &s.r("pyfix"),
+            "--agent",
+            &moving,
+            "--task",
+            &s.pyfix_tasks[0],
+            "--locked",
+            "--lock-file",
+            lock_s,
+        ],
+        out.path(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    push("agent-noop");
+    let out = tempfile::tempdir().unwrap();
+    let o = hoist_run(
+        &[
+            "--benchmark",
+            &s.r("pyfix"),
+            "--agent",
+            &moving,
+            "--task",
+            &s.pyfix_tasks[0],
+            "--locked",
+            "--lock-file",
+            lock_s,
+        ],
+        out.path(),
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("agent")
+            && err.contains(&digest("agent-oracle"))
+            && err.contains(&digest("agent-noop")),
+        "{err}"
+    );
+    assert!(!out.path().join("task/result.json").exists(), "nothing ran");
+}
+
+#[test]
+fn missing_task_is_an_infra_error_naming_the_tasks() {
+    let Some(s) = samples() else { return };
+    let out = tempfile::tempdir().unwrap();
+    let o = hoist_run(
+        &[
+            "--benchmark",
+            &s.r("pyfix"),
+            "--agent",
+            &s.r("agent-noop"),
+            "--task",
+            "no-such-task",
+        ],
+        out.path(),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let r = result(out.path());
+    assert_eq!(r["infra_error"]["stage"], "sandbox");
+    let msg = r["infra_error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("no-such-task") && msg.contains(&s.pyfix_tasks[0]),
+        "{msg}"
+    );
+}
