@@ -412,3 +412,51 @@ fn overlay_form_unprivileged_uses_user_xattrs() {
     let gone = fs::symlink_metadata(dir.path().join("gone")).unwrap();
     assert!(gone.file_type().is_char_device() && gone.rdev() == 0);
 }
+
+/// The subtree filter (used to take only `/opt/agent` from an agent image)
+/// applies what can affect the subtree, including whiteouts and opaque
+/// markers on the way to it, and nothing else, while the diff_id still
+/// covers the whole stream.
+#[test]
+fn subtree_filter_takes_only_the_subtree() {
+    let target = tempfile::tempdir().unwrap();
+    let opts = |diff: Option<Digest>| ApplyOptions {
+        mode: OutputMode::Tree,
+        subtree: Some("opt/agent".into()),
+        expected_diff_id: diff,
+        privileges: Privileges::Detect,
+        ..Default::default()
+    };
+    let l1 = Layer::new(1)
+        .dir("etc", 0o755)
+        .file("etc/leak", 0o644, (0, 0), b"outside")
+        .dir("opt", 0o755)
+        .dir("opt/agent", 0o751)
+        .file("opt/agent/old", 0o644, (0, 0), b"old")
+        .file("opt/other", 0o644, (0, 0), b"other")
+        .bytes();
+    let l2 = Layer::new(2)
+        .whiteout("opt/.wh.agent")
+        .dir("opt/agent", 0o750)
+        .file("opt/agent/run", 0o755, (0, 0), b"#!/bin/sh\n")
+        .file("root-file", 0o644, (0, 0), b"x")
+        .bytes();
+    let diff = Digest::sha256_of(&l2);
+    let fd = File::open(target.path()).unwrap();
+    apply_layer(&l1[..], TAR, &fd, &opts(None)).unwrap();
+    let stats = apply_layer(&l2[..], TAR, &fd, &opts(Some(diff.clone()))).unwrap();
+    assert_eq!(stats.diff_id, diff);
+    let t = target.path();
+    assert!(
+        !t.join("etc").exists() && !t.join("root-file").exists() && !t.join("opt/other").exists()
+    );
+    assert!(
+        !t.join("opt/agent/old").exists(),
+        "the whiteout of opt/agent applied"
+    );
+    assert_eq!(fs::read(t.join("opt/agent/run")).unwrap(), b"#!/bin/sh\n");
+    assert_eq!(
+        fs::metadata(t.join("opt/agent")).unwrap().mode() & 0o7777,
+        0o750
+    );
+}

@@ -141,6 +141,7 @@ pub(crate) fn extract_subtree(
             let opts = ApplyOptions {
                 mode: OutputMode::Tree,
                 expected_diff_id: Some(diff_id.clone()),
+                subtree: Some(path.to_string()),
                 ..Default::default()
             };
             apply_blob(store, desc, scratch, &opts)?;

@@ -100,6 +100,11 @@ pub struct ApplyOptions {
     pub expected_diff_id: Option<Digest>,
     pub limits: Limits,
     pub privileges: Privileges,
+    /// Apply only what can affect this subtree (e.g. `opt/agent`): entries
+    /// inside it, and entries, whiteouts and opaque markers on the way to
+    /// it. The rest of the stream is still read and hashed. A hardlink from
+    /// inside to a file outside the subtree then fails, naming the entry.
+    pub subtree: Option<String>,
 }
 
 /// What applying a layer found and did.

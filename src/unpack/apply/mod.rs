@@ -67,6 +67,8 @@ pub(crate) struct Applier<'a> {
     whited_out: HashSet<Vec<u8>>,
     dirs: HashMap<Vec<u8>, DirLater>,
     buf: Vec<u8>,
+    /// Only entries on the way to or inside this subtree are applied.
+    subtree: Option<Vec<Vec<u8>>>,
     pub counts: Counts,
 }
 
@@ -98,6 +100,12 @@ impl<'a> Applier<'a> {
             whited_out: HashSet::new(),
             dirs: HashMap::new(),
             buf: vec![0; COPY_BUF],
+            subtree: opts.subtree.as_deref().map(|p| {
+                p.split('/')
+                    .filter(|c| !c.is_empty())
+                    .map(|c| c.as_bytes().to_vec())
+                    .collect()
+            }),
             counts: Counts::default(),
         }
     }
@@ -158,6 +166,9 @@ impl<'a> Applier<'a> {
         })?;
         let ty = type_byte(entry);
         let is_dir = ty == b'5';
+        if !self.wanted(&role, &path) {
+            return Ok(());
+        }
         match role {
             Role::AufsMeta => Ok(()),
             Role::Whiteout { .. } | Role::Opaque { .. } if is_dir => {
@@ -176,6 +187,22 @@ impl<'a> Applier<'a> {
             }
             Role::Plain => self.plain(entry, name, &path),
         }
+    }
+
+    /// With a subtree filter: whether an entry can affect the subtree. It
+    /// can when its path (a whiteout's target, an opaque marker's
+    /// directory) is inside the subtree or on the way to it.
+    fn wanted(&self, role: &Role, path: &EntryPath) -> bool {
+        let Some(sub) = &self.subtree else {
+            return true;
+        };
+        let comps = match role {
+            Role::Whiteout { target } => target.components(),
+            Role::Opaque { dir } => dir.components(),
+            Role::AufsMeta => return false,
+            Role::Plain => path.components(),
+        };
+        comps.starts_with(sub) || sub.starts_with(comps)
     }
 
     fn plain<R: Read>(
