@@ -167,31 +167,33 @@ pub fn gc(store: &Store) -> Result<GcReport, RootfsError> {
             report.blobs += 1;
         }
     }
-    for (name, path) in list(&store.root().join("layers/sha256")) {
-        let key = name
-            .trim_end_matches(".lock")
-            .trim_end_matches(".tmp")
-            .to_string();
-        if !live.blobs.contains(&key) && !live.in_use.contains(&path) {
-            remove_tree(&path)?;
-            if !name.ends_with(".lock") {
-                report.layers += 1;
-            }
-        }
-    }
-    for (name, path) in list(&store.root().join("subtrees")) {
-        let key = name
-            .trim_end_matches(".lock")
-            .trim_end_matches(".tmp")
-            .to_string();
-        if !live.subtrees.contains(&key) && !live.in_use.contains(&path) {
-            remove_tree(&path)?;
-            if !name.ends_with(".lock") {
-                report.subtrees += 1;
-            }
-        }
-    }
+    report.layers = sweep(
+        &store.root().join("layers/sha256"),
+        &live.blobs,
+        &live.in_use,
+    )?;
+    report.subtrees = sweep(&store.root().join("subtrees"), &live.subtrees, &live.in_use)?;
     Ok(report)
+}
+
+/// Remove the cache entries of `dir` (and their `.lock`/`.tmp` companions)
+/// whose key is not `live` and which no live run may use; count entries.
+fn sweep(
+    dir: &Path,
+    live: &BTreeSet<String>,
+    in_use: &BTreeSet<PathBuf>,
+) -> Result<usize, RootfsError> {
+    let mut removed = 0;
+    for (name, path) in list(dir) {
+        let key = name.trim_end_matches(".lock").trim_end_matches(".tmp");
+        if !live.contains(key) && !in_use.contains(&path) {
+            remove_tree(&path)?;
+            if !name.ends_with(".lock") {
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
 }
 
 struct Live {

@@ -8,13 +8,12 @@
 use std::fs::{self, File};
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
 use rustix::fs::{FileType, Mode};
 
-use super::{io_err, mounts, set_limits, supervisor_args, SandboxConfig, SandboxError};
+use super::{exec_supervisor, io_err, mounts, supervisor_args, SandboxConfig, SandboxError};
 use crate::rootfs::mount::open_dir_beneath;
 
 /// `__sandbox` in chroot mode: prepare the tree, run the supervisor
@@ -102,18 +101,7 @@ pub fn chroot_exec(rootfs: &Path, args: &[String]) -> i32 {
     let err = (|| -> Result<std::convert::Infallible, SandboxError> {
         rustix::process::chroot(rootfs).map_err(|e| io_err("chroot")(e.into()))?;
         rustix::process::chdir("/").map_err(|e| io_err("chdir /")(e.into()))?;
-        set_limits(&super::Limits::default())?;
-        rustix::thread::set_no_new_privs(true).map_err(|e| io_err("no_new_privs")(e.into()))?;
-        let e = Command::new("/.hoist/hoist")
-            .args(args)
-            .env_clear()
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
-            .env("HOME", "/root")
-            .exec();
-        Err(io_err("exec /.hoist/hoist task-exec")(e))
+        Err(exec_supervisor(&super::Limits::default(), args))
     })();
     match err {
         Ok(never) => match never {},

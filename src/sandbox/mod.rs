@@ -250,6 +250,29 @@ pub(crate) fn supervisor_args(cfg: &SandboxConfig) -> Vec<String> {
     args
 }
 
+/// The last step of every isolation: limits, `no_new_privs` (nothing in
+/// the sandbox may gain privileges through a setuid binary), then exec
+/// the supervisor with a clean environment. Returns only on failure.
+pub(crate) fn exec_supervisor(limits: &Limits, args: &[String]) -> SandboxError {
+    use std::os::unix::process::CommandExt;
+    if let Err(e) = set_limits(limits) {
+        return e;
+    }
+    if let Err(e) = rustix::thread::set_no_new_privs(true) {
+        return io_err("no_new_privs")(e.into());
+    }
+    let e = Command::new("/.hoist/hoist")
+        .args(args)
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("HOME", "/root")
+        .exec();
+    io_err("exec /.hoist/hoist task-exec")(e)
+}
+
 pub(crate) fn set_limits(limits: &Limits) -> Result<(), SandboxError> {
     use rustix::process::{setrlimit, Resource, Rlimit};
     for (res, n) in [

@@ -4,14 +4,15 @@
 
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
 use rustix::mount::MountAttrFlags;
 use rustix::thread::UnshareFlags;
 
-use super::{io_err, mounts, set_limits, supervisor_args, Network, SandboxConfig, SandboxError};
+use super::{
+    exec_supervisor, io_err, mounts, supervisor_args, Network, SandboxConfig, SandboxError,
+};
 use crate::sys;
 
 const NOSUID_NODEV: MountAttrFlags =
@@ -214,16 +215,5 @@ fn init(config_path: &Path) -> Result<std::convert::Infallible, SandboxError> {
     rustix::mount::unmount(".", rustix::mount::UnmountFlags::DETACH)
         .map_err(|e| io_err("detaching the old root")(e.into()))?;
     rustix::process::chdir("/").map_err(|e| io_err("chdir /")(e.into()))?;
-    set_limits(&cfg.limits)?;
-    rustix::thread::set_no_new_privs(true).map_err(|e| io_err("no_new_privs")(e.into()))?;
-    let err = Command::new("/.hoist/hoist")
-        .args(supervisor_args(&cfg))
-        .env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .env("HOME", "/root")
-        .exec();
-    Err(io_err("exec /.hoist/hoist task-exec")(err))
+    Err(exec_supervisor(&cfg.limits, &supervisor_args(&cfg)))
 }
