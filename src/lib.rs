@@ -11,7 +11,11 @@
 // path, so boxing every variant would buy nothing but noise.
 #![allow(clippy::result_large_err)]
 
+pub mod bake;
+pub mod conformance;
+pub mod container;
 pub mod digest;
+pub mod doctor;
 pub mod exit;
 pub mod lock;
 pub mod manifest;

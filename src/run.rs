@@ -75,6 +75,8 @@ pub struct RunRecord {
     pub mode: &'static str,
     pub isolation: &'static str,
     pub not_isolated: Vec<&'static str>,
+    /// Whether root in the sandbox was root of its own user namespace.
+    pub user_namespace: bool,
     pub network: Network,
     pub rootfs: RootfsMode,
     pub images: serde_json::Value,
@@ -136,6 +138,8 @@ pub fn run(
     let started = Instant::now();
     let started_at = rfc3339(SystemTime::now());
     let isolation = resolve_isolation(req.isolation, &req.hoist_binary)?;
+    let user_namespace =
+        isolation == Isolation::Namespaces && sandbox::probe_user_namespace(&req.hoist_binary);
     // chroot cannot mount: the rootfs must be a plain copy.
     let rootfs_mode = if isolation == Isolation::Chroot {
         RootfsMode::Copy
@@ -165,7 +169,14 @@ pub fn run(
     let m = rootfs::materialize(store, &axes, &rootfs_dir, rootfs_mode, false)?;
     let materialize_ms = t.elapsed().as_millis() as u64;
 
-    let result = run_in(store, req, &m, isolation, materialize_ms, work.path());
+    let result = run_in(
+        store,
+        req,
+        &m,
+        (isolation, user_namespace),
+        materialize_ms,
+        work.path(),
+    );
     if let Err(e) = rootfs::teardown(store, &m) {
         tracing::warn!(error = %e, "could not take down the rootfs");
     }
@@ -181,7 +192,14 @@ pub fn run(
         command_line: req.command_line.clone(),
         mode: "crane",
         isolation: isolation.as_str(),
-        not_isolated: isolation.not_isolated(req.network),
+        not_isolated: {
+            let mut gaps = isolation.not_isolated(req.network);
+            if isolation == Isolation::Namespaces && !user_namespace {
+                gaps.push(sandbox::NO_USER_NAMESPACE);
+            }
+            gaps
+        },
+        user_namespace,
         network: req.network,
         rootfs: m.mode,
         images,
@@ -219,7 +237,7 @@ fn run_in(
     store: &Store,
     req: &RunRequest<'_>,
     m: &Materialized,
-    isolation: Isolation,
+    (isolation, user_namespace): (Isolation, bool),
     materialize_ms: u64,
     work: &Path,
 ) -> Result<(i32, u64), RunError> {
@@ -263,6 +281,7 @@ fn run_in(
         context: context_path,
         task: req.task.clone(),
         limits: Default::default(),
+        user_namespace,
     };
     // The supervisor enforces the task's timeouts; this backstop only
     // catches a supervisor that hangs.

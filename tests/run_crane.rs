@@ -121,6 +121,8 @@ fn oracle_resolves_every_sample_task() {
         serde_json::from_slice(&std::fs::read(out.path().join("run.json")).unwrap()).unwrap();
     assert_eq!(run_json["isolation"], "namespaces");
     assert_eq!(run_json["not_isolated"], serde_json::json!([]));
+    // Root in the sandbox is root of its own user namespace, not the host's.
+    assert_eq!(run_json["user_namespace"], true);
     assert!(run_json["host"]["kernel"]
         .as_str()
         .is_some_and(|k| !k.is_empty()));

@@ -1,6 +1,9 @@
 //! The command line (DESIGN §8). Each subcommand lives in its own small
 //! file that turns parsed arguments into a library call and prints.
 
+mod bake;
+mod conformance;
+mod doctor;
 mod gc;
 mod lock;
 mod materialize;
@@ -100,6 +103,15 @@ enum Command {
     Run(run::RunArgs),
     /// Pin every axis reference to its digest in hoist.lock.
     Lock(lock::LockArgs),
+    /// Write the combination image (benchmark + /opt/agent + /opt/gateway +
+    /// /.hoist/hoist) to an OCI layout, a registry or a docker-archive.
+    Bake(bake::BakeArgs),
+    /// Run every matrix case in crane and container mode and compare the
+    /// results and the root filesystems (DESIGN §7).
+    Conformance(conformance::ConformanceArgs),
+    /// Report what this host can do for hoist (namespaces, overlay,
+    /// cgroups, Docker, registries, disk) and what each missing piece costs.
+    Doctor(doctor::DoctorArgs),
     /// Internal: the sandbox stage (namespaces or chroot).
     #[command(name = "__sandbox", hide = true)]
     SandboxStage { config: PathBuf },
@@ -148,6 +160,9 @@ pub fn main() -> ExitStatus {
         Command::Gc(a) => gc::run(&cli.global, a),
         Command::Run(a) => run::run_cmd(&cli.global, a),
         Command::Lock(a) => lock::run(&cli.global, a),
+        Command::Bake(a) => bake::run(&cli.global, a),
+        Command::Conformance(a) => conformance::run(&cli.global, a),
+        Command::Doctor(a) => doctor::run(&cli.global, a),
         Command::TaskExec(a) => task_exec::run(a),
         Command::SandboxStage { .. }
         | Command::SandboxInit { .. }
@@ -168,7 +183,11 @@ fn sandbox_stage() -> Option<i32> {
     match stage {
         "__sandbox" => Some(hoist::sandbox::sandbox_stage(&arg(2))),
         "__sandbox-init" => Some(hoist::sandbox::init_stage(&arg(2))),
-        "__sandbox-probe" => Some(hoist::sandbox::probe_stage()),
+        "__sandbox-probe-proc" => Some(hoist::sandbox::probe_proc(&arg(2))),
+        "__sandbox-probe" => Some(hoist::sandbox::probe_stage(
+            args.get(2).is_some_and(|a| a == "userns"),
+        )),
+        "__sandbox-netns" => Some(hoist::sandbox::netns_holder_stage()),
         "__sandbox-chroot" => {
             let rest: Vec<String> = args[3.min(args.len())..]
                 .iter()

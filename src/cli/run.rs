@@ -1,15 +1,20 @@
-//! `hoist run --mode crane --benchmark REF --agent REF [--gateway REF] ...`
+//! `hoist run --mode crane|container --benchmark REF --agent REF [--gateway REF] ...`
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
+use hoist::container::{self, ContainerRequest, Docker, ImageSource};
 use hoist::exit::ExitStatus;
 use hoist::lock::{LockFile, DEFAULT_FILE};
+use hoist::pull::Pulled;
+use hoist::reference::Reference;
+use hoist::registry::Client;
 use hoist::rootfs::RootfsMode;
 use hoist::run::{check_lock, run, RunRequest};
 use hoist::sandbox::{Isolation, Network};
+use hoist::store::Store;
 
 use super::materialize::pull_axes;
 use super::Global;
@@ -26,14 +31,14 @@ pub enum Mode {
 pub struct RunArgs {
     #[arg(long, value_enum, default_value = "crane")]
     mode: Mode,
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", env = "HOIST_BENCHMARK")]
     benchmark: String,
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", env = "HOIST_AGENT")]
     agent: String,
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", env = "HOIST_GATEWAY")]
     gateway: Option<String>,
     /// The task to run; may be left out for a per-task image.
-    #[arg(long)]
+    #[arg(long, env = "HOIST_TASK")]
     task: Option<String>,
     /// Where task/result.json, the logs and run.json go.
     #[arg(long, value_name = "DIR")]
@@ -59,30 +64,23 @@ pub struct RunArgs {
     /// Override the task's grade timeout (seconds).
     #[arg(long, value_name = "SEC")]
     grade_timeout: Option<u64>,
+    /// --mode container: run this combination image (HOST/REPO:TAG or
+    /// oci:PATH:TAG, made by `hoist bake`) instead of baking one; its
+    /// labels must name the same axes.
+    #[arg(long, value_name = "REF")]
+    image: Option<String>,
 }
 
 pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
     if args.mode == Mode::Container {
-        bail!("--mode container is not available yet (it needs `hoist bake`, issue 5); use --mode crane, which needs no daemon");
+        return container_cmd(global, args);
+    }
+    if args.image.is_some() {
+        bail!("--image names a combination image for --mode container; crane mode fuses the axes itself");
     }
     let store = global.store()?;
-    let mut refs = vec![args.benchmark.as_str(), args.agent.as_str()];
-    refs.extend(args.gateway.as_deref());
-    let t = Instant::now();
-    let pulled = pull_axes(global, &store, &refs)?;
-    let pull_ms = t.elapsed().as_millis() as u64;
+    let (pulled, pull_ms) = pull_checked(global, &store, args)?;
     let (benchmark, agent, gateway) = (&pulled[0], &pulled[1], pulled.get(2));
-    if args.locked {
-        let lock = LockFile::read(&args.lock_file)?;
-        let mut axes = vec![
-            ("benchmark", benchmark, args.benchmark.as_str()),
-            ("agent", agent, args.agent.as_str()),
-        ];
-        if let (Some(g), Some(r)) = (gateway, args.gateway.as_deref()) {
-            axes.push(("gateway", g, r));
-        }
-        check_lock(&lock, &args.lock_file, &axes)?;
-    }
     let req = RunRequest {
         benchmark,
         agent,
@@ -104,10 +102,113 @@ pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
         pull_ms,
     };
     let (result, record) = run(&store, &req)?;
+    print_result(global, &result, record.isolation)
+}
+
+/// Pull every axis and, with `--locked`, check it against the lock file.
+fn pull_checked(
+    global: &Global,
+    store: &Store,
+    args: &RunArgs,
+) -> anyhow::Result<(Vec<Pulled>, u64)> {
+    let mut refs = vec![args.benchmark.as_str(), args.agent.as_str()];
+    refs.extend(args.gateway.as_deref());
+    let t = Instant::now();
+    let pulled = pull_axes(global, store, &refs)?;
+    let pull_ms = t.elapsed().as_millis() as u64;
+    if args.locked {
+        let lock = LockFile::read(&args.lock_file)?;
+        let mut axes = vec![
+            ("benchmark", &pulled[0], args.benchmark.as_str()),
+            ("agent", &pulled[1], args.agent.as_str()),
+        ];
+        if let (Some(g), Some(r)) = (pulled.get(2), args.gateway.as_deref()) {
+            axes.push(("gateway", g, r));
+        }
+        check_lock(&lock, &args.lock_file, &axes)?;
+    }
+    Ok((pulled, pull_ms))
+}
+
+/// `--mode container`: the same task in the combination image, under
+/// Docker (DESIGN §6).
+fn container_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
+    // First, so a missing daemon is reported before anything is pulled.
+    let docker = Docker::detect()?;
+    let store = global.store()?;
+    let (pulled, pull_ms) = pull_checked(global, &store, args)?;
+    let axes = || container::Axes {
+        benchmark: &pulled[0],
+        agent: &pulled[1],
+        gateway: pulled.get(2),
+    };
+    let hoist_binary;
+    let stored;
+    let source = match args.image.as_deref() {
+        None => {
+            hoist_binary = static_binary()?;
+            ImageSource::Bake {
+                hoist_binary: &hoist_binary,
+                epoch: hoist::bake::source_date_epoch(),
+            }
+        }
+        Some(image) => match image.parse::<Reference>()? {
+            Reference::Registry(r) => ImageSource::Registry(resolve_digest(global, r)?),
+            Reference::Layout(_) => {
+                stored = pull_axes(global, &store, &[image])?;
+                ImageSource::Stored(&stored[0])
+            }
+        },
+    };
+    let prepared = container::prepare(&docker, &store, &axes(), &source)
+        .context("preparing the combination image")?;
+    let req = ContainerRequest {
+        axes: axes(),
+        task: args.task.clone(),
+        out: args.out.clone(),
+        network: args.network,
+        recordings: args
+            .recordings
+            .as_ref()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
+        agent_timeout_sec: args.agent_timeout,
+        grade_timeout_sec: args.grade_timeout,
+        lock_file: args.locked.then(|| args.lock_file.clone()),
+        command_line: std::env::args().collect(),
+        pull_ms,
+    };
+    let (result, _record) = container::run(&docker, &store, &req, &prepared)?;
+    print_result(global, &result, "docker")
+}
+
+/// The digest `r` resolves to now, by hoist's own client, so Docker
+/// pulls exactly that.
+fn resolve_digest(
+    global: &Global,
+    mut r: hoist::reference::RegistryRef,
+) -> anyhow::Result<hoist::reference::RegistryRef> {
+    if r.digest.is_none() {
+        let client = Client::new(global.registry_options()?)?;
+        let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+        let m = rt
+            .block_on(client.get_manifest(&r, &r.manifest_ref()))
+            .with_context(|| format!("resolving {r}"))?;
+        r.digest = Some(m.digest);
+    }
+    Ok(r)
+}
+
+/// Print a run's result as crane and container mode both do; the exit
+/// status says whether it completed without an infrastructure error.
+fn print_result(
+    global: &Global,
+    result: &serde_json::Value,
+    isolation: &str,
+) -> anyhow::Result<ExitStatus> {
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+        println!("{}", serde_json::to_string_pretty(result)?);
     } else if !global.quiet {
-        print_verdict(&result, record.isolation);
+        print_verdict(result, isolation);
     }
     Ok(if result["infra_error"].is_null() {
         ExitStatus::Success

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod push;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -429,7 +430,7 @@ impl Client {
             .get_following(ep, &base, url.clone(), &headers, cached.as_ref())
             .await?;
         let (resp, sent_auth) = if resp.status() == StatusCode::UNAUTHORIZED {
-            let value = self.authenticate(r, ep, &resp).await?;
+            let value = self.authenticate(r, ep, &resp, false).await?;
             lock(&self.auth).insert(auth_key, value.clone());
             let retried = self
                 .get_following(ep, &base, url, &headers, Some(&value))
@@ -539,11 +540,14 @@ impl Client {
 
     /// Answer a 401: Basic with stored credentials, or a Bearer token from
     /// the realm the registry names (with credentials when we have them).
+    /// A push asks for `repository:REPO:pull,push`, whatever scope the
+    /// challenge named.
     async fn authenticate(
         &self,
         r: &RegistryRef,
         ep: &Endpoint,
         resp: &Response,
+        push: bool,
     ) -> Result<HeaderValue, RegistryError> {
         let url = resp.url().clone();
         let host = if ep.is_mirror {
@@ -575,7 +579,7 @@ impl Client {
                 service,
                 scope,
             }) => {
-                let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", ep.repository));
+                let scope = token_scope(scope, &ep.repository, push);
                 let token = self
                     .fetch_token(ep, &url, &realm, service.as_deref(), &scope, creds.as_ref())
                     .await
@@ -687,6 +691,16 @@ impl RegistryOptions {
         self.endpoints(host, "x")
             .last()
             .is_some_and(|e| e.insecure && !config::is_loopback(host))
+    }
+}
+
+/// The scope to ask a token for: a push always asks for pull and push on
+/// the repository; a pull takes the challenge's scope, or pull.
+fn token_scope(challenge: Option<String>, repository: &str, push: bool) -> String {
+    match challenge {
+        _ if push => format!("repository:{repository}:pull,push"),
+        Some(s) => s,
+        None => format!("repository:{repository}:pull"),
     }
 }
 
@@ -823,6 +837,19 @@ impl Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_scopes() {
+        assert_eq!(token_scope(None, "a/b", false), "repository:a/b:pull");
+        assert_eq!(
+            token_scope(Some("repository:a/b:pull".into()), "a/b", true),
+            "repository:a/b:pull,push"
+        );
+        assert_eq!(
+            token_scope(Some("repository:x:pull".into()), "a/b", false),
+            "repository:x:pull"
+        );
+    }
 
     #[test]
     fn retry_after_forms() {

@@ -107,12 +107,19 @@ pub fn materialize(
 ) -> Result<Materialized, RootfsError> {
     prepare_out(out)?;
     gc::reap_dead_runs(store);
-    let mode = match mode {
-        RootfsMode::Auto if can_mount() => RootfsMode::Overlay,
-        RootfsMode::Auto => RootfsMode::Copy,
-        m => m,
-    };
     match mode {
+        RootfsMode::Auto if can_mount() && !on_overlayfs(store.root()) => {
+            match materialize_overlay(store, axes, out, keep) {
+                // Root may still be refused mounts (a container's default
+                // seccomp profile, no CAP_SYS_ADMIN): auto means copy then.
+                // A failed overlay leaves `out` empty and unmounted.
+                Err(RootfsError::Mount { target, source }) => {
+                    tracing::info!(target = %target.display(), error = %source, "overlay refused; copying instead");
+                    materialize_copy(store, axes, out)
+                }
+                other => other,
+            }
+        }
         RootfsMode::Overlay => materialize_overlay(store, axes, out, keep),
         _ => materialize_copy(store, axes, out),
     }
@@ -121,6 +128,15 @@ pub fn materialize(
 /// Root may mount; an unprivileged process cannot in the host namespace.
 pub fn can_mount() -> bool {
     rustix::process::geteuid().is_root()
+}
+
+/// Whether `dir` is on overlayfs (a container's root), which cannot hold
+/// the upper directories of another overlay (DESIGN §5 "materialize").
+// f_type is i64 here, u32 or c_long on other architectures.
+#[allow(clippy::unnecessary_cast)]
+pub fn on_overlayfs(dir: &Path) -> bool {
+    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+    rustix::fs::statfs(dir).is_ok_and(|s| s.f_type as i64 == OVERLAYFS_SUPER_MAGIC)
 }
 
 fn prepare_out(out: &Path) -> Result<(), RootfsError> {

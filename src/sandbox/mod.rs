@@ -25,8 +25,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::sys;
+
 pub use chroot::chroot_exec;
-pub use ns::{init_stage, stage as ns_stage};
+pub use ns::{init_stage, netns_holder_stage, probe_proc, stage as ns_stage};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -88,6 +90,12 @@ pub struct SandboxConfig {
     pub hoist_binary: PathBuf,
     /// The run context, bound read-only at `/.hoist/context.json`.
     pub context: PathBuf,
+    /// Run inside a user namespace mapping ids 0..2^32 to themselves: root
+    /// in the sandbox (the supervisor, install.sh, the gateway, the grader)
+    /// then holds capabilities only over the sandbox's own namespaces, not
+    /// the host's. Set when the probe shows user namespaces work.
+    #[serde(default)]
+    pub user_namespace: bool,
     /// Arguments for `/.hoist/hoist task-exec`.
     pub task: Option<String>,
     pub limits: Limits,
@@ -140,23 +148,69 @@ pub struct Outcome {
 /// Which isolation works here: namespaces when a probe process can enter
 /// them and mount, else chroot (which needs root).
 pub fn probe(self_exe: &Path) -> Isolation {
-    let ok = Command::new(self_exe)
+    match probe_reason(self_exe) {
+        Ok(()) => Isolation::Namespaces,
+        Err(_) => Isolation::Chroot,
+    }
+}
+
+/// Run the namespaces probe (`hoist __sandbox-probe`); `Err` says why
+/// namespaces do not work here (what the probe printed).
+pub fn probe_reason(self_exe: &Path) -> Result<(), String> {
+    let out = Command::new(self_exe)
         .arg("__sandbox-probe")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .map_err(|e| format!("cannot start {}: {e}", self_exe.display()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let err = err.trim();
+    Err(if err.is_empty() {
+        format!("the probe failed ({})", out.status)
+    } else {
+        err.trim_start_matches("sandbox: ").to_string()
+    })
+}
+
+/// Whether the sandbox can also enter a user namespace here (a seccomp
+/// profile, `user.max_user_namespaces=0` or an LSM may forbid it).
+pub fn probe_user_namespace(self_exe: &Path) -> bool {
+    Command::new(self_exe)
+        .args(["__sandbox-probe", "userns"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        Isolation::Namespaces
-    } else {
-        Isolation::Chroot
-    }
+        .is_ok_and(|s| s.success())
 }
 
-/// `hoist __sandbox-probe`: enter the namespaces a run needs and mount a
-/// tmpfs; exit 0 when all of it works.
-pub fn probe_stage() -> i32 {
+/// What a sandbox without a user namespace does not isolate, for run.json.
+pub const NO_USER_NAMESPACE: &str = "root: no user namespace here, so root in the sandbox (the supervisor, install.sh, the gateway, the grader) holds the host's capabilities";
+
+/// `hoist __sandbox-probe [userns]`: enter the namespaces a run needs (a
+/// user namespace first, with `userns`) and mount a tmpfs; exit 0 when all
+/// of it works.
+pub fn probe_stage(userns: bool) -> i32 {
+    if let Err(e) = ns::require_root() {
+        eprintln!("{e}");
+        return 1;
+    }
+    if userns {
+        // A process may map only its own ids in a namespace it made; that is
+        // enough here: root inside, so the probe's exec keeps capabilities.
+        let entered = sys::unshare(rustix::thread::UnshareFlags::NEWUSER)
+            .and_then(|()| std::fs::write("/proc/self/setgroups", "deny"))
+            .and_then(|()| std::fs::write("/proc/self/uid_map", "0 0 1\n"))
+            .and_then(|()| std::fs::write("/proc/self/gid_map", "0 0 1\n"));
+        if let Err(e) = entered {
+            eprintln!("entering a user namespace: {e}");
+            return 1;
+        }
+    }
     match ns::probe() {
         Ok(()) => 0,
         Err(e) => {
@@ -181,9 +235,20 @@ pub fn run(
     let mut child = Command::new(&cfg.hoist_binary)
         .arg("__sandbox")
         .arg(config_path)
-        .stdin(std::process::Stdio::null())
+        .stdin(std::process::Stdio::piped())
         .spawn()
         .map_err(io_err("starting the sandbox"))?;
+    let mapped = match cfg.isolation {
+        Isolation::Namespaces if cfg.user_namespace => map_identity(&mut child),
+        _ => Ok(()),
+    };
+    // Closing stdin releases the stage (after the maps, when it waits).
+    drop(child.stdin.take());
+    if let Err(e) = mapped {
+        let _ = child.kill(); // it may already have exited; wait reports that
+        let _ = child.wait();
+        return Err(e);
+    }
     loop {
         if let Some(status) = child
             .try_wait()
@@ -208,6 +273,49 @@ pub fn run(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Write the identity uid and gid maps of the stage's new user namespace.
+/// Only a process with CAP_SETUID in the parent namespace (this one, as
+/// root) may map ids other than its own, so the host side does it: wait
+/// until the stage has left our user namespace, write, then release it.
+fn map_identity(child: &mut std::process::Child) -> Result<(), SandboxError> {
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    let ns_of = |pid: &str| std::fs::metadata(format!("/proc/{pid}/ns/user")).map(|m| m.ino());
+    let own = ns_of("self").map_err(io_err("reading our user namespace"))?;
+    let pid = child.id().to_string();
+    let start = Instant::now();
+    loop {
+        if child
+            .try_wait()
+            .map_err(io_err("waiting for the sandbox"))?
+            .is_some()
+        {
+            return Err(SandboxError::Unsupported(
+                "the sandbox stage ended before entering its user namespace".into(),
+            ));
+        }
+        if ns_of(&pid).is_ok_and(|ino| ino != own) {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            return Err(SandboxError::Unsupported(
+                "the sandbox stage did not enter a user namespace within 10 s".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    for map in ["uid_map", "gid_map"] {
+        std::fs::write(format!("/proc/{pid}/{map}"), "0 0 4294967295\n")
+            .map_err(io_err(format!("writing the sandbox's {map}")))?;
+    }
+    if let Some(stdin) = child.stdin.as_mut() {
+        stdin
+            .write_all(b"m")
+            .map_err(io_err("releasing the sandbox stage"))?;
+    }
+    Ok(())
 }
 
 /// `hoist __sandbox CONFIG`: the stage that isolates, then execs the

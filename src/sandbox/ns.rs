@@ -3,9 +3,10 @@
 //! pivots into the rootfs and execs the supervisor.
 
 use std::fs::File;
+use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use rustix::mount::MountAttrFlags;
 use rustix::thread::UnshareFlags;
@@ -18,18 +19,26 @@ use crate::sys;
 const NOSUID_NODEV: MountAttrFlags =
     MountAttrFlags::MOUNT_ATTR_NOSUID.union(MountAttrFlags::MOUNT_ATTR_NODEV);
 
+/// Namespaces isolation needs root on entry (rootless mode, with
+/// subordinate ids, is not built yet).
+pub(crate) fn require_root() -> Result<(), SandboxError> {
+    if rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    Err(SandboxError::Unsupported(
+        "namespaces isolation as an unprivileged user is not supported yet; run as root or use --isolation chroot"
+            .into(),
+    ))
+}
+
 fn unshare_all(network: Network) -> Result<(), SandboxError> {
-    if !rustix::process::geteuid().is_root() {
-        return Err(SandboxError::Unsupported(
-            "namespaces isolation as an unprivileged user is not supported yet; run as root or use --isolation chroot"
-                .into(),
-        ));
-    }
-    let mut flags =
-        UnshareFlags::NEWNS | UnshareFlags::NEWPID | UnshareFlags::NEWIPC | UnshareFlags::NEWUTS;
+    // First: the helper enter_new_netns may start must not be the first
+    // child in the new pid namespace, whose exit would end the namespace.
     if network == Network::None {
-        flags |= UnshareFlags::NEWNET;
+        enter_new_netns()?;
     }
+    let flags =
+        UnshareFlags::NEWNS | UnshareFlags::NEWPID | UnshareFlags::NEWIPC | UnshareFlags::NEWUTS;
     sys::unshare(flags).map_err(io_err("unshare (namespaces)"))?;
     // Nothing mounted here may propagate back to the host.
     rustix::mount::mount_change(
@@ -39,10 +48,90 @@ fn unshare_all(network: Network) -> Result<(), SandboxError> {
     .map_err(|e| io_err("making mounts private")(e.into()))
 }
 
-/// Enter the namespaces and mount a tmpfs, to learn whether this host
-/// allows it (Docker's default seccomp profile does not).
+/// Enter a new user namespace and wait for the host side to write its
+/// identity maps (see `map_identity`): every namespace made after it is
+/// owned by it, so root here has no capability over the host's.
+fn enter_user_namespace() -> Result<(), SandboxError> {
+    sys::unshare(UnshareFlags::NEWUSER).map_err(io_err("unshare (user namespace)"))?;
+    let mut released = [0u8; 1];
+    std::io::stdin().read_exact(&mut released).map_err(|_| {
+        SandboxError::Unsupported("the host did not map the user namespace's ids".into())
+    })
+}
+
+/// Enter a new network namespace whose loopback this process may bring
+/// up. That needs CAP_NET_ADMIN over the namespace, which a runner
+/// container given only `--cap-add SYS_ADMIN` lacks. There the namespace
+/// is made by a helper (`hoist __sandbox-netns`) inside a fresh user
+/// namespace: the euid that owns a user namespace has every capability in
+/// it from the parent namespace (user_namespaces(7)), CAP_NET_ADMIN over
+/// its network namespace included. This process stays in its own user
+/// namespace; only the network namespace is joined.
+fn enter_new_netns() -> Result<(), SandboxError> {
+    let caps = rustix::thread::capabilities(None)
+        .map_err(|e| io_err("reading the capabilities")(e.into()))?;
+    if caps
+        .effective
+        .contains(rustix::thread::CapabilitySet::NET_ADMIN)
+    {
+        return sys::unshare(UnshareFlags::NEWNET).map_err(io_err("unshare (network)"));
+    }
+    let mut holder = Command::new("/proc/self/exe")
+        .arg("__sandbox-netns")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(io_err("starting the network namespace helper"))?;
+    let joined = (|| {
+        let mut ready = [0u8; 1];
+        holder
+            .stdout
+            .take()
+            .ok_or_else(|| std::io::Error::other("no pipe"))?
+            .read_exact(&mut ready)
+            .map_err(|_| {
+                std::io::Error::other("it could not create a user and network namespace")
+            })?;
+        let ns = File::open(format!("/proc/{}/ns/net", holder.id()))?;
+        rustix::thread::move_into_link_name_space(
+            ns.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )?;
+        Ok(())
+    })();
+    // Closing its stdin ends the helper; the namespace lives on in us.
+    drop(holder.stdin.take());
+    let _ = holder.wait(); // its exit status says nothing the join did not
+    joined.map_err(io_err("joining the helper's network namespace"))
+}
+
+/// `hoist __sandbox-netns`: create a user and a network namespace, say so
+/// on stdout, and hold them until stdin closes (see [`enter_new_netns`]).
+pub fn netns_holder_stage() -> i32 {
+    use std::io::Write;
+    if let Err(e) = sys::unshare(UnshareFlags::NEWUSER | UnshareFlags::NEWNET) {
+        eprintln!("hoist sandbox: unshare (user, network): {e}");
+        return 1;
+    }
+    if std::io::stdout()
+        .write_all(b"r")
+        .and_then(|()| std::io::stdout().flush())
+        .is_err()
+    {
+        return 1;
+    }
+    let mut sink = Vec::new();
+    // EOF or an error both mean the sandbox stage is done with us.
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    0
+}
+
+/// Enter the namespaces, bring the loopback up and mount a tmpfs, to
+/// learn whether this host allows all a run needs (Docker's default
+/// seccomp profile allows none of it).
 pub fn probe() -> Result<(), SandboxError> {
     unshare_all(Network::None)?;
+    sys::loopback_up().map_err(io_err("bringing up the loopback interface"))?;
     let dir = tempfile::tempdir().map_err(io_err("probe dir"))?;
     let fd = File::open(dir.path()).map_err(io_err("probe dir"))?;
     mounts::fresh(
@@ -51,11 +140,52 @@ pub fn probe() -> Result<(), SandboxError> {
         NOSUID_NODEV,
         fd.as_fd(),
         "a probe tmpfs",
-    )
+    )?;
+    // /proc can only be mounted by a process inside the new pid namespace,
+    // and a user namespace inside a container may be refused it (the
+    // container's masked /proc is not "fully visible"): try it for real.
+    let out = Command::new("/proc/self/exe")
+        .arg("__sandbox-probe-proc")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .map_err(io_err("starting the /proc probe"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(SandboxError::Unsupported(format!(
+        "mounting /proc in the new namespaces: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+/// `__sandbox-probe-proc DIR`: mount a procfs on DIR (run by the probe as
+/// the first process of its new pid namespace).
+pub fn probe_proc(dir: &Path) -> i32 {
+    let mounted = File::open(dir).map_err(io_err("probe dir")).and_then(|fd| {
+        mounts::fresh(
+            "proc",
+            &[],
+            NOSUID_NODEV | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+            fd.as_fd(),
+            "/proc",
+        )
+    });
+    match mounted {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
 }
 
 /// `__sandbox`: isolate, mount, start PID 1, wait for it.
 pub fn stage(cfg: &SandboxConfig, config_path: &Path) -> Result<i32, SandboxError> {
+    require_root()?;
+    if cfg.user_namespace {
+        enter_user_namespace()?;
+    }
     unshare_all(cfg.network)?;
     let rootfs = &cfg.rootfs;
     // pivot_root needs the new root to be a mount point.

@@ -1,0 +1,173 @@
+//! `hoist conformance [--matrix FILE] [--cases GLOB]... [--json-out FILE]
+//! [--keep DIR]`, and `hoist conformance --compare CRANE_OUT CONTAINER_OUT`.
+
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+use hoist::conformance::docker::default_docker;
+use hoist::conformance::jsondiff::show;
+use hoist::conformance::matrix::Matrix;
+use hoist::conformance::report::{render_details, render_table};
+use hoist::conformance::run::{compare_outputs, run_cases, Event, Options};
+use hoist::exit::ExitStatus;
+
+use super::Global;
+
+#[derive(Args)]
+pub struct ConformanceArgs {
+    /// The matrix of cases (see conformance/README.md).
+    #[arg(long, value_name = "FILE", default_value = "conformance/matrix.toml")]
+    matrix: PathBuf,
+    /// Run only the cases whose name matches GLOB (`*`, `?`); repeatable.
+    #[arg(long = "cases", value_name = "GLOB")]
+    cases: Vec<String>,
+    /// Write the report as JSON to FILE.
+    #[arg(long = "json-out", value_name = "FILE")]
+    json_out: Option<PathBuf>,
+    /// Keep every run's OUT directory, the trees and their listings in DIR.
+    #[arg(long, value_name = "DIR")]
+    keep: Option<PathBuf>,
+    /// The OCI layout `${layout}` stands for, instead of the matrix's
+    /// `[defaults] layout`.
+    #[arg(long, value_name = "DIR")]
+    layout: Option<String>,
+    /// Skip the informational `docker build` comparison.
+    #[arg(long)]
+    no_docker_build: bool,
+    /// Print the selected cases and exit.
+    #[arg(long)]
+    list: bool,
+    /// Compare two runs' result.json (OUT directories or the files) and
+    /// exit; 1 when they differ.
+    #[arg(
+        long,
+        num_args = 2,
+        value_names = ["CRANE_OUT", "CONTAINER_OUT"],
+        conflicts_with_all = ["cases", "json_out", "keep", "list"]
+    )]
+    compare: Option<Vec<PathBuf>>,
+}
+
+pub fn run(global: &Global, args: &ConformanceArgs) -> anyhow::Result<ExitStatus> {
+    if let Some(pair) = &args.compare {
+        return compare(&pair[0], &pair[1]);
+    }
+    let text = std::fs::read_to_string(&args.matrix)
+        .with_context(|| format!("reading the matrix {}", args.matrix.display()))?;
+    let env = |name: &str| std::env::var(name).ok();
+    let usage = |e: hoist::conformance::matrix::MatrixError| {
+        super::report(&anyhow::Error::new(e).context(format!("in {}", args.matrix.display())));
+        ExitStatus::Usage
+    };
+    let matrix = match Matrix::parse(&text, &env, args.layout.as_deref()) {
+        Ok(m) => m,
+        Err(e) => return Ok(usage(e)),
+    };
+    let cases = match matrix.select(&args.cases) {
+        Ok(c) => c,
+        Err(e) => return Ok(usage(e)),
+    };
+    if args.list {
+        for c in &cases {
+            println!("{}", c.name);
+        }
+        return Ok(ExitStatus::Success);
+    }
+    let opts = Options {
+        hoist: std::env::current_exe().context("finding this hoist binary")?,
+        hoist_args: forwarded(global),
+        docker: default_docker(),
+        insecure: global.insecure.clone(),
+        keep: args.keep.clone(),
+        docker_build: !args.no_docker_build,
+    };
+    let progress = !global.quiet;
+    let report = run_cases(
+        &args.matrix.display().to_string(),
+        &cases,
+        &opts,
+        &mut |e| {
+            if progress {
+                show_progress(&e);
+            }
+        },
+    )?;
+    if let Some(path) = &args.json_out {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("writing the report to {}", path.display()))?;
+    }
+    let details = render_details(&report);
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !global.quiet {
+        print!("{}{details}", render_table(&report));
+    }
+    if report.passed {
+        return Ok(ExitStatus::Success);
+    }
+    if global.quiet || global.json {
+        eprint!("{details}");
+    }
+    Ok(ExitStatus::Failure)
+}
+
+/// The global flags every hoist subprocess needs to see the same store
+/// and registries.
+fn forwarded(global: &Global) -> Vec<OsString> {
+    let mut v: Vec<OsString> = Vec::new();
+    if let Some(s) = &global.store {
+        v.extend(["--store".into(), s.clone().into_os_string()]);
+    }
+    for h in &global.insecure {
+        v.extend(["--insecure-registry".into(), h.into()]);
+    }
+    for m in &global.mirrors {
+        v.extend(["--mirror".into(), m.into()]);
+    }
+    for c in &global.ca_files {
+        v.extend(["--ca-file".into(), c.clone().into_os_string()]);
+    }
+    v
+}
+
+fn show_progress(e: &Event<'_>) {
+    let mut err = std::io::stderr().lock();
+    // Progress lines are best effort: a closed stderr must not stop the run.
+    let _ = match e {
+        Event::Case { index, total, name } => write!(err, "[{index}/{total}] {name} ..."),
+        Event::Step(s) => writeln!(err, "{s} ..."),
+        Event::CaseDone(c) => writeln!(
+            err,
+            " crane {} {:.1}s, container {} {:.1}s, result {}, rootfs {}: {}",
+            c.crane.verdict.text(),
+            c.crane.seconds,
+            c.container.verdict.text(),
+            c.container.seconds,
+            c.result.cell(),
+            c.rootfs.cell(),
+            c.status.text()
+        ),
+        Event::DockerBuildDone(_) => Ok(()),
+    };
+}
+
+fn compare(crane: &std::path::Path, container: &std::path::Path) -> anyhow::Result<ExitStatus> {
+    let diffs = compare_outputs(crane, container)?;
+    if diffs.is_empty() {
+        println!("result.json: match (after normalising the volatile fields)");
+        return Ok(ExitStatus::Success);
+    }
+    println!(
+        "result.json differs in {} field{} (crane | container):",
+        diffs.len(),
+        if diffs.len() == 1 { "" } else { "s" }
+    );
+    for d in &diffs {
+        println!("  {}: {} | {}", d.path, show(&d.crane), show(&d.container));
+    }
+    Ok(ExitStatus::Failure)
+}

@@ -1,0 +1,783 @@
+//! `hoist run --mode container` (DESIGN §6): the same task pipeline as
+//! crane mode, run by the Docker Engine in the combination image.
+//!
+//! The image is made ready first ([`prepare`]): baked from the axes and
+//! loaded (`docker load` of a `docker save` archive; skipped when Docker
+//! already has that exact image), pulled by digest from a registry, or
+//! loaded from a combination in the store. Its axis labels must name the
+//! axes of the run, so a stale combination cannot pass for another.
+//!
+//! Then [`run`] starts the supervisor in it with the docker CLI, by image
+//! ID, so the image recorded in `run.json` is the image that ran:
+//! `--network none` unless asked otherwise, `/output` and the run context
+//! bind-mounted, and the same surroundings crane mode's namespaces give
+//! (tmpfs `/tmp` and `/run`, no new privileges, 1024 pids, hostname
+//! `hoist`, 4096 open files). The supervisor enforces the task's timeouts; a backstop kills
+//! the container if it hangs. The container is removed in every case:
+//! success, failure, timeout, SIGINT, SIGTERM or SIGHUP.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::bake::{self, BakeError, BakeInputs, Baked};
+use crate::digest::Digest;
+use crate::pipeline::clock::rfc3339;
+use crate::pipeline::context::{self as ctx, RunContext};
+use crate::pull::Pulled;
+use crate::reference::RegistryRef;
+use crate::run::{Durations, HostInfo, RunRecord};
+use crate::sandbox::{Isolation, Network};
+use crate::store::{Store, StoreError};
+
+/// The repository baked combinations are loaded into Docker as; the tag
+/// is the start of the manifest digest.
+pub const LOADED_REPOSITORY: &str = "hoist/combination";
+
+const CRANE_HINT: &str =
+    "container mode needs a running Docker Engine; crane mode (--mode crane) needs no daemon";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("cannot run the docker CLI {program}: {source}; {CRANE_HINT}")]
+    NoDocker {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("the Docker daemon does not answer ({message}); {CRANE_HINT}")]
+    DaemonDown { message: String },
+    #[error("`docker {what}` failed (exit {code}): {message}")]
+    Docker {
+        what: String,
+        code: i32,
+        message: String,
+    },
+    #[error(transparent)]
+    Bake(#[from] BakeError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the image {image} was baked with {axis} {found}, but this run's {axis} is {expected}; bake the combination again or pass the axes it was baked from")]
+    ImageMismatch {
+        image: String,
+        axis: String,
+        expected: String,
+        found: String,
+    },
+    #[error(
+        "docker run failed (exit {code}) before the supervisor started; Docker's message is above"
+    )]
+    RunFailed { code: i32 },
+    #[error(
+        "the container ended (exit {exit_code}) without writing {path}; see the logs in {dir}"
+    )]
+    NoResult {
+        exit_code: i32,
+        path: PathBuf,
+        dir: PathBuf,
+    },
+    #[error("the container did not finish within {0:?}; it was killed and removed")]
+    Timeout(Duration),
+    #[error("interrupted by {0}; the container was removed")]
+    Interrupted(&'static str),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ContainerError + '_ {
+    move |source| ContainerError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The docker CLI, checked to reach a daemon.
+#[derive(Clone, Debug)]
+pub struct Docker {
+    program: String,
+}
+
+/// What Docker says about an image.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DockerImage {
+    /// `sha256:…` of the config: the image Docker runs.
+    pub id: String,
+    pub repo_digests: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectImage {
+    id: String,
+    #[serde(default)]
+    repo_digests: Option<Vec<String>>,
+    #[serde(default)]
+    config: Option<InspectConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct InspectConfig {
+    #[serde(default)]
+    labels: Option<BTreeMap<String, String>>,
+}
+
+impl Docker {
+    /// `HOIST_DOCKER`, else `docker` on PATH; fails with a message naming
+    /// crane mode when the CLI is missing or the daemon does not answer.
+    pub fn detect() -> Result<Docker, ContainerError> {
+        let program = std::env::var("HOIST_DOCKER").unwrap_or_else(|_| "docker".into());
+        let d = Docker { program };
+        let out = d
+            .command()
+            .args(["version", "--format", "{{.Server.Version}}"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| ContainerError::NoDocker {
+                program: d.program.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(ContainerError::DaemonDown {
+                message: last_line(&out.stderr),
+            });
+        }
+        Ok(d)
+    }
+
+    fn command(&self) -> Command {
+        Command::new(&self.program)
+    }
+
+    /// Run `docker ARGS`, capturing its output; a failure quotes stderr.
+    fn output(&self, args: &[&str]) -> Result<Output, ContainerError> {
+        let out = self
+            .command()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| ContainerError::NoDocker {
+                program: self.program.clone(),
+                source,
+            })?;
+        if out.status.success() {
+            return Ok(out);
+        }
+        Err(ContainerError::Docker {
+            what: args.first().copied().unwrap_or_default().to_string(),
+            code: out.status.code().unwrap_or(-1),
+            message: last_line(&out.stderr),
+        })
+    }
+
+    /// The image `reference` names, or `None` when Docker does not have it.
+    pub fn inspect_image(&self, reference: &str) -> Result<Option<DockerImage>, ContainerError> {
+        let out = self
+            .command()
+            .args(["image", "inspect", reference])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| ContainerError::NoDocker {
+                program: self.program.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Ok(None);
+        }
+        let parsed: Vec<InspectImage> =
+            serde_json::from_slice(&out.stdout).map_err(|e| ContainerError::Docker {
+                what: "image inspect".into(),
+                code: 0,
+                message: format!("unexpected output: {e}"),
+            })?;
+        Ok(parsed.into_iter().next().map(|i| DockerImage {
+            id: i.id,
+            repo_digests: i.repo_digests.unwrap_or_default(),
+            labels: i.config.and_then(|c| c.labels).unwrap_or_default(),
+        }))
+    }
+
+    pub fn load(&self, archive: &Path) -> Result<(), ContainerError> {
+        let path = archive.to_string_lossy();
+        self.output(&["load", "-q", "-i", &path]).map(drop)
+    }
+
+    pub fn pull(&self, reference: &str) -> Result<(), ContainerError> {
+        self.output(&["pull", "-q", reference]).map(drop)
+    }
+
+    /// `docker rm -f NAME`; a container already gone is fine.
+    fn remove(&self, name: &str) {
+        match self.command().args(["rm", "-f", name]).output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) if String::from_utf8_lossy(&o.stderr).contains("No such container") => {}
+            Ok(o) => {
+                tracing::warn!(container = name, error = %last_line(&o.stderr), "could not remove the container")
+            }
+            Err(e) => {
+                tracing::warn!(container = name, error = %e, "could not remove the container")
+            }
+        }
+    }
+}
+
+/// The last non-empty line of a tool's stderr, for an error message.
+fn last_line(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no message")
+        .trim()
+        .to_string()
+}
+
+/// The axes of a run, already pulled.
+pub struct Axes<'a> {
+    pub benchmark: &'a Pulled,
+    pub agent: &'a Pulled,
+    pub gateway: Option<&'a Pulled>,
+}
+
+/// Where the combination image comes from.
+pub enum ImageSource<'a> {
+    /// Bake it from the axes with this static hoist binary.
+    Bake { hoist_binary: &'a Path, epoch: u64 },
+    /// A combination in a registry, pinned to a digest hoist resolved.
+    Registry(RegistryRef),
+    /// A combination complete in the store (pulled from an `oci:` layout).
+    Stored(&'a Pulled),
+}
+
+/// The image Docker will run.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    /// The reference it was loaded or pulled as.
+    pub reference: String,
+    pub image: DockerImage,
+    /// The manifest digest, when hoist baked or read the image.
+    pub manifest_digest: Option<Digest>,
+    pub elapsed: Duration,
+}
+
+/// Make the combination image ready in Docker, and check that it was
+/// baked from `axes`.
+pub fn prepare(
+    docker: &Docker,
+    store: &Store,
+    axes: &Axes<'_>,
+    source: &ImageSource<'_>,
+) -> Result<Prepared, ContainerError> {
+    let t = Instant::now();
+    let (reference, manifest_digest) = match source {
+        ImageSource::Bake {
+            hoist_binary,
+            epoch,
+        } => {
+            let inputs = BakeInputs {
+                benchmark: axes.benchmark,
+                agent: axes.agent,
+                gateway: axes.gateway,
+                hoist_binary,
+                epoch: *epoch,
+            };
+            // Held until the archive is written: gc must leave the
+            // unrecorded blobs of this bake alone.
+            let _gc = store.gc_lock_shared()?;
+            let baked = bake::bake(store, &inputs, None)?;
+            (
+                load_baked(docker, store, &baked)?,
+                Some(baked.manifest_digest),
+            )
+        }
+        ImageSource::Stored(p) => {
+            let _gc = store.gc_lock_shared()?;
+            let baked = Baked::from_pulled(store, p)?;
+            (
+                load_baked(docker, store, &baked)?,
+                Some(baked.manifest_digest),
+            )
+        }
+        ImageSource::Registry(r) => {
+            let reference = format!("{}/{}", r.registry, r.repository);
+            let pinned = match &r.digest {
+                Some(d) => format!("{reference}@{d}"),
+                None => reference,
+            };
+            if docker.inspect_image(&pinned)?.is_none() {
+                docker.pull(&pinned)?;
+            }
+            (pinned, None)
+        }
+    };
+    let image = docker
+        .inspect_image(&reference)?
+        .ok_or_else(|| ContainerError::Docker {
+            what: "image inspect".into(),
+            code: 1,
+            message: format!("{reference} is not in Docker after loading it"),
+        })?;
+    check_labels(&reference, &image, axes)?;
+    Ok(Prepared {
+        reference,
+        image,
+        manifest_digest,
+        elapsed: t.elapsed(),
+    })
+}
+
+/// Load `baked` into Docker as `hoist/combination:HEX16`, unless Docker
+/// has that tag for this exact config already.
+fn load_baked(docker: &Docker, store: &Store, baked: &Baked) -> Result<String, ContainerError> {
+    let reference = format!("{LOADED_REPOSITORY}:{}", &baked.manifest_digest.hex()[..16]);
+    let want = baked.config_digest.to_string();
+    if docker
+        .inspect_image(&reference)?
+        .is_some_and(|i| i.id == want)
+    {
+        tracing::debug!(%reference, "Docker has the combination already");
+        return Ok(reference);
+    }
+    let dir = work_dir(store, "load-")?;
+    let archive = dir.path().join("image.tar");
+    bake::write_docker_archive(store, baked, &archive, Some(&reference))?;
+    docker.load(&archive)?;
+    Ok(reference)
+}
+
+/// The axis labels of the image must name this run's axes.
+pub fn check_labels(
+    image: &str,
+    found: &DockerImage,
+    axes: &Axes<'_>,
+) -> Result<(), ContainerError> {
+    let wanted = [
+        ("benchmark", Some(axes.benchmark)),
+        ("agent", Some(axes.agent)),
+        ("gateway", axes.gateway),
+    ];
+    for (axis, pulled) in wanted {
+        let (_, key) = bake::image::axis_keys(axis);
+        let expected = pulled.map(|p| p.digest.to_string());
+        let label = found.labels.get(&key).cloned();
+        if label != expected {
+            return Err(ContainerError::ImageMismatch {
+                image: image.to_string(),
+                axis: axis.to_string(),
+                expected: expected.unwrap_or_else(|| "none".into()),
+                found: label.unwrap_or_else(|| "none".into()),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn work_dir(store: &Store, prefix: &str) -> Result<tempfile::TempDir, ContainerError> {
+    let base = store.root().join("work");
+    std::fs::create_dir_all(&base).map_err(io(&base))?;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&base)
+        .map_err(io(&base))
+}
+
+/// One container-mode run, the image prepared.
+pub struct ContainerRequest<'a> {
+    pub axes: Axes<'a>,
+    pub task: Option<String>,
+    pub out: PathBuf,
+    pub network: Network,
+    pub recordings: Option<PathBuf>,
+    pub agent_timeout_sec: Option<u64>,
+    pub grade_timeout_sec: Option<u64>,
+    /// The lock file checked (`--locked`), for run.json.
+    pub lock_file: Option<PathBuf>,
+    pub command_line: Vec<String>,
+    pub pull_ms: u64,
+}
+
+fn image_json(p: &Pulled) -> Value {
+    json!({"ref": p.reference, "digest": p.digest.to_string()})
+}
+
+fn images_json(axes: &Axes<'_>) -> Value {
+    json!({
+        "benchmark": image_json(axes.benchmark),
+        "agent": image_json(axes.agent),
+        "gateway": axes.gateway.map(image_json),
+    })
+}
+
+/// The run context: the axes' references and digests, exactly as crane
+/// mode records them, so the two modes' result.json compare equal.
+fn context(req: &ContainerRequest<'_>, prepare_ms: u64) -> RunContext {
+    RunContext {
+        // Both sides are the same three records: this cannot fail.
+        images: serde_json::from_value(images_json(&req.axes)).unwrap_or_default(),
+        platform: req.axes.benchmark.platform.to_string(),
+        mode: ctx::Mode::Container,
+        isolation: ctx::Isolation::Namespaces,
+        network: match req.network {
+            Network::None => ctx::Network::None,
+            Network::Host => ctx::Network::Host,
+        },
+        recordings: req.recordings.is_some(),
+        materialize_ms: prepare_ms,
+        agent_timeout_sec: req.agent_timeout_sec,
+        grade_timeout_sec: req.grade_timeout_sec,
+        ..RunContext::default()
+    }
+}
+
+/// The `docker run` arguments (after `docker`), pure.
+pub fn run_args(
+    name: &str,
+    network: Network,
+    output: &Path,
+    context: &Path,
+    recordings: Option<&Path>,
+    image_id: &str,
+    task: Option<&str>,
+) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "run",
+        "--rm",
+        "--name",
+        name,
+        "--label",
+        "io.github.hoist.run=1",
+    ]
+    .map(String::from)
+    .to_vec();
+    match network {
+        Network::None => a.extend(["--network", "none", "--hostname", "hoist"].map(String::from)),
+        // Docker refuses a hostname with the host's network.
+        Network::Host => a.extend(["--network", "host"].map(String::from)),
+    }
+    a.extend(
+        [
+            "--pids-limit",
+            "1024",
+            "--ulimit",
+            "nofile=4096:4096",
+            "--security-opt",
+            "no-new-privileges",
+            "--user",
+            "0:0",
+            "--tmpfs",
+            "/tmp:rw,nosuid,nodev,mode=1777",
+            "--tmpfs",
+            "/run:rw,nosuid,nodev,mode=755",
+            "--entrypoint",
+            "/.hoist/hoist",
+        ]
+        .map(String::from),
+    );
+    a.push("-v".into());
+    a.push(format!("{}:/output", output.display()));
+    a.push("-v".into());
+    a.push(format!("{}:{}:ro", context.display(), ctx::CONTEXT_PATH));
+    if let Some(r) = recordings {
+        a.push("-v".into());
+        a.push(format!("{}:/recordings:ro", r.display()));
+    }
+    a.push(image_id.into());
+    a.extend(["task-exec", "--context", ctx::CONTEXT_PATH].map(String::from));
+    if let Some(t) = task {
+        a.extend(["--task".to_string(), t.to_string()]);
+    }
+    a
+}
+
+/// Removes the container when dropped, whatever happened.
+struct Cleanup<'a> {
+    docker: &'a Docker,
+    name: String,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        self.docker.remove(&self.name);
+    }
+}
+
+enum Ended {
+    Exited(i32),
+    Signal(&'static str),
+    Timeout,
+}
+
+/// Run the task in the prepared image; returns result.json and run.json.
+pub fn run(
+    docker: &Docker,
+    store: &Store,
+    req: &ContainerRequest<'_>,
+    image: &Prepared,
+) -> Result<(Value, Value), ContainerError> {
+    let started = Instant::now();
+    let started_at = rfc3339(SystemTime::now());
+    let task_dir = req.out.join("task");
+    std::fs::create_dir_all(&task_dir).map_err(io(&task_dir))?;
+    let result_path = task_dir.join("result.json");
+    if result_path.exists() {
+        std::fs::remove_file(&result_path).map_err(io(&result_path))?;
+    }
+    let output = std::fs::canonicalize(&req.out).map_err(io(&req.out))?;
+    let work = work_dir(store, "container-")?;
+    let context_path = work.path().join("context.json");
+    let prepare_ms = image.elapsed.as_millis() as u64;
+    // Serialising a plain struct cannot fail.
+    let bytes = serde_json::to_vec_pretty(&context(req, prepare_ms)).unwrap_or_default();
+    std::fs::write(&context_path, bytes).map_err(io(&context_path))?;
+
+    let name = format!("hoist-{:016x}", rand::random::<u64>());
+    let args = run_args(
+        &name,
+        req.network,
+        &output,
+        &context_path,
+        req.recordings.as_deref(),
+        &image.image.id,
+        req.task.as_deref(),
+    );
+    // The supervisor enforces the task's timeouts; this backstop only
+    // catches one that hangs (the same bound as crane mode's).
+    let backstop = Duration::from_secs(
+        req.agent_timeout_sec.unwrap_or(4 * 3600) * 2 + req.grade_timeout_sec.unwrap_or(3600) + 300,
+    );
+    let t = Instant::now();
+    let cleanup = Cleanup {
+        docker,
+        name: name.clone(),
+    };
+    let ended = supervise(docker, &args, backstop)?;
+    let container_ms = t.elapsed().as_millis() as u64;
+    match ended {
+        Ended::Timeout => {
+            // Kill first so the supervisor's processes stop at once; the
+            // cleanup then removes what is left.
+            if let Err(e) = docker.output(&["kill", &name]) {
+                tracing::debug!(error = %e, "docker kill after the backstop");
+            }
+            drop(cleanup);
+            Err(ContainerError::Timeout(backstop))
+        }
+        Ended::Signal(s) => {
+            drop(cleanup);
+            Err(ContainerError::Interrupted(s))
+        }
+        Ended::Exited(code) => {
+            drop(cleanup);
+            // 125: the docker CLI or daemon failed; 126/127: the entry
+            // point could not be run. Neither reached the supervisor.
+            if matches!(code, 125..=127) && !result_path.exists() {
+                return Err(ContainerError::RunFailed { code });
+            }
+            let timing = Timing {
+                started,
+                started_at,
+                prepare_ms,
+                container_ms,
+            };
+            finish(req, image, &name, timing, code, &result_path)
+        }
+    }
+}
+
+/// Start `docker ARGS` and wait for it, a signal or the backstop.
+fn supervise(
+    docker: &Docker,
+    args: &[String],
+    backstop: Duration,
+) -> Result<Ended, ContainerError> {
+    use std::os::fd::AsFd;
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io(Path::new("the async runtime")))?;
+    // The container's output goes to stderr: stdout is for --json.
+    let stderr = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(io(Path::new("stderr")))?;
+    rt.block_on(async {
+        let sig = |k| signal(k).map_err(io(Path::new("signal handler")));
+        let (mut int, mut term, mut hup) = (
+            sig(SignalKind::interrupt())?,
+            sig(SignalKind::terminate())?,
+            sig(SignalKind::hangup())?,
+        );
+        // Its own process group: a Ctrl-C reaches hoist, which removes
+        // the container, not the docker CLI, which would only detach.
+        let mut child = tokio::process::Command::new(&docker.program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(stderr))
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| ContainerError::NoDocker {
+                program: docker.program.clone(),
+                source,
+            })?;
+        let ended = tokio::select! {
+            status = child.wait() => {
+                let status = status.map_err(io(Path::new("docker run")))?;
+                Ended::Exited(status.code().unwrap_or_else(|| {
+                    128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+                }))
+            }
+            _ = int.recv() => Ended::Signal("SIGINT"),
+            _ = term.recv() => Ended::Signal("SIGTERM"),
+            _ = hup.recv() => Ended::Signal("SIGHUP"),
+            _ = tokio::time::sleep(backstop) => Ended::Timeout,
+        };
+        Ok(ended)
+    })
+}
+
+struct Timing {
+    started: Instant,
+    started_at: String,
+    prepare_ms: u64,
+    container_ms: u64,
+}
+
+/// Write run.json; read result.json.
+fn finish(
+    req: &ContainerRequest<'_>,
+    image: &Prepared,
+    container: &str,
+    t: Timing,
+    exit_code: i32,
+    result_path: &Path,
+) -> Result<(Value, Value), ContainerError> {
+    let record = RunRecord {
+        schema: "hoist.run/v1",
+        command_line: req.command_line.clone(),
+        mode: "container",
+        isolation: Isolation::Namespaces.as_str(),
+        not_isolated: Isolation::Namespaces.not_isolated(req.network),
+        // Docker's own user namespace remapping is off by default; it drops
+        // root's capabilities to its default set instead.
+        user_namespace: false,
+        network: req.network,
+        // Replaced below: Docker's storage builds the rootfs.
+        rootfs: crate::rootfs::RootfsMode::Auto,
+        images: images_json(&req.axes),
+        lock_file: req.lock_file.clone(),
+        host: host_info(),
+        hoist_version: env!("CARGO_PKG_VERSION"),
+        started_at: t.started_at,
+        durations_ms: Durations {
+            pull: req.pull_ms,
+            materialize: t.prepare_ms,
+            sandbox: t.container_ms,
+            total: req.pull_ms + t.prepare_ms + t.started.elapsed().as_millis() as u64,
+        },
+        supervisor_exit_code: exit_code,
+    };
+    let mut run_json = serde_json::to_value(&record).unwrap_or_default();
+    if let Some(obj) = run_json.as_object_mut() {
+        obj.insert("rootfs".into(), json!("docker"));
+        obj.insert("docker_container".into(), json!(container));
+        obj.insert("docker_image".into(), json!(image.reference));
+        obj.insert("docker_image_id".into(), json!(image.image.id));
+        obj.insert(
+            "docker_repo_digests".into(),
+            json!(image.image.repo_digests),
+        );
+        obj.insert(
+            "combination_manifest_digest".into(),
+            json!(image.manifest_digest.as_ref().map(|d| d.to_string())),
+        );
+    }
+    let path = req.out.join("run.json");
+    // Serialising a JSON value cannot fail.
+    let pretty = serde_json::to_vec_pretty(&run_json).unwrap_or_default();
+    std::fs::write(&path, pretty).map_err(io(&path))?;
+    let bytes = std::fs::read(result_path).map_err(|_| ContainerError::NoResult {
+        exit_code,
+        path: result_path.to_path_buf(),
+        dir: req.out.join("task"),
+    })?;
+    let result: Value = serde_json::from_slice(&bytes).map_err(|e| ContainerError::Io {
+        path: result_path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
+    Ok((result, run_json))
+}
+
+fn host_info() -> HostInfo {
+    let u = rustix::system::uname();
+    HostInfo {
+        kernel: u.release().to_string_lossy().into_owned(),
+        machine: u.machine().to_string_lossy().into_owned(),
+        uid: rustix::process::geteuid().as_raw(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_run_arguments() {
+        let a = run_args(
+            "hoist-1",
+            Network::None,
+            Path::new("/out"),
+            Path::new("/w/context.json"),
+            Some(Path::new("/rec")),
+            "sha256:abc",
+            Some("t1"),
+        );
+        let s = a.join(" ");
+        assert!(s.starts_with("run --rm --name hoist-1 "), "{s}");
+        assert!(s.contains("--network none --hostname hoist"), "{s}");
+        assert!(s.contains("--pids-limit 1024"), "{s}");
+        assert!(s.contains("-v /out:/output"), "{s}");
+        assert!(
+            s.contains("-v /w/context.json:/.hoist/context.json:ro"),
+            "{s}"
+        );
+        assert!(s.contains("-v /rec:/recordings:ro"), "{s}");
+        assert!(
+            s.ends_with("sha256:abc task-exec --context /.hoist/context.json --task t1"),
+            "{s}"
+        );
+        let host = run_args(
+            "n",
+            Network::Host,
+            Path::new("/o"),
+            Path::new("/c"),
+            None,
+            "i",
+            None,
+        )
+        .join(" ");
+        assert!(
+            host.contains("--network host") && !host.contains("--hostname"),
+            "{host}"
+        );
+        assert!(!host.contains("/recordings"), "{host}");
+        assert!(
+            host.ends_with("i task-exec --context /.hoist/context.json"),
+            "{host}"
+        );
+    }
+
+    #[test]
+    fn last_line_of_stderr() {
+        assert_eq!(last_line(b"a\nCannot connect\n\n"), "Cannot connect");
+        assert_eq!(last_line(b""), "no message");
+    }
+}
