@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, Uid};
 
-use super::process::{Reaper, POLL};
+use super::process::{Backoff, Reaper};
 
 /// Passes of kill(-1, SIGKILL) made before the processes are looked for.
 const MIN_PASSES: usize = 3;
@@ -63,6 +63,7 @@ pub fn kill_user_processes(
     };
     let deadline = Instant::now() + timeout;
     let mut survivors = Vec::new();
+    let mut backoff = Backoff::new();
     while !killer.is_finished() {
         reaper.poll();
         if passes.load(Ordering::SeqCst) >= MIN_PASSES {
@@ -75,7 +76,7 @@ pub fn kill_user_processes(
                 break;
             }
         }
-        std::thread::sleep(POLL);
+        backoff.nap();
     }
     stop.store(true, Ordering::SeqCst);
     let outcome = match killer.join() {
@@ -105,12 +106,13 @@ pub fn kill_user_processes(
 fn kill_loop(uid: u32, stop: &AtomicBool, passes: &AtomicUsize) -> std::io::Result<()> {
     let u = Uid::from_raw(uid);
     rustix::thread::set_thread_res_uid(u, u, u)?;
+    let mut backoff = Backoff::new();
     while !stop.load(Ordering::SeqCst) {
         // ESRCH (no other process at all) means there is nothing to kill;
         // EPERM is never returned for -1. Either way go on counting.
         let _ = rustix::process::kill_process_group(Pid::INIT, Signal::KILL);
         passes.fetch_add(1, Ordering::SeqCst);
-        std::thread::sleep(POLL);
+        backoff.nap();
     }
     Ok(())
 }

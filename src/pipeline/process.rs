@@ -23,6 +23,28 @@ use rustix::process::{Pid, Signal, WaitOptions};
 /// ends within a few tens of milliseconds of its deadline.
 pub const POLL: Duration = Duration::from_millis(10);
 
+/// The pause between two polls: 250 µs at first, doubling up to [`POLL`],
+/// so a wait that ends at once costs well under a millisecond and a long
+/// one (an agent running for minutes) wakes only every 10 ms.
+pub struct Backoff(Duration);
+
+impl Backoff {
+    pub fn new() -> Backoff {
+        Backoff(Duration::from_micros(250))
+    }
+
+    pub fn nap(&mut self) {
+        std::thread::sleep(self.0);
+        self.0 = (self.0 * 2).min(POLL);
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new()
+    }
+}
+
 /// How long to wait for a SIGKILLed process to be reaped before moving on.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -110,6 +132,7 @@ impl Reaper {
 
     /// Wait for `pid` to exit, until `deadline`.
     pub fn wait_until(&mut self, pid: i32, deadline: Instant) -> Option<Exit> {
+        let mut backoff = Backoff::new();
         loop {
             self.poll();
             if let Some(e) = self.take(pid) {
@@ -118,7 +141,7 @@ impl Reaper {
             if Instant::now() >= deadline {
                 return None;
             }
-            std::thread::sleep(POLL);
+            backoff.nap();
         }
     }
 }
@@ -193,13 +216,14 @@ pub fn terminate_group(reaper: &mut Reaper, pgid: i32, grace: Duration) -> Exit 
     signal_group(pgid, Signal::TERM);
     let deadline = Instant::now() + grace;
     let mut exit = None;
+    let mut backoff = Backoff::new();
     loop {
         reaper.poll();
         exit = exit.or_else(|| reaper.take(pgid));
         if (exit.is_some() && group_is_empty(pgid)) || Instant::now() >= deadline {
             break;
         }
-        std::thread::sleep(POLL);
+        backoff.nap();
     }
     signal_group(pgid, Signal::KILL);
     exit.or_else(|| reaper.wait_until(pgid, Instant::now() + KILL_WAIT))
@@ -248,6 +272,7 @@ pub fn sweep_namespace(reaper: &mut Reaper) -> bool {
         return false;
     }
     let deadline = Instant::now() + KILL_WAIT;
+    let mut backoff = Backoff::new();
     loop {
         // Errors: ESRCH, nothing left; nothing else can fail for root.
         let _ = rustix::process::kill_process_group(Pid::INIT, Signal::KILL);
@@ -260,7 +285,7 @@ pub fn sweep_namespace(reaper: &mut Reaper) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        std::thread::sleep(POLL);
+        backoff.nap();
     }
 }
 

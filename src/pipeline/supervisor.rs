@@ -261,6 +261,7 @@ impl<'a> Supervisor<'a> {
     fn wait_healthy(&mut self, pid: i32) -> Result<(), InfraError> {
         let port = self.ctx.gateway_port;
         let deadline = Instant::now() + GATEWAY_READY;
+        let mut backoff = process::Backoff::new();
         loop {
             self.reaper.poll();
             if let Some(exit) = self.reaper.take(pid) {
@@ -280,7 +281,7 @@ impl<'a> Supervisor<'a> {
                     format!("{GATEWAY_RUN} did not answer GET http://127.0.0.1:{port}/health with 200 within {} s ({last}); see gateway.log", GATEWAY_READY.as_secs()),
                 ));
             }
-            std::thread::sleep(Duration::from_millis(100));
+            backoff.nap();
         }
     }
 

@@ -228,12 +228,16 @@ impl Store {
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| io_err(&lock_path)(e.into()))?;
         let mut index = self.index()?;
-        index.manifests.retain(|d| ref_name(d) != Some(name));
         let mut entry = desc.clone();
         entry
             .annotations
             .get_or_insert_with(Default::default)
             .insert(ANNOTATION_REF_NAME.to_string(), name.to_string());
+        // Re-pulling an unchanged image rewrites nothing (and syncs nothing).
+        if index.manifests.contains(&entry) {
+            return Ok(());
+        }
+        index.manifests.retain(|d| ref_name(d) != Some(name));
         index.manifests.push(entry);
         index
             .manifests
