@@ -1,17 +1,18 @@
-//! `hoist tree-digest DIR [--list] [--exclude PATH]...`
+//! `hoist tree-digest DIR|REF [--list] [--exclude PATH]...`
 
-use std::path::PathBuf;
-
+use anyhow::Context as _;
 use clap::Args;
 use hoist::exit::ExitStatus;
-use hoist::treedigest::read_dir_tree;
+use hoist::treedigest::{read_dir_tree, LayerTree, Tree};
 
+use super::materialize::pull_axes;
 use super::Global;
 
 #[derive(Args)]
 pub struct TreeDigestArgs {
-    /// A directory (a rootfs, an unpacked export).
-    dir: PathBuf,
+    /// A directory (a rootfs, an unpacked export), or an image reference,
+    /// whose tree is then computed from its layers without unpacking.
+    target: String,
     /// Print the canonical listing instead of the digest.
     #[arg(long)]
     list: bool,
@@ -21,7 +22,12 @@ pub struct TreeDigestArgs {
 }
 
 pub fn run(global: &Global, args: &TreeDigestArgs) -> anyhow::Result<ExitStatus> {
-    let mut tree = read_dir_tree(&args.dir)?;
+    let path = std::path::Path::new(&args.target);
+    let mut tree = if path.is_dir() {
+        read_dir_tree(path)?
+    } else {
+        image_tree(global, &args.target)?
+    };
     for e in &args.exclude {
         tree.exclude(e);
     }
@@ -36,4 +42,22 @@ pub fn run(global: &Global, args: &TreeDigestArgs) -> anyhow::Result<ExitStatus>
         println!("{}", tree.digest());
     }
     Ok(ExitStatus::Success)
+}
+
+/// The image's tree from its layers, streamed from the store.
+fn image_tree(global: &Global, reference: &str) -> anyhow::Result<Tree> {
+    let store = global.store()?;
+    let pulled = pull_axes(global, &store, &[reference])?;
+    let image = &pulled[0];
+    let mut tree = LayerTree::new();
+    for layer in &image.manifest.layers {
+        let blob = store.blob_path(&layer.digest);
+        let file =
+            std::fs::File::open(&blob).with_context(|| format!("opening {}", blob.display()))?;
+        let reader =
+            std::io::BufReader::with_capacity(1 << 20, std::io::Read::take(file, layer.size));
+        tree.apply(reader, &layer.media_type)
+            .with_context(|| format!("layer {} of {reference}", layer.digest))?;
+    }
+    Ok(tree.finish())
 }

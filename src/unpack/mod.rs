@@ -22,7 +22,7 @@ mod error;
 mod fsops;
 mod media;
 mod meta;
-mod path;
+pub(crate) mod path;
 mod stream;
 
 use std::io::{self, Read};

@@ -17,6 +17,9 @@ use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
 
+mod layers;
+pub use layers::{LayerTree, LayerTreeError};
+
 /// One entry of a tree, as it is compared.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
