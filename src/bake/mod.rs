@@ -251,14 +251,7 @@ pub fn bake(
 
 /// The layer holding one axis subtree (`opt/agent`, `opt/gateway`).
 fn subtree_layer(store: &Store, img: &Pulled, path: &str, epoch: u64) -> Result<Layer, BakeError> {
-    let dir = ensure_subtree(
-        store,
-        &img.manifest_digest,
-        &img.manifest.layers,
-        &img.config.rootfs.diff_ids,
-        path,
-        &img.reference,
-    )?;
+    let dir = ensure_subtree(store, img, path)?;
     let (entries, sockets) = tar::read_tree(&dir, path, true).map_err(io_err(&dir))?;
     if sockets > 0 {
         tracing::warn!(reference = %img.reference, path, sockets, "sockets cannot be baked into a layer; left out");

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
 use crate::manifest::Descriptor;
+use crate::pull::Pulled;
 use crate::store::Store;
 use crate::unpack::{apply_layer, ApplyOptions, OutputMode};
 
@@ -100,14 +101,13 @@ pub(crate) fn apply_blob(
 /// The subtree `path` (e.g. `opt/agent`) of an image, applied from all its
 /// layers once and cached by manifest digest. Its root directory is the
 /// image's `/opt/agent` itself, with that directory's metadata.
-pub fn ensure_subtree(
-    store: &Store,
-    manifest_digest: &Digest,
-    layers: &[Descriptor],
-    diff_ids: &[Digest],
-    path: &str,
-    reference: &str,
-) -> Result<PathBuf, RootfsError> {
+pub fn ensure_subtree(store: &Store, img: &Pulled, path: &str) -> Result<PathBuf, RootfsError> {
+    let (manifest_digest, layers, diff_ids, reference) = (
+        &img.manifest_digest,
+        &img.manifest.layers[..],
+        &img.config.rootfs.diff_ids[..],
+        img.reference.as_str(),
+    );
     let key = Digest::sha256_of(format!("{manifest_digest}\n{path}").as_bytes());
     let base = store.root().join("subtrees");
     let target = base.join(key.hex());

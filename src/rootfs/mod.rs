@@ -182,14 +182,7 @@ fn materialize_overlay(
     lowers.reverse();
     let mut subtrees = Vec::new();
     for (img, path) in axis_subtrees(axes) {
-        let dir = ensure_subtree(
-            store,
-            &img.manifest_digest,
-            &img.manifest.layers,
-            &img.config.rootfs.diff_ids,
-            path,
-            &img.reference,
-        )?;
+        let dir = ensure_subtree(store, img, path)?;
         subtrees.push((dir, path));
     }
     let run = gc::RunDir::create(store, out, keep)?;
