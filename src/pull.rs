@@ -204,7 +204,7 @@ pub async fn pull(
             (
                 Source::Layout(&l.path),
                 top.digest.to_string(),
-                layout_name(l, store),
+                layout_name(l),
                 Some(top.digest),
             )
         }
@@ -358,7 +358,7 @@ fn layout_top(l: &LayoutRef) -> Result<Descriptor, PullError> {
 }
 
 /// Layout images are recorded as `oci:ABSPATH:TAG` (or `@DIGEST`).
-fn layout_name(l: &LayoutRef, _store: &Store) -> String {
+fn layout_name(l: &LayoutRef) -> String {
     let abs = std::fs::canonicalize(&l.path).unwrap_or_else(|_| l.path.clone());
     let r = LayoutRef {
         path: abs,

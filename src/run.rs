@@ -170,14 +170,13 @@ pub fn run(
     let materialize_ms = t.elapsed().as_millis() as u64;
 
     let result = run_in(
-        store,
         req,
         &m,
         (isolation, user_namespace),
         materialize_ms,
         work.path(),
     );
-    if let Err(e) = rootfs::teardown(store, &m) {
+    if let Err(e) = rootfs::teardown(&m) {
         tracing::warn!(error = %e, "could not take down the rootfs");
     }
     let (exit_code, sandbox_ms) = result?;
@@ -234,14 +233,12 @@ pub fn run(
 }
 
 fn run_in(
-    store: &Store,
     req: &RunRequest<'_>,
     m: &Materialized,
     (isolation, user_namespace): (Isolation, bool),
     materialize_ms: u64,
     work: &Path,
 ) -> Result<(i32, u64), RunError> {
-    let _ = store;
     let context = RunContext {
         images: serde_json::from_value(serde_json::json!({
             "benchmark": image_json(req.benchmark, &req.benchmark.reference),

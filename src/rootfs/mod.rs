@@ -344,7 +344,7 @@ fn remove_beneath(parent: &std::os::fd::OwnedFd, name: &str) -> std::io::Result<
 }
 
 /// Take down what [`materialize`] built at `root`.
-pub fn teardown(store: &Store, m: &Materialized) -> Result<(), RootfsError> {
+pub fn teardown(m: &Materialized) -> Result<(), RootfsError> {
     if m.mode == RootfsMode::Overlay {
         mount::unmount_all(&m.root).map_err(io(&m.root))?;
         if let Some(run) = &m.run_dir {
@@ -353,6 +353,5 @@ pub fn teardown(store: &Store, m: &Materialized) -> Result<(), RootfsError> {
     } else {
         cache::remove_tree(&m.root)?;
     }
-    let _ = store;
     Ok(())
 }
