@@ -28,6 +28,8 @@ use super::process::{Backoff, Reaper};
 
 /// Passes of kill(-1, SIGKILL) made before the processes are looked for.
 const MIN_PASSES: usize = 3;
+/// How long to go on killing when /proc cannot tell whether any is left.
+const BLIND_KILL: std::time::Duration = std::time::Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KillError {
@@ -61,12 +63,16 @@ pub fn kill_user_processes(
             .spawn(move || kill_loop(uid, &stop, &passes))
             .map_err(|source| KillError::Thread { uid, source })?
     };
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
     let mut survivors = Vec::new();
     let mut backoff = Backoff::new();
     while !killer.is_finished() {
         reaper.poll();
-        if passes.load(Ordering::SeqCst) >= MIN_PASSES {
+        // Without /proc nothing can confirm the processes are gone: keep
+        // killing for BLIND_KILL so SIGKILLed processes have exited.
+        let enough = procfs || started.elapsed() >= BLIND_KILL;
+        if passes.load(Ordering::SeqCst) >= MIN_PASSES && enough {
             survivors = if procfs {
                 live_pids_of(proc_dir, uid)
             } else {
