@@ -274,6 +274,9 @@ def agent_layer(run_path, out, extra=None):
     layer.dir("opt")
     layer.dir("opt/agent")
     layer.file("opt/agent/run", read(run_path), 0o755)
+    install = os.path.join(os.path.dirname(run_path), "install.sh")
+    if os.path.exists(install):
+        layer.file("opt/agent/install.sh", read(install), 0o755)
     if extra:
         extra(layer)
     layer.write(out)

@@ -236,6 +236,16 @@ fn probe_agent_is_denied_everything() {
     for a in &attempts {
         assert_ne!(a["denied"], false, "not denied: {a}");
     }
+    // Its install.sh ran as root, jailed: the hidden files were covered.
+    let install = std::fs::read_to_string(out.path().join("task/install.log")).unwrap();
+    let install_attempts: Vec<Value> = install
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(install_attempts.len(), 4, "install.log:\n{install}");
+    for a in &install_attempts {
+        assert_eq!(a["denied"], true, "install.sh got through: {a}\n{install}");
+    }
     let summary = lines
         .iter()
         .find(|l| l["probe"] == "done")

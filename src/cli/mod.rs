@@ -183,6 +183,7 @@ fn sandbox_stage() -> Option<i32> {
     match stage {
         "__sandbox" => Some(hoist::sandbox::sandbox_stage(&arg(2))),
         "__sandbox-init" => Some(hoist::sandbox::init_stage(&arg(2))),
+        "__install-jail" => Some(hoist::pipeline::jail::jail_stage(&arg(2))),
         "__sandbox-probe-proc" => Some(hoist::sandbox::probe_proc(&arg(2))),
         "__sandbox-probe" => Some(hoist::sandbox::probe_stage(
             args.get(2).is_some_and(|a| a == "userns"),

@@ -23,6 +23,7 @@ pub mod clock;
 pub mod context;
 pub mod grade;
 mod health;
+pub mod jail;
 pub mod killuid;
 pub mod process;
 pub mod root;

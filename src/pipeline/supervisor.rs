@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::grade::read_grade_report;
 use super::health;
+use super::jail;
 use super::killuid::kill_user_processes;
 use super::process::{self, Finished, Reaper, Spec};
 use super::root::{create_root_file, ensure_root_dir, remove_if_present, write_atomic, Root};
@@ -189,20 +190,65 @@ impl<'a> Supervisor<'a> {
         let log = self.log("install.log")?;
         let mut env = self.root_env(task);
         env.push(("HOIST_WORKDIR", workdir.as_os_str().to_owned()));
+        // The jail (see jail.rs) where the kernel allows it; else say so.
+        let mut covers = match jail::Covers::mount(&self.root.path("/")) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                note(&log, &format!("hoist: install.sh runs without the jail ({e}): it can read /tests and /tasks"));
+                None
+            }
+        };
+        let (program, args) = match &covers {
+            Some(_) => (
+                PathBuf::from("/proc/self/exe"),
+                vec![
+                    OsString::from("__install-jail"),
+                    script.clone().into_os_string(),
+                ],
+            ),
+            None => (script.clone(), Vec::new()),
+        };
         let spec = Spec {
-            program: script,
-            args: Vec::new(),
+            program,
+            args,
             env,
             cwd: self.root.path("/"),
             log: &log,
             stdin: self.stdin()?,
             user: None,
         };
-        let pid = match process::spawn(spec, &mut self.reaper) {
+        let spawned = process::spawn(spec, &mut self.reaper);
+        if let (Ok(pid), Some(_)) = (&spawned, &covers) {
+            if let Err(e) = jail::map_jail(*pid) {
+                // Never run the script half-jailed: stop it, and report.
+                process::terminate_group(&mut self.reaper, *pid, Duration::ZERO);
+                if let Some(c) = covers.as_mut() {
+                    c.remove();
+                }
+                return Err(message(
+                    Stage::Sandbox,
+                    format!("the install jail failed: {e}"),
+                ));
+            }
+        }
+        let result = self.finish_install(spawned, &log, deadline);
+        if let Some(c) = covers.as_mut() {
+            c.remove();
+        }
+        result
+    }
+
+    fn finish_install(
+        &mut self,
+        spawned: std::io::Result<i32>,
+        log: &std::fs::File,
+        deadline: Instant,
+    ) -> Result<bool, InfraError> {
+        let pid = match spawned {
             Ok(pid) => pid,
             Err(e) => {
                 // The agent's own file: its failure, not the sandbox's.
-                note(&log, &format!("hoist: cannot execute {AGENT_INSTALL}: {e}"));
+                note(log, &format!("hoist: cannot execute {AGENT_INSTALL}: {e}"));
                 self.rec.agent = AgentOutcome {
                     exit_code: Some(if e.kind() == std::io::ErrorKind::NotFound {
                         127
