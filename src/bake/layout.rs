@@ -7,14 +7,10 @@ use std::path::Path;
 
 use super::{io_err, BakeError, Baked};
 use crate::digest::Digest;
-use crate::manifest::{Index, OCI_INDEX};
 use crate::store::Store;
 
-const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
-
 pub fn write_layout(store: &Store, baked: &Baked, path: &Path, tag: &str) -> Result<(), BakeError> {
-    create_layout(path)?;
-    let dest = Store::view(path);
+    let dest = Store::init_layout(path)?;
     let mut blobs = vec![
         (
             baked.manifest.config.digest.clone(),
@@ -33,30 +29,6 @@ pub fn write_layout(store: &Store, baked: &Baked, path: &Path, tag: &str) -> Res
         copy_blob(store, &dest, digest, *size)?;
     }
     dest.record(tag, &baked.descriptor())?;
-    Ok(())
-}
-
-/// `oci-layout`, `index.json` and `blobs/sha256`, each only if missing; an
-/// existing directory that is not a layout is refused by the record step.
-fn create_layout(path: &Path) -> Result<(), BakeError> {
-    let blobs = path.join("blobs/sha256");
-    fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
-    let view = Store::view(path);
-    let marker = path.join("oci-layout");
-    if !marker.exists() {
-        view.write_atomic(&marker, OCI_LAYOUT)?;
-    }
-    let index = path.join("index.json");
-    if !index.exists() {
-        let empty = Index {
-            schema_version: 2,
-            media_type: Some(OCI_INDEX.to_string()),
-            manifests: vec![],
-            annotations: None,
-        };
-        // Serialising plain structs cannot fail.
-        view.write_atomic(&index, &serde_json::to_vec(&empty).unwrap_or_default())?;
-    }
     Ok(())
 }
 

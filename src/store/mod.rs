@@ -84,12 +84,21 @@ impl Store {
 
     /// Open a store, creating the layout if the directory is new.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
-        let root = root.into();
-        for dir in ["blobs/sha256", "blobs/sha512", "ingest"] {
-            let p = root.join(dir);
+        let store = Store::init_layout(root)?;
+        for dir in ["blobs/sha512", "ingest"] {
+            let p = store.root.join(dir);
             fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
-        let store = Store { root };
+        Ok(store)
+    }
+
+    /// Make `root` an OCI image layout (`blobs/sha256`, `oci-layout`, an
+    /// empty `index.json`), each part only if missing, and view it. Used
+    /// for the store and for layouts hoist writes (`hoist bake --tag oci:`).
+    pub fn init_layout(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        let store = Store { root: root.into() };
+        let blobs = store.root.join("blobs/sha256");
+        fs::create_dir_all(&blobs).map_err(io_err(&blobs))?;
         let layout = store.root.join("oci-layout");
         if !layout.exists() {
             store.write_atomic(&layout, OCI_LAYOUT.as_bytes())?;
