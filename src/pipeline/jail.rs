@@ -10,15 +10,15 @@
 
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rustix::mount::UnmountFlags;
+use rustix::mount::{MountAttrFlags, UnmountFlags};
 use rustix::thread::UnshareFlags;
 
 use crate::rootfs::mount::open_dir_beneath;
+use crate::sandbox::{map_ids_when_unshared, mounts};
 
 /// What install.sh must not see.
 pub const COVERED: [&str; 3] = ["/tests", "/tasks", "/opt/gateway"];
@@ -61,63 +61,24 @@ impl Covers {
 }
 
 fn cover(at: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
-    use rustix::mount::*;
-    let fs = fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC)?;
-    fsconfig_set_string(&fs, "size", "4k")?;
-    fsconfig_set_string(&fs, "mode", "0700")?;
-    fsconfig_create(&fs)?;
     let attrs = MountAttrFlags::MOUNT_ATTR_RDONLY
         | MountAttrFlags::MOUNT_ATTR_NOSUID
         | MountAttrFlags::MOUNT_ATTR_NODEV
         | MountAttrFlags::MOUNT_ATTR_NOEXEC;
-    let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)?;
-    move_mount(
-        mnt.as_fd(),
-        "",
+    mounts::fresh(
+        "tmpfs",
+        &[("size", "4k"), ("mode", "0700")],
+        attrs,
         at,
-        "",
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
-    )?;
-    Ok(())
-}
-
-/// The extent of ids mapped in our own user namespace, to map 0..extent
-/// to themselves in the jail's.
-fn own_extent() -> io::Result<u64> {
-    let map = std::fs::read_to_string("/proc/self/uid_map")?;
-    Ok(map
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<u64> = l
-                .split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            (f.len() == 3).then(|| f[0] + f[2])
-        })
-        .max()
-        .unwrap_or(0))
+        "an install cover",
+    )
+    .map_err(io::Error::other)
 }
 
 /// Give the jail (child `pid`, which unshares its user namespace first)
-/// the identity maps of our id range. Only a process with CAP_SETUID in
-/// the parent namespace may write a range; the jail waits for it.
+/// the identity maps of our id range.
 pub fn map_jail(pid: i32) -> io::Result<()> {
-    let ns = |p: &str| std::fs::metadata(format!("/proc/{p}/ns/user")).map(|m| m.ino());
-    let own = ns("self")?;
-    let start = Instant::now();
-    while ns(&pid.to_string())? == own {
-        if start.elapsed() > Duration::from_secs(10) {
-            return Err(io::Error::other(
-                "the install jail did not enter its user namespace",
-            ));
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    let extent = own_extent()?;
-    for map in ["uid_map", "gid_map"] {
-        std::fs::write(format!("/proc/{pid}/{map}"), format!("0 0 {extent}\n"))?;
-    }
-    Ok(())
+    map_ids_when_unshared(pid, &mut || Ok(true))
 }
 
 /// `hoist __install-jail SCRIPT`: new user and mount namespaces, wait for

@@ -16,7 +16,7 @@
 //! __sandbox-init` as PID 1), configured by a JSON file.
 
 mod chroot;
-mod mounts;
+pub(crate) mod mounts;
 mod ns;
 
 use std::path::{Path, PathBuf};
@@ -281,41 +281,63 @@ pub fn run(
 /// until the stage has left our user namespace, write, then release it.
 fn map_identity(child: &mut std::process::Child) -> Result<(), SandboxError> {
     use std::io::Write;
-    use std::os::unix::fs::MetadataExt;
-    let ns_of = |pid: &str| std::fs::metadata(format!("/proc/{pid}/ns/user")).map(|m| m.ino());
-    let own = ns_of("self").map_err(io_err("reading our user namespace"))?;
-    let pid = child.id().to_string();
-    let start = Instant::now();
-    loop {
-        if child
-            .try_wait()
-            .map_err(io_err("waiting for the sandbox"))?
-            .is_some()
-        {
-            return Err(SandboxError::Unsupported(
-                "the sandbox stage ended before entering its user namespace".into(),
-            ));
-        }
-        if ns_of(&pid).is_ok_and(|ino| ino != own) {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            return Err(SandboxError::Unsupported(
-                "the sandbox stage did not enter a user namespace within 10 s".into(),
-            ));
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    for map in ["uid_map", "gid_map"] {
-        std::fs::write(format!("/proc/{pid}/{map}"), "0 0 4294967295\n")
-            .map_err(io_err(format!("writing the sandbox's {map}")))?;
-    }
+    let pid = child.id() as i32;
+    map_ids_when_unshared(pid, &mut || child.try_wait().map(|s| s.is_none()))
+        .map_err(io_err("mapping the sandbox's user namespace"))?;
     if let Some(stdin) = child.stdin.as_mut() {
         stdin
             .write_all(b"m")
             .map_err(io_err("releasing the sandbox stage"))?;
     }
     Ok(())
+}
+
+/// Wait (up to 10 s, while `alive` says so) until process `pid` has left
+/// our user namespace, then map in its new one every id ours maps, each to
+/// itself. Only a process with CAP_SETUID in the parent namespace may map
+/// a range; the sandbox stage and the install jail wait for it.
+pub(crate) fn map_ids_when_unshared(
+    pid: i32,
+    alive: &mut dyn FnMut() -> std::io::Result<bool>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let ns_of = |p: &str| std::fs::metadata(format!("/proc/{p}/ns/user")).map(|m| m.ino());
+    let own = ns_of("self")?;
+    let start = Instant::now();
+    while ns_of(&pid.to_string())? == own {
+        if !alive()? {
+            return Err(std::io::Error::other(
+                "it ended before entering its user namespace",
+            ));
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            return Err(std::io::Error::other(
+                "it did not enter a user namespace within 10 s",
+            ));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let extent = own_id_extent()?;
+    for map in ["uid_map", "gid_map"] {
+        std::fs::write(format!("/proc/{pid}/{map}"), format!("0 0 {extent}\n"))?;
+    }
+    Ok(())
+}
+
+/// How many ids, from 0, our own user namespace maps.
+fn own_id_extent() -> std::io::Result<u64> {
+    let map = std::fs::read_to_string("/proc/self/uid_map")?;
+    Ok(map
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (f.len() == 3).then(|| f[0] + f[2])
+        })
+        .max()
+        .unwrap_or(0))
 }
 
 /// `hoist __sandbox CONFIG`: the stage that isolates, then execs the
