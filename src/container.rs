@@ -669,6 +669,8 @@ fn finish(
         // Docker's own user namespace remapping is off by default; it drops
         // root's capabilities to its default set instead.
         user_namespace: false,
+        rootless: crate::userns::entered().cloned(),
+        not_reproduced: Default::default(),
         network: req.network,
         // Replaced below: Docker's storage builds the rootfs.
         rootfs: crate::rootfs::RootfsMode::Auto,

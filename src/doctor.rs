@@ -224,7 +224,7 @@ fn isolation_check(probe: &Result<(), String>, root: bool) -> Check {
             NAME,
             Status::Missing,
             format!("none: not root ({why})"),
-            "hoist run --mode crane cannot sandbox a task: both isolations need root (rootless namespaces with subordinate ids are not implemented yet); run as root, or in the runner image",
+            "hoist run --mode crane cannot sandbox a task here: as an unprivileged user hoist needs a user namespace of its own (see user_namespaces and subordinate_ids); run as root, or in the runner image",
         ),
     }
 }
@@ -320,7 +320,7 @@ fn userns_check(self_exe: &Path, root: bool) -> Check {
 pub fn userns_verdict(root: bool, me: &Probe, nobody: &Probe, sysctl: Option<String>) -> Check {
     const NAME: &str = "user_namespaces";
     const COST_ROOT: &str = "in a runner container without CAP_NET_ADMIN (the --cap-add SYS_ADMIN profile), namespaces isolation cannot bring up its loopback and runs fall back to chroot";
-    const COST_ROOTLESS: &str = "none today as root; a non-root user cannot sandbox at all (rootless namespaces mode, which needs them, is not implemented yet)";
+    const COST_ROOTLESS: &str = "none as root; an unprivileged user cannot run hoist rootless (it needs a user namespace of its own for materialize and run)";
     let made = "a probe created a user and a network namespace";
     match (me, nobody) {
         (Probe::Made, _) if !root => Check::ok(NAME, format!("{made} as this (unprivileged) user")),
@@ -626,32 +626,6 @@ fn cgroups_check() -> Check {
 
 // ---- subordinate ids --------------------------------------------------------
 
-/// The name of `uid` in an `/etc/passwd` text.
-pub fn user_name(passwd: &str, uid: u32) -> Option<&str> {
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 3 && f[2].parse() == Ok(uid)).then(|| f[0])
-    })
-}
-
-/// The `(start, count)` ranges of an `/etc/subuid` or `/etc/subgid` text
-/// that belong to `name` or to the numeric `id`.
-pub fn subid_ranges(text: &str, name: Option<&str>, id: u32) -> Vec<(u64, u64)> {
-    let id = id.to_string();
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| {
-            let mut f = l.split(':');
-            let (who, start, count) = (f.next()?, f.next()?, f.next()?);
-            if who != id && Some(who) != name {
-                return None;
-            }
-            Some((start.parse().ok()?, count.parse().ok()?))
-        })
-        .collect()
-}
-
 fn on_path(tool: &str) -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
     let found = path
@@ -665,12 +639,12 @@ fn on_path(tool: &str) -> Option<PathBuf> {
 fn subids_check(uid: u32) -> Check {
     const NAME: &str = "subordinate_ids";
     let passwd = read("/etc/passwd");
-    let name = user_name(&passwd, uid);
-    let who = name.map_or(uid.to_string(), str::to_string);
+    let name = crate::userns::user_name(&passwd, uid);
+    let who = name.clone().unwrap_or_else(|| uid.to_string());
     let count = |file: &str| -> u64 {
-        subid_ranges(&read(file), name, uid)
+        crate::userns::ranges_for(&read(file), name.as_deref(), uid)
             .iter()
-            .map(|(_, n)| n)
+            .map(|r| u64::from(r.count))
             .sum()
     };
     let (u, g) = (count("/etc/subuid"), count("/etc/subgid"));
@@ -693,7 +667,7 @@ fn subids_check(uid: u32) -> Check {
             NAME,
             Status::Missing,
             detail,
-            "none today (hoist uses them nowhere yet); rootless namespaces mode will need 65536 of each and the uidmap tools",
+            "as this user, hoist maps only its own uid: image files of other owners become this user's (counted in not_reproduced) and `hoist run` refuses to start an agent; give the user 65536 subordinate ids of each (usermod --add-subuids/--add-subgids) and install uidmap",
         )
     }
 }
@@ -1178,29 +1152,6 @@ mod tests {
         assert_eq!(cgroup_path(text, ""), Some("/system.slice/y"));
         assert_eq!(cgroup_path(text, "blkio"), None);
         assert_eq!(cgroup_path("1:name=systemd:/\n", "systemd"), None);
-    }
-
-    const PASSWD: &str =
-        "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\nbad line\n";
-
-    #[test]
-    fn user_names() {
-        assert_eq!(user_name(PASSWD, 0), Some("root"));
-        assert_eq!(user_name(PASSWD, 1000), Some("alice"));
-        assert_eq!(user_name(PASSWD, 1001), None);
-    }
-
-    #[test]
-    fn subid_lines_by_name_or_uid() {
-        let text =
-            "# comment\nalice:100000:65536\n1000:300000:1000\nbob:165536:65536\n\nalice:bad:1\n";
-        assert_eq!(
-            subid_ranges(text, Some("alice"), 1000),
-            vec![(100000, 65536), (300000, 1000)]
-        );
-        assert_eq!(subid_ranges(text, Some("bob"), 1001), vec![(165536, 65536)]);
-        assert!(subid_ranges(text, None, 0).is_empty());
-        assert!(subid_ranges("", Some("alice"), 1000).is_empty());
     }
 
     #[test]

@@ -32,3 +32,4 @@ pub mod store;
 pub mod sys;
 pub mod treedigest;
 pub mod unpack;
+pub mod userns;

@@ -58,6 +58,8 @@ pub enum RunError {
     },
     #[error("namespaces isolation is not available here (the probe could not unshare and mount); use --isolation chroot or auto")]
     NoNamespaces,
+    #[error("the agent cannot run as a user of its own: hoist's user namespace maps only your uid ({0}); give your user subordinate ids (e.g. `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 USER`, package uidmap) or run as root")]
+    OnlyRootMapped(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
@@ -77,6 +79,13 @@ pub struct RunRecord {
     pub not_isolated: Vec<&'static str>,
     /// Whether root in the sandbox was root of its own user namespace.
     pub user_namespace: bool,
+    /// Set when an unprivileged user ran hoist: the user namespace hoist
+    /// entered (whose root is that user) and its id mapping.
+    pub rootless: Option<crate::userns::Rootless>,
+    /// Entries of the rootfs hoist could not give the image's owner,
+    /// device node or xattr (all zero as root, and rootless with
+    /// subordinate ids for every owner in the image).
+    pub not_reproduced: crate::rootfs::Fidelity,
     pub network: Network,
     pub rootfs: RootfsMode,
     pub images: serde_json::Value,
@@ -137,6 +146,11 @@ pub fn run(
 ) -> Result<(serde_json::Value, RunRecord), RunError> {
     let started = Instant::now();
     let started_at = rfc3339(SystemTime::now());
+    // With only root mapped, the agent would have to be root, and could
+    // read the hidden tests: refuse before doing any work.
+    if let Some(why) = crate::userns::entered().and_then(|r| r.limitation.as_ref()) {
+        return Err(RunError::OnlyRootMapped(why.clone()));
+    }
     let isolation = resolve_isolation(req.isolation, &req.hoist_binary)?;
     let user_namespace =
         isolation == Isolation::Namespaces && sandbox::probe_user_namespace(&req.hoist_binary);
@@ -199,6 +213,8 @@ pub fn run(
             gaps
         },
         user_namespace,
+        rootless: crate::userns::entered().cloned(),
+        not_reproduced: m.not_reproduced,
         network: req.network,
         rootfs: m.mode,
         images,
@@ -313,6 +329,9 @@ fn host_info() -> HostInfo {
     HostInfo {
         kernel: u.release().to_string_lossy().into_owned(),
         machine: u.machine().to_string_lossy().into_owned(),
-        uid: rustix::process::geteuid().as_raw(),
+        // Rootless, the uid that ran hoist, not root of its namespace.
+        uid: crate::userns::entered()
+            .map(|r| r.host_uid)
+            .unwrap_or_else(|| rustix::process::geteuid().as_raw()),
     }
 }

@@ -85,6 +85,8 @@ pub fn write_layer(
     fs::create_dir_all(&dir).map_err(super::io_err(&dir))?;
     let tmp = tempfile::Builder::new()
         .prefix(".bake-")
+        // Readable by all, as skopeo writes layouts: others may read them.
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .tempfile_in(&dir)
         .map_err(super::io_err(&dir))?;
     let file = tmp

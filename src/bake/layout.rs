@@ -43,6 +43,8 @@ fn copy_blob(store: &Store, dest: &Store, digest: &Digest, size: u64) -> Result<
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-")
+        // Readable by all, as skopeo writes layouts: others may read them.
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .tempfile_in(dir)
         .map_err(io_err(dir))?;
     let mut from = fs::File::open(&src).map_err(io_err(&src))?;

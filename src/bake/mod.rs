@@ -79,6 +79,12 @@ pub enum BakeError {
     },
     #[error("the hoist binary {path} cannot be baked in: {message}")]
     Binary { path: PathBuf, message: String },
+    #[error("{path} of {reference} could not be unpacked faithfully here ({fidelity:?}); a baked layer would carry the wrong owners: bake as root, or as a user with subordinate ids in /etc/subuid and /etc/subgid")]
+    NotReproduced {
+        reference: String,
+        path: String,
+        fidelity: crate::rootfs::Fidelity,
+    },
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BakeError + '_ {
@@ -251,7 +257,14 @@ pub fn bake(
 
 /// The layer holding one axis subtree (`opt/agent`, `opt/gateway`).
 fn subtree_layer(store: &Store, img: &Pulled, path: &str, epoch: u64) -> Result<Layer, BakeError> {
-    let dir = ensure_subtree(store, img, path)?;
+    let (dir, fidelity) = ensure_subtree(store, img, path)?;
+    if !fidelity.is_exact() {
+        return Err(BakeError::NotReproduced {
+            reference: img.reference.clone(),
+            path: format!("/{path}"),
+            fidelity,
+        });
+    }
     let (entries, sockets) = tar::read_tree(&dir, path, true).map_err(io_err(&dir))?;
     if sockets > 0 {
         tracing::warn!(reference = %img.reference, path, sockets, "sockets cannot be baked into a layer; left out");

@@ -69,6 +69,15 @@ pub fn run(global: &Global, args: &MaterializeArgs) -> anyhow::Result<ExitStatus
     };
     let m = materialize(&store, &axes, &args.out, args.rootfs, true)
         .with_context(|| format!("materializing into {}", args.out.display()))?;
+    if !m.not_reproduced.is_exact() {
+        let f = &m.not_reproduced;
+        tracing::warn!(
+            "not reproduced here: {} entries' owners, {} device nodes, {} xattrs (see `hoist doctor` for what an unprivileged user needs)",
+            f.ownership_not_reproduced,
+            f.devices_not_created,
+            f.xattrs_not_set
+        );
+    }
     if global.json {
         println!("{}", serde_json::to_string_pretty(&m)?);
     } else if !global.quiet {

@@ -153,6 +153,9 @@ pub fn main() -> ExitStatus {
         }
     };
     init_logging(cli.global.quiet);
+    if let Err(e) = enter_user_namespace_if_unprivileged(&cli.command) {
+        return report(&e);
+    }
     let result = match &cli.command {
         Command::Pull(a) => pull::run(&cli.global, a),
         Command::Materialize(a) => materialize::run(&cli.global, a),
@@ -175,6 +178,29 @@ pub fn main() -> ExitStatus {
     }
 }
 
+/// As an unprivileged user, the commands that create or read image-owned
+/// files run as root of hoist's own user namespace (see `hoist::userns`).
+/// Still single-threaded here, as entering one requires.
+fn enter_user_namespace_if_unprivileged(command: &Command) -> anyhow::Result<()> {
+    let needs = match command {
+        Command::Materialize(_) | Command::Run(_) | Command::Gc(_) | Command::Bake(_) => true,
+        Command::TreeDigest(a) => a.is_directory(),
+        _ => false,
+    };
+    if !needs
+        || rustix::process::geteuid().is_root()
+        || std::env::var_os("HOIST_NO_USERNS").is_some()
+    {
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    let ns = hoist::userns::enter(&exe)?;
+    if let Some(why) = &ns.limitation {
+        tracing::warn!("only your own uid is mapped in hoist's user namespace ({why}): files an image gives to other owners will be yours instead, and are reported");
+    }
+    Ok(())
+}
+
 /// Dispatch the internal sandbox stages by hand (no clap, no threads).
 fn sandbox_stage() -> Option<i32> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -189,6 +215,7 @@ fn sandbox_stage() -> Option<i32> {
             args.get(2).is_some_and(|a| a == "userns"),
         )),
         "__sandbox-netns" => Some(hoist::sandbox::netns_holder_stage()),
+        "__userns-map" => Some(hoist::userns::map_stage(&args[2.min(args.len())..])),
         "__sandbox-chroot" => {
             let rest: Vec<String> = args[3.min(args.len())..]
                 .iter()

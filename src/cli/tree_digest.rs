@@ -21,6 +21,13 @@ pub struct TreeDigestArgs {
     exclude: Vec<String>,
 }
 
+impl TreeDigestArgs {
+    /// Whether the target is a directory on disk (not an image reference).
+    pub fn is_directory(&self) -> bool {
+        std::path::Path::new(&self.target).is_dir()
+    }
+}
+
 pub fn run(global: &Global, args: &TreeDigestArgs) -> anyhow::Result<ExitStatus> {
     let path = std::path::Path::new(&args.target);
     let mut tree = if path.is_dir() {

@@ -15,7 +15,8 @@ use crate::digest::Digest;
 use crate::manifest::Descriptor;
 use crate::pull::Pulled;
 use crate::store::Store;
-use crate::unpack::{apply_layer, ApplyOptions, OutputMode};
+use crate::unpack::{apply_layer, ApplyOptions, LayerStats, OutputMode, Privileges};
+use serde::{Deserialize, Serialize};
 
 use super::RootfsError;
 
@@ -42,24 +43,122 @@ pub(crate) fn lock_file(path: &Path) -> Result<File, RootfsError> {
     Ok(f)
 }
 
-pub(crate) fn layers_dir(store: &Store) -> PathBuf {
-    store.root().join("layers")
+/// Layers unpacked by real root, by root of a user namespace and by an
+/// unprivileged process differ on disk (`trusted.overlay.*` or
+/// `user.overlay.*`, host or mapped owners, devices or none), so each has
+/// its own cache directories. A user namespace's are also keyed by its id
+/// maps: the same image ids land on other host ids under another mapping.
+pub(crate) fn flavour() -> &'static str {
+    static FLAVOUR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FLAVOUR.get_or_init(|| match Privileges::Detect.resolve() {
+        Privileges::UserNamespace => {
+            let read = |p: &str| fs::read(p).unwrap_or_default();
+            let mut maps = read("/proc/self/uid_map");
+            maps.extend(read("/proc/self/gid_map"));
+            format!("-userns-{}", &Digest::sha256_of(&maps).hex()[..12])
+        }
+        Privileges::Unprivileged => "-unprivileged".to_string(),
+        _ => String::new(),
+    })
 }
 
-/// The unpacked layer for `desc`, unpacking it now if needed.
+/// Every directory of the layer cache (`layers`, `layers-userns-…`) or
+/// the subtree cache in `store`, whatever its flavour.
+pub(crate) fn cache_dirs(store: &Store, kind: &str) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = fs::read_dir(store.root())
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    let n = e.file_name();
+                    let n = n.to_string_lossy();
+                    n == kind || n.starts_with(&format!("{kind}-"))
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+pub(crate) fn layers_dir(store: &Store) -> PathBuf {
+    store.root().join(format!("layers{}", flavour()))
+}
+
+pub(crate) fn subtrees_dir(store: &Store) -> PathBuf {
+    store.root().join(format!("subtrees{}", flavour()))
+}
+
+/// What a cached layer or subtree could not reproduce, summed over the
+/// entries of a rootfs: zero everywhere as root.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fidelity {
+    /// Entries whose owner (uid or gid) is not the image's.
+    pub ownership_not_reproduced: u64,
+    /// Device nodes not created.
+    pub devices_not_created: u64,
+    /// Extended attributes the file system or our privileges refused.
+    pub xattrs_not_set: u64,
+}
+
+impl Fidelity {
+    pub fn of(s: &LayerStats) -> Fidelity {
+        Fidelity {
+            ownership_not_reproduced: s.ownership_not_reproduced,
+            devices_not_created: s.devices_not_created,
+            xattrs_not_set: s.xattrs_not_set,
+        }
+    }
+
+    pub fn add(&mut self, o: Fidelity) {
+        self.ownership_not_reproduced += o.ownership_not_reproduced;
+        self.devices_not_created += o.devices_not_created;
+        self.xattrs_not_set += o.xattrs_not_set;
+    }
+
+    pub fn is_exact(&self) -> bool {
+        *self == Fidelity::default()
+    }
+}
+
+/// The fidelity record kept beside a cache entry (`<key>.json`).
+fn stats_path(entry: &Path) -> PathBuf {
+    entry.with_extension("json")
+}
+
+fn read_fidelity(entry: &Path) -> Fidelity {
+    // Entries cached before these records existed were made as root.
+    fs::read(stats_path(entry))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn write_fidelity(entry: &Path, f: Fidelity) -> Result<(), RootfsError> {
+    let path = stats_path(entry);
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec(&f).map_err(|e| io(&path)(e.into()))?;
+    fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io(&path))
+}
+
+/// The unpacked layer for `desc`, unpacking it now if needed, and what it
+/// could not reproduce.
 pub fn ensure_layer(
     store: &Store,
     desc: &Descriptor,
     diff_id: &Digest,
-) -> Result<PathBuf, RootfsError> {
+) -> Result<(PathBuf, Fidelity), RootfsError> {
     let base = layers_dir(store).join(desc.digest.algorithm().as_str());
     let target = base.join(desc.digest.hex());
     if target.is_dir() {
-        return Ok(target);
+        let f = read_fidelity(&target);
+        return Ok((target, f));
     }
     let _lock = lock_file(&base.join(format!("{}.lock", desc.digest.hex())))?;
     if target.is_dir() {
-        return Ok(target);
+        let f = read_fidelity(&target);
+        return Ok((target, f));
     }
     let tmp = base.join(format!("{}.tmp", desc.digest.hex()));
     // Holding the lock, a temp directory can only be a crashed run's.
@@ -70,13 +169,18 @@ pub fn ensure_layer(
         expected_diff_id: Some(diff_id.clone()),
         ..Default::default()
     };
-    let result = apply_blob(store, desc, &tmp, &opts);
-    if let Err(e) = result {
-        remove_tree(&tmp)?;
-        return Err(e);
-    }
+    let stats = match apply_blob(store, desc, &tmp, &opts) {
+        Ok(s) => s,
+        Err(e) => {
+            remove_tree(&tmp)?;
+            return Err(e);
+        }
+    };
+    // The record first: an entry is only ever seen with its record.
+    let fidelity = Fidelity::of(&stats);
+    write_fidelity(&target, fidelity)?;
     fs::rename(&tmp, &target).map_err(io(&target))?;
-    Ok(target)
+    Ok((target, fidelity))
 }
 
 /// Apply one layer blob from the store onto `dir`.
@@ -85,7 +189,7 @@ pub(crate) fn apply_blob(
     desc: &Descriptor,
     dir: &Path,
     opts: &ApplyOptions,
-) -> Result<(), RootfsError> {
+) -> Result<LayerStats, RootfsError> {
     let blob = store.blob_path(&desc.digest);
     let file = File::open(&blob).map_err(io(&blob))?;
     let target = File::open(dir).map_err(io(dir))?;
@@ -94,14 +198,17 @@ pub(crate) fn apply_blob(
     apply_layer(reader, &desc.media_type, &target, opts).map_err(|source| RootfsError::Unpack {
         layer: desc.digest.clone(),
         source: Box::new(source),
-    })?;
-    Ok(())
+    })
 }
 
 /// The subtree `path` (e.g. `opt/agent`) of an image, applied from all its
 /// layers once and cached by manifest digest. Its root directory is the
 /// image's `/opt/agent` itself, with that directory's metadata.
-pub fn ensure_subtree(store: &Store, img: &Pulled, path: &str) -> Result<PathBuf, RootfsError> {
+pub fn ensure_subtree(
+    store: &Store,
+    img: &Pulled,
+    path: &str,
+) -> Result<(PathBuf, Fidelity), RootfsError> {
     let (manifest_digest, layers, diff_ids, reference) = (
         &img.manifest_digest,
         &img.manifest.layers[..],
@@ -109,18 +216,24 @@ pub fn ensure_subtree(store: &Store, img: &Pulled, path: &str) -> Result<PathBuf
         img.reference.as_str(),
     );
     let key = Digest::sha256_of(format!("{manifest_digest}\n{path}").as_bytes());
-    let base = store.root().join("subtrees");
+    let base = subtrees_dir(store);
     let target = base.join(key.hex());
     if target.is_dir() {
-        return Ok(target);
+        let f = read_fidelity(&target);
+        return Ok((target, f));
     }
     let _lock = lock_file(&base.join(format!("{}.lock", key.hex())))?;
     if target.is_dir() {
-        return Ok(target);
+        let f = read_fidelity(&target);
+        return Ok((target, f));
     }
     let tmp = base.join(format!("{}.tmp", key.hex()));
-    extract_subtree(store, layers, diff_ids, path, reference, &tmp, &target)?;
-    Ok(target)
+    let staged = base.join(format!("{}.staged", key.hex()));
+    remove_tree(&staged)?;
+    let fidelity = extract_subtree(store, layers, diff_ids, path, reference, &tmp, &staged)?;
+    write_fidelity(&target, fidelity)?;
+    fs::rename(&staged, &target).map_err(io(&target))?;
+    Ok((target, fidelity))
 }
 
 /// Apply every layer in tree form into `scratch`, then move the subtree
@@ -133,10 +246,11 @@ pub(crate) fn extract_subtree(
     reference: &str,
     scratch: &Path,
     dest: &Path,
-) -> Result<(), RootfsError> {
+) -> Result<Fidelity, RootfsError> {
     remove_tree(scratch)?;
     fs::create_dir_all(scratch).map_err(io(scratch))?;
     let built = (|| {
+        let mut fidelity = Fidelity::default();
         for (desc, diff_id) in layers.iter().zip(diff_ids) {
             let opts = ApplyOptions {
                 mode: OutputMode::Tree,
@@ -144,7 +258,9 @@ pub(crate) fn extract_subtree(
                 subtree: Some(path.to_string()),
                 ..Default::default()
             };
-            apply_blob(store, desc, scratch, &opts)?;
+            // Counts cover the whole image's entries that were applied,
+            // i.e. the subtree and the directories on the way to it.
+            fidelity.add(Fidelity::of(&apply_blob(store, desc, scratch, &opts)?));
         }
         let missing = || RootfsError::MissingSubtree {
             reference: reference.to_string(),
@@ -161,7 +277,8 @@ pub(crate) fn extract_subtree(
                 return Err(missing());
             }
         }
-        fs::rename(&sub, dest).map_err(io(dest))
+        fs::rename(&sub, dest).map_err(io(dest))?;
+        Ok(fidelity)
     })();
     remove_tree(scratch)?;
     built

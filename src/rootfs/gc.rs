@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::cache::remove_tree;
+use super::cache::{cache_dirs, remove_tree};
 use super::{mount, RootfsError};
 use crate::digest::Digest;
 use crate::manifest::{parse_document, Document, MAX_DOCUMENT_SIZE};
@@ -167,12 +167,12 @@ pub fn gc(store: &Store) -> Result<GcReport, RootfsError> {
             report.blobs += 1;
         }
     }
-    report.layers = sweep(
-        &store.root().join("layers/sha256"),
-        &live.blobs,
-        &live.in_use,
-    )?;
-    report.subtrees = sweep(&store.root().join("subtrees"), &live.subtrees, &live.in_use)?;
+    for dir in cache_dirs(store, "layers") {
+        report.layers += sweep(&dir.join("sha256"), &live.blobs, &live.in_use)?;
+    }
+    for dir in cache_dirs(store, "subtrees") {
+        report.subtrees += sweep(&dir, &live.subtrees, &live.in_use)?;
+    }
     Ok(report)
 }
 
@@ -185,10 +185,10 @@ fn sweep(
 ) -> Result<usize, RootfsError> {
     let mut removed = 0;
     for (name, path) in list(dir) {
-        let key = name.trim_end_matches(".lock").trim_end_matches(".tmp");
+        let key = name.split('.').next().unwrap_or_default();
         if !live.contains(key) && !in_use.contains(&path) {
             remove_tree(&path)?;
-            if !name.ends_with(".lock") {
+            if !name.contains('.') {
                 removed += 1;
             }
         }
@@ -253,9 +253,11 @@ fn live_set(store: &Store) -> Result<Live, RootfsError> {
     // mounted overlay may use any of them, whatever index.json now says.
     let runs_live = fs::read_dir(runs_dir(store)).is_ok_and(|mut d| d.next().is_some());
     if runs_live {
-        for dir in ["layers/sha256", "subtrees"] {
-            live.in_use
-                .extend(list(&store.root().join(dir)).into_iter().map(|(_, p)| p));
+        let dirs = cache_dirs(store, "layers")
+            .into_iter()
+            .map(|d| d.join("sha256"));
+        for dir in dirs.chain(cache_dirs(store, "subtrees")) {
+            live.in_use.extend(list(&dir).into_iter().map(|(_, p)| p));
         }
     }
     Ok(live)

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use cache::{ensure_layer, ensure_subtree};
+pub use cache::{ensure_layer, ensure_subtree, Fidelity};
 
 use crate::digest::Digest;
 use crate::pull::Pulled;
@@ -93,6 +93,9 @@ pub struct Materialized {
     pub mode: RootfsMode,
     /// The run's working directory in the store (upper dirs), if overlay.
     pub run_dir: Option<PathBuf>,
+    /// What could not be reproduced (unprivileged hoist): entries of the
+    /// rootfs whose owner, device node or xattr differs from the image.
+    pub not_reproduced: Fidelity,
 }
 
 /// Build the fused rootfs at `out` (created; must be absent or empty).
@@ -107,8 +110,17 @@ pub fn materialize(
 ) -> Result<Materialized, RootfsError> {
     prepare_out(out)?;
     gc::reap_dead_runs(store);
+    // Rootless hoist mounts in a mount namespace of its own, which ends
+    // with the process: a rootfs the user keeps must be a copy.
+    let private_mounts = keep && crate::userns::entered().is_some();
+    if mode == RootfsMode::Overlay && private_mounts {
+        return Err(RootfsError::Mount {
+            target: out.to_path_buf(),
+            source: std::io::Error::other("as an unprivileged user, hoist mounts only inside its own mount namespace, which ends when hoist exits; use --rootfs copy (auto does)"),
+        });
+    }
     match mode {
-        RootfsMode::Auto if can_mount() && !on_overlayfs(store.root()) => {
+        RootfsMode::Auto if can_mount() && !private_mounts && !on_overlayfs(store.root()) => {
             match materialize_overlay(store, axes, out, keep) {
                 // Root may still be refused mounts (a container's default
                 // seccomp profile, no CAP_SYS_ADMIN): auto means copy then.
@@ -175,16 +187,23 @@ fn materialize_overlay(
 ) -> Result<Materialized, RootfsError> {
     let b = axes.benchmark;
     let mut lowers = Vec::new();
+    let mut not_reproduced = Fidelity::default();
     for (desc, diff_id) in b.manifest.layers.iter().zip(&b.config.rootfs.diff_ids) {
-        lowers.push(ensure_layer(store, desc, diff_id)?);
+        let (dir, f) = ensure_layer(store, desc, diff_id)?;
+        lowers.push(dir);
+        not_reproduced.add(f);
     }
     // overlayfs wants the topmost layer first.
     lowers.reverse();
     let mut subtrees = Vec::new();
     for (img, path) in axis_subtrees(axes) {
-        let dir = ensure_subtree(store, img, path)?;
+        let (dir, f) = ensure_subtree(store, img, path)?;
         subtrees.push((dir, path));
+        not_reproduced.add(f);
     }
+    // Root of a user namespace may mount overlays only with `userxattr`,
+    // reading the user.overlay.* markers its layer cache was written with.
+    let userxattr = !crate::userns::in_initial_namespace();
     let run = gc::RunDir::create(store, out, keep)?;
     let mounted = (|| {
         let target = File::open(out).map_err(io(out))?;
@@ -197,7 +216,7 @@ fn materialize_overlay(
                 lowers: &lowers,
                 upper: &upper,
                 work: &work,
-                userxattr: false,
+                userxattr,
             },
             target.as_fd(),
         )
@@ -220,7 +239,7 @@ fn materialize_overlay(
                     lowers: std::slice::from_ref(dir),
                     upper: &upper,
                     work: &work,
-                    userxattr: false,
+                    userxattr,
                 },
                 at.as_fd(),
             )
@@ -243,6 +262,7 @@ fn materialize_overlay(
         root: out.to_path_buf(),
         mode: RootfsMode::Overlay,
         run_dir: Some(run.path().to_path_buf()),
+        not_reproduced,
     })
 }
 
@@ -252,13 +272,14 @@ fn materialize_copy(
     out: &Path,
 ) -> Result<Materialized, RootfsError> {
     let b = axes.benchmark;
+    let mut not_reproduced = Fidelity::default();
     for (desc, diff_id) in b.manifest.layers.iter().zip(&b.config.rootfs.diff_ids) {
         let opts = ApplyOptions {
             mode: OutputMode::Tree,
             expected_diff_id: Some(diff_id.clone()),
             ..Default::default()
         };
-        cache::apply_blob(store, desc, out, &opts)?;
+        not_reproduced.add(Fidelity::of(&cache::apply_blob(store, desc, out, &opts)?));
     }
     let root = File::open(out).map_err(io(out))?;
     for (img, path) in axis_subtrees(axes) {
@@ -275,7 +296,7 @@ fn materialize_copy(
         })?;
         let parent_path = fd_path(&parent_fd).map_err(io(out))?;
         let scratch = sibling_scratch(out, name);
-        cache::extract_subtree(
+        let f = cache::extract_subtree(
             store,
             &img.manifest.layers,
             &img.config.rootfs.diff_ids,
@@ -284,11 +305,13 @@ fn materialize_copy(
             &scratch,
             &parent_path.join(name),
         )?;
+        not_reproduced.add(f);
     }
     Ok(Materialized {
         root: out.to_path_buf(),
         mode: RootfsMode::Copy,
         run_dir: None,
+        not_reproduced,
     })
 }
 

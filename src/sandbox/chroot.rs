@@ -19,6 +19,11 @@ use crate::rootfs::mount::open_dir_beneath;
 /// `__sandbox` in chroot mode: prepare the tree, run the supervisor
 /// chrooted, copy `/output/task` out.
 pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
+    // Where the seccomp profile allows it (rootless hoist, as root of its
+    // user namespace), a mount namespace of this stage's own, for binding
+    // device nodes it may not create; it ends with the run. First: the
+    // rootfs must be opened inside it for mounts to attach there.
+    let private_mounts = enter_private_mount_namespace();
     let root = File::open(&cfg.rootfs).map_err(io_err("the rootfs"))?;
     let r = root.as_fd();
     let dev = mounts::dir(r, "dev")?;
@@ -46,8 +51,17 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
             Mode::from_raw_mode(0o666),
             rustix::fs::makedev(major, minor),
         ) {
-            // Without CAP_MKNOD the node is missing; the supervisor copes.
-            tracing::warn!(node = name, error = %e, "cannot create device node");
+            // Without CAP_MKNOD (root of a user namespace: rootless
+            // hoist), bind the host's node where mounting is allowed; else
+            // the node is missing and the supervisor copes.
+            let bound = match &private_mounts {
+                Ok(()) => bind_host_node(cfg, r, name),
+                Err(e) => Err(io_err("unshare (mount namespace)")(e.kind().into())),
+            };
+            if let Err(b) = bound {
+                // No logger in the sandbox stages: stderr is the run's log.
+                eprintln!("hoist sandbox: no /dev/{name}: mknod: {e}; bind: {b}");
+            }
         }
     }
     rustix::process::umask(old_umask);
@@ -94,6 +108,33 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
         }
     }
     Ok(status.code().unwrap_or(1))
+}
+
+fn enter_private_mount_namespace() -> std::io::Result<()> {
+    crate::sys::unshare(rustix::thread::UnshareFlags::NEWNS)?;
+    rustix::mount::mount_change(
+        "/",
+        rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC,
+    )?;
+    Ok(())
+}
+
+/// Bind the host's `/dev/NAME` onto the rootfs's (in the stage's own
+/// mount namespace, so the mount ends with the run).
+fn bind_host_node(
+    cfg: &SandboxConfig,
+    root: std::os::fd::BorrowedFd<'_>,
+    name: &str,
+) -> Result<(), SandboxError> {
+    let rel = format!("dev/{name}");
+    let at = mounts::file(root, &rel)?;
+    mounts::bind(
+        &Path::new("/dev").join(name),
+        at.as_fd(),
+        &cfg.rootfs.join(&rel),
+        false,
+        &format!("/{rel}"),
+    )
 }
 
 /// `__sandbox-chroot ROOTFS ARGS...`: chroot, limit, exec the supervisor.

@@ -317,27 +317,27 @@ pub(crate) fn map_ids_when_unshared(
         }
         std::thread::sleep(Duration::from_micros(200));
     }
-    let extent = own_id_extent()?;
     for map in ["uid_map", "gid_map"] {
-        std::fs::write(format!("/proc/{pid}/{map}"), format!("0 0 {extent}\n"))?;
+        let own = std::fs::read_to_string(format!("/proc/self/{map}"))?;
+        std::fs::write(format!("/proc/{pid}/{map}"), identity_of(&own))?;
     }
     Ok(())
 }
 
-/// How many ids, from 0, our own user namespace maps.
-fn own_id_extent() -> std::io::Result<u64> {
-    let map = std::fs::read_to_string("/proc/self/uid_map")?;
-    Ok(map
+/// Each id our namespace maps, mapped to itself: one line per extent of
+/// our own map, since a child's extent must lie within one of the
+/// parent's (rootless hoist's map is root, then the subordinate ranges).
+fn identity_of(own_map: &str) -> String {
+    own_map
         .lines()
         .filter_map(|l| {
             let f: Vec<u64> = l
                 .split_whitespace()
                 .filter_map(|x| x.parse().ok())
                 .collect();
-            (f.len() == 3).then(|| f[0] + f[2])
+            (f.len() == 3).then(|| format!("{} {} {}\n", f[0], f[0], f[2]))
         })
-        .max()
-        .unwrap_or(0))
+        .collect()
 }
 
 /// `hoist __sandbox CONFIG`: the stage that isolates, then execs the
@@ -419,4 +419,19 @@ pub(crate) fn set_limits(limits: &Limits) -> Result<(), SandboxError> {
         .map_err(|e| io_err(format!("setrlimit {res:?}"))(e.into()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::identity_of;
+
+    #[test]
+    fn identity_follows_each_extent_of_our_map() {
+        assert_eq!(identity_of("0 0 4294967295\n"), "0 0 4294967295\n");
+        assert_eq!(
+            identity_of("         0       1001          1\n         1     100000      65536\n"),
+            "0 0 1\n1 1 65536\n"
+        );
+        assert_eq!(identity_of(""), "");
+    }
 }

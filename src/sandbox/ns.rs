@@ -19,14 +19,14 @@ use crate::sys;
 const NOSUID_NODEV: MountAttrFlags =
     MountAttrFlags::MOUNT_ATTR_NOSUID.union(MountAttrFlags::MOUNT_ATTR_NODEV);
 
-/// Namespaces isolation needs root on entry (rootless mode, with
-/// subordinate ids, is not built yet).
+/// Namespaces isolation needs root on entry: real root, or root of the
+/// user namespace that rootless hoist enters at start-up.
 pub(crate) fn require_root() -> Result<(), SandboxError> {
     if rustix::process::geteuid().is_root() {
         return Ok(());
     }
     Err(SandboxError::Unsupported(
-        "namespaces isolation as an unprivileged user is not supported yet; run as root or use --isolation chroot"
+        "namespaces isolation needs root, or hoist's own user namespace (which HOIST_NO_USERNS turns off)"
             .into(),
     ))
 }

@@ -265,6 +265,8 @@ impl Store {
         let dir = path.parent().unwrap_or(&self.root);
         let mut tmp = tempfile::Builder::new()
             .prefix(".tmp-")
+            // Readable by all, as skopeo writes layouts: others may read them.
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
             .tempfile_in(dir)
             .map_err(io_err(dir))?;
         tmp.write_all(bytes).map_err(io_err(tmp.path()))?;

@@ -62,9 +62,26 @@ pub enum Privileges {
     Detect,
     /// Chown to the layer's ids, create devices, use `trusted.overlay.*`.
     Root,
+    /// Root of a user namespace (rootless hoist): chown to the layer's ids
+    /// where the namespace maps them (the rest counted in [`LayerStats`]),
+    /// skip devices other than whiteouts, use `user.overlay.*`.
+    UserNamespace,
     /// Keep this process's ids (counted in [`LayerStats`]), skip devices
     /// other than whiteouts, use `user.overlay.*`.
     Unprivileged,
+}
+
+impl Privileges {
+    /// `Detect` made concrete: root in the initial user namespace is
+    /// `Root`, root of any other is `UserNamespace`.
+    pub fn resolve(self) -> Privileges {
+        match self {
+            Privileges::Detect if !rustix::process::geteuid().is_root() => Privileges::Unprivileged,
+            Privileges::Detect if crate::userns::in_initial_namespace() => Privileges::Root,
+            Privileges::Detect => Privileges::UserNamespace,
+            other => other,
+        }
+    }
 }
 
 /// Decompression bounds. A layer that crosses one fails with
@@ -155,13 +172,9 @@ pub fn apply_layer(
         None => Hasher::new(Algorithm::Sha256),
     };
     let (tap, state) = stream::tap(blob, compression, &opts.limits, hasher)?;
-    let privileged = match opts.privileges {
-        Privileges::Detect => rustix::process::geteuid().is_root(),
-        Privileges::Root => true,
-        Privileges::Unprivileged => false,
-    };
     let mut archive = tar::Archive::new(tap);
-    let mut applier = apply::Applier::new(target, opts, privileged, state.clone());
+    let powers = apply::Powers::of(opts.privileges.resolve());
+    let mut applier = apply::Applier::new(target, opts, powers, state.clone());
     applier.run(&mut archive)?;
     // The digest covers every byte, so read past the end-of-archive blocks.
     let mut tap = archive.into_inner();

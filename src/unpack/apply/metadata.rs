@@ -65,7 +65,7 @@ impl Applier<'_> {
     }
 
     fn set_owner(&mut self, name: &str, h: &Handle<'_>, meta: &Meta) -> Result<(), UnpackError> {
-        if !self.privileged {
+        if !self.powers.chown {
             if (meta.uid, meta.gid) != self.ids {
                 self.counts.ownership_not_reproduced += 1;
             }
@@ -73,11 +73,21 @@ impl Applier<'_> {
         }
         let uid = Some(rfs::Uid::from_raw(meta.uid));
         let gid = Some(rfs::Gid::from_raw(meta.gid));
-        match h {
+        let chown = |uid, gid| match h {
             Handle::File(f) => rfs::fchown(f, uid, gid),
             Handle::At(dir, last) => rfs::chownat(dir, *last, uid, gid, AtFlags::SYMLINK_NOFOLLOW),
+        };
+        match chown(uid, gid) {
+            Ok(()) => Ok(()),
+            // In a user namespace, an id it does not map: keep what can be
+            // kept (the uid or the gid alone), count the entry.
+            Err(Errno::INVAL) if self.powers.in_user_namespace() => {
+                self.counts.ownership_not_reproduced += 1;
+                let _ = chown(uid, None).or_else(|_| chown(None, gid)); // best effort
+                Ok(())
+            }
+            Err(e) => Err(UnpackError::io(name, "chown", e)),
         }
-        .map_err(|e| UnpackError::io(name, "chown", e))
     }
 
     /// Directory modes and times, once every child is in place.

@@ -16,6 +16,7 @@ use crate::unpack::fsops::{self, DirError, Root};
 use crate::unpack::meta::{read_meta, Meta, TimesOf};
 use crate::unpack::path::{classify, normalize, EntryPath, PathProblem, Role};
 use crate::unpack::stream::TapState;
+use crate::unpack::Privileges;
 use crate::unpack::{ApplyOptions, OutputMode, UnpackError, HEADER_BUDGET};
 
 const COPY_BUF: usize = 256 * 1024;
@@ -52,10 +53,42 @@ struct DirLater {
     times: TimesOf,
 }
 
+/// What this process may reproduce, from [`Privileges`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Powers {
+    /// Set the layer's owners (an unmapped id in a user namespace is
+    /// counted, not fatal).
+    pub chown: bool,
+    /// Create device nodes (CAP_MKNOD in the initial user namespace).
+    pub devices: bool,
+    /// Write `trusted.overlay.*` (else `user.overlay.*`, for `userxattr`).
+    pub trusted_xattrs: bool,
+}
+
+impl Powers {
+    pub(crate) fn of(p: Privileges) -> Powers {
+        let (chown, devices, trusted_xattrs) = match p {
+            Privileges::Root => (true, true, true),
+            Privileges::UserNamespace => (true, false, false),
+            Privileges::Unprivileged | Privileges::Detect => (false, false, false),
+        };
+        Powers {
+            chown,
+            devices,
+            trusted_xattrs,
+        }
+    }
+
+    /// Root of a user namespace: may chown, only to the ids it maps.
+    pub(crate) fn in_user_namespace(self) -> bool {
+        self.chown && !self.devices
+    }
+}
+
 pub(crate) struct Applier<'a> {
     root: Root<'a>,
     overlay: bool,
-    privileged: bool,
+    powers: Powers,
     ids: (u32, u32),
     state: Rc<TapState>,
     /// Tree mode: every path this layer wrote, and all their ancestors. A
@@ -84,13 +117,13 @@ impl<'a> Applier<'a> {
     pub(crate) fn new(
         target: BorrowedFd<'a>,
         opts: &ApplyOptions,
-        privileged: bool,
+        powers: Powers,
         state: Rc<TapState>,
     ) -> Self {
         Applier {
             root: Root::new(target),
             overlay: opts.mode == OutputMode::OverlayLayer,
-            privileged,
+            powers,
             ids: (
                 rustix::process::geteuid().as_raw(),
                 rustix::process::getegid().as_raw(),
@@ -506,7 +539,7 @@ impl<'a> Applier<'a> {
             Ok(()) => {}
             // Devices need CAP_MKNOD; unprivileged, Docker (in a user
             // namespace) skips them too. Recorded, not silent.
-            Err(Errno::PERM) if !self.privileged && ft != FileType::Fifo => {
+            Err(Errno::PERM) if !self.powers.devices && ft != FileType::Fifo => {
                 self.counts.devices_not_created += 1;
                 return Ok(());
             }

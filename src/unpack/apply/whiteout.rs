@@ -100,7 +100,7 @@ impl Applier<'_> {
             Ok(()) => Ok(()),
             // Linux lets anyone create a 0/0 whiteout since 5.8; before
             // that, unprivileged, use an xattr whiteout (Linux 6.7+).
-            Err(Errno::PERM) if !self.privileged => self.xattr_whiteout(name, parent, last),
+            Err(Errno::PERM) if !self.powers.devices => self.xattr_whiteout(name, parent, last),
             Err(e) => Err(UnpackError::io(name, "mknod whiteout", e)),
         }
     }
@@ -134,7 +134,7 @@ impl Applier<'_> {
         last: &[u8],
     ) -> Result<(), UnpackError> {
         // Unprivileged overlay mounts (userxattr) read user.overlay.*.
-        let key: &[u8] = if self.privileged {
+        let key: &[u8] = if self.powers.trusted_xattrs {
             b"trusted.overlay.opaque"
         } else {
             b"user.overlay.opaque"

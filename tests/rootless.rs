@@ -1,0 +1,474 @@
+//! Rootless hoist, for real: the tests run as root, and run hoist as the
+//! unprivileged user `scripts/test-env` makes (`hoist-rootless`, with
+//! subordinate ids) through `setpriv`, and as `nobody` (without any).
+//! Images come from the test registry by digest, since the build
+//! directory may not be readable by other users.
+
+mod support;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use support::*;
+
+struct Rootless {
+    user: String,
+    uid: u32,
+    /// The first subordinate uid: image uid 1 lands there on the host.
+    subuid: u32,
+    registry: String,
+    pyfix_tasks: Vec<String>,
+    swe_tasks: Vec<String>,
+    /// A static hoist that the user can execute.
+    bin: PathBuf,
+    /// A directory the user owns, removed at the end.
+    home: tempfile::TempDir,
+}
+
+fn setup() -> Option<Rootless> {
+    if !is_root() {
+        skip("the rootless tests switch users with setpriv, which needs root");
+        return None;
+    }
+    let user = env_or_skip("HOIST_TEST_ROOTLESS_USER")?;
+    let registry = env_or_skip("HOIST_SAMPLES_REGISTRY")?;
+    let words = |v: String| v.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    let pyfix_tasks = words(env_or_skip("HOIST_SAMPLES_PYFIX_TASKS")?);
+    let swe_tasks = words(env_or_skip("HOIST_SAMPLES_SWE_MINI_TASKS")?);
+    let uid = id_of(&user);
+    let subuid = std::fs::read_to_string("/etc/subuid")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() == 3 && f[0] == user).then(|| f[1].parse().unwrap())
+        })
+        .expect("scripts/test-env gives the rootless user subordinate ids");
+    let home = tempfile::Builder::new()
+        .prefix("hoist-rootless-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    chown(home.path(), &user);
+    let bin = reachable_binary(&user, home.path());
+    Some(Rootless {
+        user,
+        uid,
+        subuid,
+        registry,
+        pyfix_tasks,
+        swe_tasks,
+        bin,
+        home,
+    })
+}
+
+fn id_of(user: &str) -> u32 {
+    let o = ok(Command::new("id").args(["-u", user]));
+    stdout(&o).trim().parse().unwrap()
+}
+
+fn chown(path: &Path, user: &str) {
+    ok(Command::new("chown").arg(format!("{user}:")).arg(path));
+}
+
+/// The static hoist, or a copy of it in `dir` when the user cannot reach
+/// the build directory (a clone under /root).
+fn reachable_binary(user: &str, dir: &Path) -> PathBuf {
+    let built = hoist_bin()
+        .parent()
+        .unwrap()
+        .join("../x86_64-unknown-linux-gnu/debug/hoist");
+    let built = std::fs::canonicalize(&built)
+        .expect("the static hoist (scripts/build-static) is built before the tests");
+    let can_run = as_user(user, &[])
+        .arg("test")
+        .arg("-x")
+        .arg(&built)
+        .status()
+        .unwrap()
+        .success();
+    if can_run {
+        return built;
+    }
+    let copy = dir.join("hoist");
+    std::fs::copy(&built, &copy).unwrap();
+    copy
+}
+
+/// `setpriv` to `user` (and its primary group) with a clean environment
+/// and `env`.
+fn as_user(user: &str, env: &[(&str, &str)]) -> Command {
+    let gid = stdout(&ok(Command::new("id").args(["-g", user])));
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid",
+        user,
+        "--regid",
+        gid.trim(),
+        "--init-groups",
+        "--reset-env",
+    ]);
+    c.arg("env");
+    for (k, v) in env {
+        c.arg(format!("{k}={v}"));
+    }
+    c
+}
+
+impl Rootless {
+    fn image(&self, tag: &str) -> String {
+        let var = format!(
+            "HOIST_SAMPLE_{}_DIGEST",
+            tag.to_uppercase().replace('-', "_")
+        );
+        let digest = std::env::var(&var).unwrap_or_else(|_| panic!("{var} is not set"));
+        format!("{}/{tag}@{digest}", self.registry)
+    }
+
+    fn store(&self) -> PathBuf {
+        self.home.path().join("store")
+    }
+
+    /// hoist as the rootless user, with its own store.
+    fn hoist(&self, args: &[&str]) -> Output {
+        let store = self.store();
+        let home = self.home.path().to_str().unwrap();
+        let mut c = as_user(
+            &self.user,
+            &[
+                ("HOME", home),
+                ("HOIST_STORE", store.to_str().unwrap()),
+                ("RUST_LOG", "warn"),
+                ("DOCKER_CONFIG", &format!("{home}/no-docker-config")),
+                ("CONTAINERS_REGISTRIES_CONF", "/nonexistent"),
+            ],
+        );
+        c.arg(&self.bin).args(args);
+        run(&mut c)
+    }
+
+    fn out_dir(&self, name: &str) -> PathBuf {
+        let d = self.home.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        chown(&d, &self.user);
+        d
+    }
+
+    fn run_task(&self, out: &Path, args: &[&str]) -> (Value, Value) {
+        let mut all = vec!["run", "--mode", "crane", "--out", out.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let o = self.hoist(&all);
+        assert!(
+            o.status.success(),
+            "rootless hoist {all:?} failed:\n{}\n{}",
+            stdout(&o),
+            stderr(&o)
+        );
+        let read = |p: &str| -> Value {
+            serde_json::from_slice(&std::fs::read(out.join(p)).unwrap()).unwrap()
+        };
+        (read("task/result.json"), read("run.json"))
+    }
+}
+
+#[test]
+fn rootless_materialize_reproduces_the_tree_root_makes() {
+    let Some(r) = setup() else { return };
+    let (bench, agent, gw) = (
+        r.image("pyfix"),
+        r.image("agent-oracle"),
+        r.image("gateway-replay"),
+    );
+    let out = r.home.path().join("rootfs");
+    let o = r.hoist(&[
+        "--json",
+        "materialize",
+        "--benchmark",
+        &bench,
+        "--agent",
+        &agent,
+        "--gateway",
+        &gw,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: Value = serde_json::from_slice(&o.stdout).unwrap();
+    // Mounts in hoist's own namespace end with it: a kept rootfs is a copy.
+    assert_eq!(m["mode"], "copy", "{m}");
+    assert_eq!(
+        m["not_reproduced"],
+        serde_json::json!({"ownership_not_reproduced": 0, "devices_not_created": 0, "xattrs_not_set": 0})
+    );
+
+    // On the host: root's files are the user's, the agent's a subuid's,
+    // and the hidden tests keep 0700.
+    let tests = std::fs::metadata(out.join("tests")).unwrap();
+    assert_eq!((tests.uid(), tests.mode() & 0o7777), (r.uid, 0o700));
+    let agent_home = std::fs::metadata(out.join("home/agent")).unwrap();
+    assert_eq!(agent_home.uid(), r.subuid + 999, "image uid 1000");
+    let gateway = std::fs::metadata(out.join("opt/gateway")).unwrap();
+    assert_eq!((gateway.uid(), gateway.mode() & 0o777), (r.uid, 0o700));
+
+    // Through the user's namespace, the tree is the one root materializes.
+    let o = r.hoist(&["tree-digest", "--list", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rootless_listing = stdout(&o);
+    let root_store = tempfile::tempdir().unwrap();
+    let root_out = root_store.path().join("rootfs");
+    ok(hoist(root_store.path()).args([
+        "materialize",
+        "--rootfs",
+        "copy",
+        "--benchmark",
+        &bench,
+        "--agent",
+        &agent,
+        "--gateway",
+        &gw,
+        "--out",
+        root_out.to_str().unwrap(),
+    ]));
+    let o =
+        ok(hoist(root_store.path()).args(["tree-digest", "--list", root_out.to_str().unwrap()]));
+    let root_listing = stdout(&o);
+    assert!(root_listing.lines().count() > 10_000);
+    if rootless_listing != root_listing {
+        let diff: Vec<_> = rootless_listing
+            .lines()
+            .zip(root_listing.lines())
+            .filter(|(a, b)| a != b)
+            .take(5)
+            .collect();
+        panic!("rootless and root trees differ, first lines: {diff:#?}");
+    }
+
+    // The user can take its own store apart again.
+    let o = r.hoist(&["gc"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn rootless_runs_resolve_with_the_agent_as_a_subordinate_uid() {
+    let Some(r) = setup() else { return };
+    for (bench, task) in [
+        ("pyfix".to_string(), r.pyfix_tasks[0].clone()),
+        (
+            format!("swe-mini-{}", r.swe_tasks[0]),
+            r.swe_tasks[0].clone(),
+        ),
+    ] {
+        let out = r.out_dir(&format!("out-{task}"));
+        let (res, run_json) = r.run_task(
+            &out,
+            &[
+                "--benchmark",
+                &r.image(&bench),
+                "--agent",
+                &r.image("agent-oracle"),
+                "--task",
+                &task,
+            ],
+        );
+        assert_eq!(res["resolved"], true, "{res}");
+        assert_eq!(res["infra_error"], Value::Null);
+        assert_eq!(res["isolation"], "namespaces");
+        assert_eq!(run_json["isolation"], "namespaces");
+        assert_eq!(
+            run_json["rootfs"], "overlay",
+            "a run mounts in its namespace"
+        );
+        assert_eq!(run_json["user_namespace"], true);
+        assert_eq!(run_json["host"]["uid"], r.uid);
+        let ns = &run_json["rootless"];
+        assert_eq!(ns["host_uid"], r.uid, "{run_json}");
+        assert_eq!(ns["subuids"][0]["start"], r.subuid);
+        assert_eq!(ns["mapped_uids"], 65537);
+        assert_eq!(ns.get("limitation"), None);
+        assert_eq!(
+            run_json["not_reproduced"]["ownership_not_reproduced"], 0,
+            "{run_json}"
+        );
+        // What the run wrote is the user's, on the host.
+        let meta = std::fs::metadata(out.join("task/result.json")).unwrap();
+        assert_eq!(meta.uid(), r.uid);
+    }
+    // The layer cache is the user namespace's own flavour, and gc reaps.
+    let names: Vec<String> = std::fs::read_dir(r.store())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("layers-userns-")),
+        "{names:?}"
+    );
+    let o = r.hoist(&["gc"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let runs = std::fs::read_dir(r.store().join("runs")).map_or(0, |d| d.count());
+    assert_eq!(runs, 0, "no run directory outlives its run");
+}
+
+#[test]
+fn rootless_probe_agent_is_denied_everything() {
+    let Some(r) = setup() else { return };
+    let out = r.out_dir("probe");
+    let (res, _) = r.run_task(
+        &out,
+        &[
+            "--benchmark",
+            &r.image("pyfix"),
+            "--agent",
+            &r.image("agent-probe"),
+            "--task",
+            &r.pyfix_tasks[0],
+        ],
+    );
+    assert_eq!(res["infra_error"], Value::Null, "{res}");
+    let log = std::fs::read_to_string(out.join("task/agent.log")).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let attempts: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l.get("attempt").is_some())
+        .collect();
+    assert!(attempts.len() >= 30, "{} attempts:\n{log}", attempts.len());
+    for a in &attempts {
+        assert_ne!(a["denied"], false, "not denied rootless: {a}");
+    }
+    let summary = lines.iter().find(|l| l["probe"] == "done").unwrap();
+    assert_eq!(summary["escaped"], serde_json::json!([]), "{summary}");
+    let install = std::fs::read_to_string(out.join("task/install.log")).unwrap();
+    let jailed: Vec<Value> = install
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(jailed.len(), 4, "install.log:\n{install}");
+    assert!(jailed.iter().all(|a| a["denied"] == true), "{install}");
+    // Nothing of the agent (a subordinate uid on the host) runs on.
+    let agent_uid = r.subuid + 999;
+    let left = processes_of(agent_uid);
+    assert!(left.is_empty(), "left running as {agent_uid}: {left:?}");
+}
+
+#[test]
+fn rootless_timeout_and_chroot_isolation() {
+    let Some(r) = setup() else { return };
+    let out = r.out_dir("sleeper");
+    let (res, _) = r.run_task(
+        &out,
+        &[
+            "--benchmark",
+            &r.image("pyfix"),
+            "--agent",
+            &r.image("agent-sleeper"),
+            "--task",
+            &r.pyfix_tasks[0],
+            "--agent-timeout",
+            "2",
+        ],
+    );
+    assert_eq!(res["agent"]["timed_out"], true, "{res}");
+    assert_eq!(res["agent"]["exit_code"], 124);
+    assert_eq!(res["grade"]["exit_code"], 0, "grading ran: {res}");
+    assert!(processes_of(r.subuid + 999).is_empty());
+
+    let out = r.out_dir("chroot");
+    let (res, run_json) = r.run_task(
+        &out,
+        &[
+            "--isolation",
+            "chroot",
+            "--benchmark",
+            &r.image("pyfix"),
+            "--agent",
+            &r.image("agent-oracle"),
+            "--task",
+            &r.pyfix_tasks[1],
+        ],
+    );
+    assert_eq!(res["resolved"], true, "{res}");
+    assert_eq!(run_json["isolation"], "chroot");
+    assert_eq!(run_json["rootfs"], "copy");
+}
+
+#[test]
+fn without_subordinate_ids_ownership_is_reported_and_runs_are_refused() {
+    let Some(r) = setup() else { return };
+    let dir = tempfile::Builder::new()
+        .prefix("hoist-nobody-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    chown(dir.path(), "nobody");
+    let home = dir.path().to_str().unwrap();
+    let store = format!("{home}/store");
+    let bin = reachable_binary("nobody", dir.path());
+    let nobody = |args: &[&str]| {
+        let mut c = as_user("nobody", &[("HOME", home), ("HOIST_STORE", &store)]);
+        c.arg(&bin).args(args);
+        run(&mut c)
+    };
+    let out = format!("{home}/rootfs");
+    let o = nobody(&[
+        "--json",
+        "materialize",
+        "--benchmark",
+        &r.image("pyfix"),
+        "--agent",
+        &r.image("agent-oracle"),
+        "--out",
+        &out,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let lost = m["not_reproduced"]["ownership_not_reproduced"]
+        .as_u64()
+        .unwrap();
+    assert!(lost > 0, "{m}");
+    let err = stderr(&o);
+    assert!(err.contains("no subordinate ids for nobody"), "{err}");
+    assert!(err.contains(&format!("{lost} entries' owners")), "{err}");
+    // The true owners are the image's; on disk they are all nobody's.
+    let agent_home = std::fs::metadata(format!("{out}/home/agent")).unwrap();
+    assert_eq!(agent_home.uid(), 65534);
+
+    let run_out = format!("{home}/out");
+    let o = nobody(&[
+        "run",
+        "--mode",
+        "crane",
+        "--benchmark",
+        &r.image("pyfix"),
+        "--agent",
+        &r.image("agent-oracle"),
+        "--task",
+        &r.pyfix_tasks[0],
+        "--out",
+        &run_out,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("maps only your uid") && err.contains("subordinate ids"),
+        "{err}"
+    );
+}
+
+/// Processes on the host whose real uid is `uid`.
+fn processes_of(uid: u32) -> Vec<String> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+        if line.split_whitespace().nth(1) == Some(&uid.to_string()) {
+            let cmd = std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default();
+            v.push(cmd.replace('\0', " "));
+        }
+    }
+    v
+}
