@@ -146,9 +146,17 @@ enum Source<'a> {
 impl Source<'_> {
     async fn fetch_document(
         &self,
+        store: &Store,
         reference: &str,
         pinned: Option<&Digest>,
     ) -> Result<(Vec<u8>, Option<String>, Digest), PullError> {
+        // Content-addressed: a pinned document already in the store (its
+        // digest checked again as it is read) needs no registry at all.
+        if let (Source::Registry(..), Some(digest)) = (self, pinned) {
+            if let Ok(bytes) = store.read_blob(digest, MAX_DOCUMENT_SIZE) {
+                return Ok((bytes, None, digest.clone()));
+            }
+        }
         match self {
             Source::Registry(client, r) => {
                 let m = client.get_manifest(r, reference).await?;
@@ -210,7 +218,9 @@ pub async fn pull(
         }
     };
     let ref_str = reference.to_string();
-    let (bytes, ctype, top_digest) = source.fetch_document(&top_ref, pinned.as_ref()).await?;
+    let (bytes, ctype, top_digest) = source
+        .fetch_document(store, &top_ref, pinned.as_ref())
+        .await?;
     if let Some(expected) = &pinned {
         if *expected != top_digest {
             return Err(PullError::PinnedMismatch {
@@ -240,7 +250,7 @@ pub async fn pull(
                 }
             })?;
             let (b, ct, d) = source
-                .fetch_document(&chosen.digest.to_string(), Some(&chosen.digest))
+                .fetch_document(store, &chosen.digest.to_string(), Some(&chosen.digest))
                 .await?;
             if d != chosen.digest {
                 return Err(PullError::PinnedMismatch {

@@ -34,25 +34,30 @@ pub struct MaterializeArgs {
     rootfs: RootfsMode,
 }
 
-/// Pull (or find complete in the store) every axis image.
+/// Pull (or find complete in the store) every axis image, all at once:
+/// resolving tags costs a registry round trip each.
 pub fn pull_axes(global: &Global, store: &Store, refs: &[&str]) -> anyhow::Result<Vec<Pulled>> {
     let client = Client::new(global.registry_options()?)?;
+    let references = refs
+        .iter()
+        .map(|r| r.parse::<Reference>())
+        .collect::<Result<Vec<_>, _>>()?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    refs.iter()
-        .map(|r| {
-            let reference: Reference = r.parse()?;
-            let p = rt
-                .block_on(pull(
-                    store,
-                    &client,
-                    &reference,
-                    &PullOptions::default(),
-                    Arc::new(NoProgress),
-                ))
-                .with_context(|| format!("pulling {reference}"))?;
-            Ok(p)
-        })
-        .collect()
+    let pulls = references.iter().map(|reference| {
+        let client = &client;
+        async move {
+            pull(
+                store,
+                client,
+                reference,
+                &PullOptions::default(),
+                Arc::new(NoProgress),
+            )
+            .await
+            .with_context(|| format!("pulling {reference}"))
+        }
+    });
+    rt.block_on(futures_util::future::try_join_all(pulls))
 }
 
 pub fn run(global: &Global, args: &MaterializeArgs) -> anyhow::Result<ExitStatus> {

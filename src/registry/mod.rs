@@ -12,7 +12,7 @@ pub mod config;
 pub mod push;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use reqwest::header::{
@@ -136,9 +136,13 @@ pub struct FetchedManifest {
 
 /// A registry client shared by all pulls of one process.
 pub struct Client {
-    http: reqwest::Client,
+    /// Built on first use: loading the system's TLS roots costs
+    /// milliseconds that a pull answered from the store never needs.
+    http: OnceLock<reqwest::Client>,
     /// For hosts named insecure: TLS certificates are not verified.
-    http_insecure: reqwest::Client,
+    http_insecure: OnceLock<reqwest::Client>,
+    /// The `--ca-file` certificates, read and checked up front.
+    extra_roots: Vec<reqwest::Certificate>,
     opts: RegistryOptions,
     /// Per endpoint: the scheme that answered.
     schemes: Mutex<HashMap<String, &'static str>>,
@@ -148,36 +152,49 @@ pub struct Client {
 
 impl Client {
     pub fn new(opts: RegistryOptions) -> Result<Client, RegistryError> {
-        let build = |insecure: bool| -> Result<reqwest::Client, RegistryError> {
-            let mut b = reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .connect_timeout(opts.connect_timeout)
-                .user_agent(concat!("hoist/", env!("CARGO_PKG_VERSION")))
-                .danger_accept_invalid_certs(insecure);
-            for path in &opts.ca_files {
-                let pem = std::fs::read(path).map_err(|e| RegistryError::CaFile {
+        let mut extra_roots = Vec::new();
+        for path in &opts.ca_files {
+            let pem = std::fs::read(path).map_err(|e| RegistryError::CaFile {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| RegistryError::CaFile {
                     path: path.clone(),
-                    message: e.to_string(),
+                    message: format!("not a PEM certificate bundle: {e}"),
                 })?;
-                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                    RegistryError::CaFile {
-                        path: path.clone(),
-                        message: format!("not a PEM certificate bundle: {e}"),
-                    }
-                })?;
-                for c in certs {
-                    b = b.add_root_certificate(c);
-                }
-            }
-            b.build().map_err(RegistryError::Client)
-        };
+            extra_roots.extend(certs);
+        }
         Ok(Client {
-            http: build(false)?,
-            http_insecure: build(true)?,
+            http: OnceLock::new(),
+            http_insecure: OnceLock::new(),
+            extra_roots,
             opts,
             schemes: Mutex::new(HashMap::new()),
             auth: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The HTTP client: verifying TLS, or (`insecure`) not.
+    fn http_for(&self, insecure: bool) -> Result<&reqwest::Client, RegistryError> {
+        let cell = if insecure {
+            &self.http_insecure
+        } else {
+            &self.http
+        };
+        if let Some(c) = cell.get() {
+            return Ok(c);
+        }
+        let mut b = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(self.opts.connect_timeout)
+            .user_agent(concat!("hoist/", env!("CARGO_PKG_VERSION")))
+            .danger_accept_invalid_certs(insecure);
+        for c in &self.extra_roots {
+            b = b.add_root_certificate(c.clone());
+        }
+        let built = b.build().map_err(RegistryError::Client)?;
+        Ok(cell.get_or_init(|| built))
     }
 
     pub fn options(&self) -> &RegistryOptions {
@@ -450,11 +467,7 @@ impl Client {
         headers: &HeaderMap,
         auth: Option<&HeaderValue>,
     ) -> Result<Response, RegistryError> {
-        let http = if ep.insecure && self.is_named_insecure(ep) {
-            &self.http_insecure
-        } else {
-            &self.http
-        };
+        let http = self.http_for(ep.insecure && self.is_named_insecure(ep))?;
         for _ in 0..=MAX_REDIRECTS {
             let mut req = http.get(url.clone()).headers(headers.clone());
             if let Some(a) = auth.filter(|_| same_origin(&url, base)) {
@@ -518,11 +531,7 @@ impl Client {
         }
         let https = with_scheme(&ep.base, "https");
         let probe = join(&https, "v2/");
-        let http = if self.is_named_insecure(ep) {
-            &self.http_insecure
-        } else {
-            &self.http
-        };
+        let http = self.http_for(self.is_named_insecure(ep))?;
         let scheme = match http.get(probe).send().await {
             Ok(_) => "https",
             Err(e) if e.is_connect() || e.is_request() => "http",
@@ -641,11 +650,7 @@ impl Client {
             }
             q.append_pair("scope", scope);
         }
-        let http = if ep.insecure && self.is_named_insecure(ep) {
-            &self.http_insecure
-        } else {
-            &self.http
-        };
+        let http = self.http_for(ep.insecure && self.is_named_insecure(ep))?;
         let mut req = http.get(realm_url.clone());
         if let Some(c) = creds {
             req = req.header(AUTHORIZATION, c.basic_header());

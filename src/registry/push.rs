@@ -236,11 +236,7 @@ impl Client {
         body: Option<MakeBody<'_>>,
         auth: Option<&HeaderValue>,
     ) -> Result<Response, RegistryError> {
-        let http = if ep.insecure && self.is_named_insecure(ep) {
-            &self.http_insecure
-        } else {
-            &self.http
-        };
+        let http = self.http_for(ep.insecure && self.is_named_insecure(ep))?;
         let mut req = http.request(method, url.clone()).headers(headers.clone());
         if let Some(a) = auth.filter(|_| same_origin(url, base)) {
             req = req.header(AUTHORIZATION, a.clone());
