@@ -13,7 +13,8 @@ use crate::pipeline::clock::rfc3339;
 use crate::pipeline::context::{self as ctx, RunContext};
 use crate::pull::Pulled;
 use crate::rootfs::{self, Axes, Materialized, RootfsError, RootfsMode};
-use crate::sandbox::{self, Isolation, Network, SandboxConfig, SandboxError};
+use crate::sandbox::cgroup::RunLimits;
+use crate::sandbox::{self, Isolation, Limits, Network, SandboxConfig, SandboxError};
 use crate::store::Store;
 
 /// What the caller decided; the images are already pulled.
@@ -29,6 +30,9 @@ pub struct RunRequest<'a> {
     pub recordings: Option<PathBuf>,
     pub agent_timeout_sec: Option<u64>,
     pub grade_timeout_sec: Option<u64>,
+    /// `--memory`: the run's memory in bytes; the run fails rather than
+    /// go without it.
+    pub memory: Option<u64>,
     /// The static hoist binary to run inside the sandbox.
     pub hoist_binary: PathBuf,
     /// The lock file checked (`--locked`) or used, for run.json.
@@ -77,6 +81,9 @@ pub struct RunRecord {
     pub not_isolated: Vec<&'static str>,
     /// Whether root in the sandbox was root of its own user namespace.
     pub user_namespace: bool,
+    /// What bounded the run's processes, memory and files, and for a
+    /// limit no cgroup could enforce, why (`not_applied`).
+    pub limits: RunLimits,
     pub network: Network,
     pub rootfs: RootfsMode,
     pub images: serde_json::Value,
@@ -179,7 +186,7 @@ pub fn run(
     if let Err(e) = rootfs::teardown(&m) {
         tracing::warn!(error = %e, "could not take down the rootfs");
     }
-    let (exit_code, sandbox_ms) = result?;
+    let (exit_code, sandbox_ms, limits) = result?;
 
     let images = serde_json::json!({
         "benchmark": image_json(req.benchmark, &req.benchmark.reference),
@@ -199,6 +206,7 @@ pub fn run(
             gaps
         },
         user_namespace,
+        limits,
         network: req.network,
         rootfs: m.mode,
         images,
@@ -238,7 +246,7 @@ fn run_in(
     (isolation, user_namespace): (Isolation, bool),
     materialize_ms: u64,
     work: &Path,
-) -> Result<(i32, u64), RunError> {
+) -> Result<(i32, u64, RunLimits), RunError> {
     let context = RunContext {
         images: serde_json::from_value(serde_json::json!({
             "benchmark": image_json(req.benchmark, &req.benchmark.reference),
@@ -277,7 +285,10 @@ fn run_in(
         hoist_binary: req.hoist_binary.clone(),
         context: context_path,
         task: req.task.clone(),
-        limits: Default::default(),
+        limits: Limits {
+            max_memory: req.memory,
+            ..Limits::default()
+        },
         user_namespace,
     };
     // The supervisor enforces the task's timeouts; this backstop only
@@ -286,7 +297,11 @@ fn run_in(
         req.agent_timeout_sec.unwrap_or(4 * 3600) * 2 + req.grade_timeout_sec.unwrap_or(3600) + 300,
     );
     let outcome = sandbox::run(&cfg, &work.join("sandbox.json"), backstop)?;
-    Ok((outcome.exit_code, outcome.elapsed.as_millis() as u64))
+    Ok((
+        outcome.exit_code,
+        outcome.elapsed.as_millis() as u64,
+        outcome.limits,
+    ))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
