@@ -328,9 +328,10 @@ fn stale_cgroups_of_killed_runs_are_cleared_and_do_not_block_runs() {
     assert_eq!(run_cgroups(pid), Vec::<PathBuf>::new(), "left behind");
 }
 
-/// `hoist run ARGS` with an empty tmpfs over /sys/fs/cgroup, in a mount
-/// namespace of its own: a host without cgroups.
-fn run_without_cgroups(e: &Env, rec: &Path, out: &Path, extra: &[&str]) -> Output {
+/// `hoist run ARGS` in a mount namespace of its own where `setup` (sh)
+/// has run first; the pid hoist ran as (unshare and sh exec it), and its
+/// output.
+fn run_after(setup: &str, e: &Env, rec: &Path, out: &Path, extra: &[&str]) -> (u32, Output) {
     let r = |tag: &str| format!("oci:{}:{tag}", e.oci);
     let mut inner = hoist(&store());
     inner
@@ -343,24 +344,73 @@ fn run_without_cgroups(e: &Env, rec: &Path, out: &Path, extra: &[&str]) -> Outpu
         .arg(out)
         .args(extra);
     let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        "mount -t tmpfs -o ro,size=4k none /sys/fs/cgroup && exec \"$@\"",
-        "sh",
-    ])
-    .arg(inner.get_program())
-    .args(inner.get_args());
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!("set -e\n{setup}\nexec \"$@\""))
+        .arg("sh")
+        .arg(inner.get_program())
+        .args(inner.get_args());
     for (k, v) in inner.get_envs() {
         match v {
             Some(v) => cmd.env(k, v),
             None => cmd.env_remove(k),
         };
     }
-    run(&mut cmd)
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn unshare");
+    (child.id(), child.wait_with_output().unwrap())
+}
+
+/// A host without cgroups: an empty tmpfs over /sys/fs/cgroup.
+const NO_CGROUPS: &str = "mount -t tmpfs -o ro,size=4k none /sys/fs/cgroup";
+
+/// What Docker does without a cgroup namespace: the container's own
+/// cgroup mounted as the root of each hierarchy, while /proc/self/cgroup
+/// still names its full path.
+fn own_cgroup_as_root() -> String {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        let p = own_path(&own, "").unwrap();
+        return format!("mount --bind '/sys/fs/cgroup{p}' /sys/fs/cgroup");
+    }
+    let mut sh = String::from("stash=$(mktemp -d)\n");
+    for c in ["pids", "memory"] {
+        let p = own_path(&own, c).unwrap();
+        sh += &format!("mkdir $stash/{c}\nmount --bind '/sys/fs/cgroup/{c}{p}' $stash/{c}\n");
+    }
+    sh += "mount -t tmpfs -o size=4k none /sys/fs/cgroup\n";
+    for c in ["pids", "memory"] {
+        sh += &format!("mkdir /sys/fs/cgroup/{c}\nmount --move $stash/{c} /sys/fs/cgroup/{c}\n");
+    }
+    sh
+}
+
+#[test]
+fn cgroupfs_mounted_from_our_own_cgroup_as_docker_does() {
+    let Some(e) = env() else { return };
+    if !have_tool("unshare") {
+        return;
+    }
+    let rec = recordings(&e.task, HOG);
+    let out = tempfile::tempdir().unwrap();
+    let (pid, o) = run_after(
+        &own_cgroup_as_root(),
+        &e,
+        rec.path(),
+        out.path(),
+        &["--memory", "64M"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log = agent_log(out.path());
+    assert!(has_line(&log, "hog: 8 MiB"), "the hog never ran:\n{log}");
+    assert!(!has_line(&log, "hog: done"), "not limited:\n{log}");
+    assert_graded(out.path());
+    let run = read_json(&out.path().join("run.json"));
+    enforced_by_cgroup(&run["limits"]["memory"], 64 << 20);
+    enforced_by_cgroup(&run["limits"]["pids"], 1024);
+    assert_eq!(run_cgroups(pid), Vec::<PathBuf>::new(), "left behind");
 }
 
 #[test]
@@ -371,7 +421,7 @@ fn without_cgroups_memory_fails_and_a_plain_run_says_what_is_missing() {
     }
     let rec = recordings(&e.task, "true");
     let out = tempfile::tempdir().unwrap();
-    let o = run_without_cgroups(&e, rec.path(), out.path(), &["--memory", "64M"]);
+    let (_, o) = run_after(NO_CGROUPS, &e, rec.path(), out.path(), &["--memory", "64M"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(
@@ -386,7 +436,7 @@ fn without_cgroups_memory_fails_and_a_plain_run_says_what_is_missing() {
     );
 
     let out = tempfile::tempdir().unwrap();
-    let o = run_without_cgroups(&e, rec.path(), out.path(), &[]);
+    let (_, o) = run_after(NO_CGROUPS, &e, rec.path(), out.path(), &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_graded(out.path());
     let limits = &read_json(&out.path().join("run.json"))["limits"];

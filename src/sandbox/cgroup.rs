@@ -334,7 +334,9 @@ fn locate(c: Controller) -> Result<(Version, PathBuf), String> {
         }
         None => return Err(format!("nothing mounted at {ROOT}")),
     };
-    let dir = own_dir(root, version, &own, c)?;
+    // Without it the mount is taken to hold the whole hierarchy.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let dir = own_dir(root, version, &own, c, |m| mount_root(&mountinfo, m))?;
     if !dir.is_dir() {
         return Err(format!(
             "{} (this process's cgroup) is not visible here",
@@ -356,10 +358,19 @@ fn locate(c: Controller) -> Result<(Version, PathBuf), String> {
 }
 
 /// This process's cgroup directory for `c` under `root`, from its
-/// `/proc/self/cgroup` text: v2 `root/PATH` of the `0::PATH` line; v1
-/// `root/CONTROLLER/PATH` of the controller's line.
-fn own_dir(root: &Path, v: Version, own: &str, c: Controller) -> Result<PathBuf, String> {
-    let (base, path) = match v {
+/// `/proc/self/cgroup` text: v2 `root/PATH` of the `0::PATH` line, v1
+/// `root/CONTROLLER/PATH` of the controller's line, less the part of PATH
+/// the mount leaves out (`mount_root` says which: a container without a
+/// cgroup namespace gets its own cgroup, `/docker/ID`, mounted as the root
+/// of the hierarchy while `/proc/self/cgroup` still names `/docker/ID`).
+fn own_dir<'a>(
+    root: &Path,
+    v: Version,
+    own: &str,
+    c: Controller,
+    mount_root: impl FnOnce(&Path) -> Option<&'a str>,
+) -> Result<PathBuf, String> {
+    let (mount, path) = match v {
         Version::V2 => (
             root.to_path_buf(),
             own_path(own, "").ok_or("/proc/self/cgroup has no cgroup v2 line")?,
@@ -370,19 +381,48 @@ fn own_dir(root: &Path, v: Version, own: &str, c: Controller) -> Result<PathBuf,
                 .ok_or_else(|| format!("/proc/self/cgroup has no {} line", c.name()))?,
         ),
     };
+    let hidden = mount_root(&mount).unwrap_or("/");
     // A path that climbs (a cgroup outside our cgroup namespace's root
-    // shows as /../..) names nothing under this mount.
+    // shows as /../..), or that the mount does not hold, names nothing here.
+    let normal = |p: &Path| {
+        p.components()
+            .all(|p| matches!(p, std::path::Component::Normal(_)))
+    };
     let rel = Path::new(path.trim_start_matches('/'));
-    if rel
-        .components()
-        .any(|p| !matches!(p, std::path::Component::Normal(_)))
-    {
-        return Err(format!(
-            "this process's {} cgroup, {path}, is outside the mounted hierarchy",
-            c.name()
-        ));
+    match rel.strip_prefix(hidden.trim_start_matches('/')) {
+        Ok(rel) if normal(rel) => Ok(mount.join(rel)),
+        _ => Err(format!(
+            "this process's {} cgroup, {path}, is outside the hierarchy mounted at {} (its root: {hidden})",
+            c.name(),
+            mount.display()
+        )),
     }
-    Ok(base.join(rel))
+}
+
+/// The root, within its filesystem, of the mount seen at `mount_point`,
+/// from a `/proc/self/mountinfo` text: the one with the mount id statx
+/// gives, else (before Linux 5.8) the last listed there.
+fn mount_root<'a>(mountinfo: &'a str, mount_point: &Path) -> Option<&'a str> {
+    use rustix::fs::{statx, AtFlags, StatxFlags, CWD};
+    let id = statx(CWD, mount_point, AtFlags::empty(), StatxFlags::MNT_ID)
+        .ok()
+        .filter(|st| st.stx_mask & StatxFlags::MNT_ID.bits() != 0)
+        .map(|st| st.stx_mnt_id);
+    root_of_mount(mountinfo, mount_point, id)
+}
+
+/// The root field of the `/proc/self/mountinfo` line of mount `id`, or
+/// without an id of the last line for `mount_point`.
+fn root_of_mount<'a>(mountinfo: &'a str, mount_point: &Path, id: Option<u64>) -> Option<&'a str> {
+    mountinfo.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let (line_id, root, point) = (f.first()?, f.get(3)?, f.get(4)?);
+        let hit = match id {
+            Some(id) => line_id.parse() == Ok(id),
+            None => Path::new(point) == mount_point,
+        };
+        hit.then_some(*root)
+    })
 }
 
 /// Enable `c` for the children of the v2 cgroup `parent`, unless it is.
@@ -613,7 +653,7 @@ mod tests {
     #[test]
     fn own_dirs() {
         let root = Path::new("/sys/fs/cgroup");
-        let dir = |v, own, c| own_dir(root, v, own, c);
+        let dir = |v, own, c| own_dir(root, v, own, c, |_| None);
         assert_eq!(
             dir(Version::V1, V1_HYBRID, Controller::Memory),
             Ok(PathBuf::from("/sys/fs/cgroup/memory/process_api/2d69"))
@@ -641,6 +681,49 @@ mod tests {
         assert!(dir(Version::V2, "0::/../../x\n", Controller::Pids)
             .unwrap_err()
             .contains("outside"));
+    }
+
+    /// Docker on cgroup v1 without a cgroup namespace: each hierarchy is
+    /// mounted from the container's own cgroup.
+    const DOCKER_MOUNTINFO: &str = "\
+800 799 0:60 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs rw,mode=755
+801 800 0:26 /docker/abc /sys/fs/cgroup/pids ro,nosuid shared:9 - cgroup cgroup rw,pids
+802 800 0:27 /docker/abc /sys/fs/cgroup/memory ro,nosuid - cgroup cgroup rw,memory
+";
+
+    #[test]
+    fn own_dirs_under_a_mount_of_part_of_the_hierarchy() {
+        let root = Path::new("/sys/fs/cgroup");
+        let own = "8:pids:/docker/abc\n4:memory:/docker/abc/inner\n";
+        let dir = |own, c| {
+            own_dir(root, Version::V1, own, c, |m| {
+                root_of_mount(DOCKER_MOUNTINFO, m, None)
+            })
+        };
+        assert_eq!(
+            dir(own, Controller::Pids),
+            Ok(PathBuf::from("/sys/fs/cgroup/pids"))
+        );
+        assert_eq!(
+            dir(own, Controller::Memory),
+            Ok(PathBuf::from("/sys/fs/cgroup/memory/inner"))
+        );
+        let err = dir("8:pids:/other\n", Controller::Pids).unwrap_err();
+        assert!(
+            err.contains("outside") && err.contains("/docker/abc"),
+            "{err}"
+        );
+        // The last mount at a point is the one seen.
+        // Without a mount id, the last mount listed at a point; with
+        // one, that mount, wherever it is listed.
+        let twice = format!(
+            "{DOCKER_MOUNTINFO}803 800 0:26 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n"
+        );
+        let pids = Path::new("/sys/fs/cgroup/pids");
+        assert_eq!(root_of_mount(&twice, pids, None), Some("/"));
+        assert_eq!(root_of_mount(&twice, pids, Some(801)), Some("/docker/abc"));
+        assert_eq!(root_of_mount(&twice, pids, Some(9)), None);
+        assert_eq!(root_of_mount("", pids, None), None);
     }
 
     #[test]
