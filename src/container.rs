@@ -31,7 +31,8 @@ use crate::pipeline::context::{self as ctx, RunContext};
 use crate::pull::Pulled;
 use crate::reference::RegistryRef;
 use crate::run::{Durations, HostInfo, RunRecord};
-use crate::sandbox::{Isolation, Network};
+use crate::sandbox::cgroup::RunLimits;
+use crate::sandbox::{Isolation, Limits, Network};
 use crate::store::{Store, StoreError};
 
 /// The repository baked combinations are loaded into Docker as; the tag
@@ -397,10 +398,20 @@ pub struct ContainerRequest<'a> {
     pub recordings: Option<PathBuf>,
     pub agent_timeout_sec: Option<u64>,
     pub grade_timeout_sec: Option<u64>,
+    /// `--memory`: the container's memory in bytes, swap excluded.
+    pub memory: Option<u64>,
     /// The lock file checked (`--locked`), for run.json.
     pub lock_file: Option<PathBuf>,
     pub command_line: Vec<String>,
     pub pull_ms: u64,
+}
+
+/// The limits of the run: the sandbox's defaults and `--memory`.
+fn limits(req: &ContainerRequest<'_>) -> Limits {
+    Limits {
+        max_memory: req.memory,
+        ..Limits::default()
+    }
 }
 
 fn image_json(p: &Pulled) -> Value {
@@ -436,10 +447,14 @@ fn context(req: &ContainerRequest<'_>, prepare_ms: u64) -> RunContext {
     }
 }
 
-/// The `docker run` arguments (after `docker`), pure.
+/// The `docker run` arguments (after `docker`), pure. The limits are the
+/// ones crane mode's sandbox sets, so both modes bound a run alike.
+// Each argument is one group of flags; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub fn run_args(
     name: &str,
     network: Network,
+    limits: &Limits,
     output: &Path,
     context: &Path,
     recordings: Option<&Path>,
@@ -461,12 +476,24 @@ pub fn run_args(
         // Docker refuses a hostname with the host's network.
         Network::Host => a.extend(["--network", "host"].map(String::from)),
     }
+    a.extend([
+        "--pids-limit".into(),
+        limits.max_pids.to_string(),
+        "--ulimit".into(),
+        format!("nofile={0}:{0}", limits.max_open_files),
+    ]);
+    if let Some(m) = limits.max_memory {
+        // --memory-swap is memory plus swap: the same value means no swap,
+        // as crane mode's cgroup.
+        a.extend([
+            "--memory".into(),
+            m.to_string(),
+            "--memory-swap".into(),
+            m.to_string(),
+        ]);
+    }
     a.extend(
         [
-            "--pids-limit",
-            "1024",
-            "--ulimit",
-            "nofile=4096:4096",
             "--security-opt",
             "no-new-privileges",
             "--user",
@@ -541,6 +568,7 @@ pub fn run(
     let args = run_args(
         &name,
         req.network,
+        &limits(req),
         &output,
         &context_path,
         req.recordings.as_deref(),
@@ -671,6 +699,7 @@ fn finish(
         user_namespace: false,
         rootless: crate::userns::entered().cloned(),
         not_reproduced: Default::default(),
+        limits: RunLimits::docker(&limits(req)),
         network: req.network,
         // Replaced below: Docker's storage builds the rootfs.
         rootfs: crate::rootfs::RootfsMode::Auto,
@@ -736,6 +765,7 @@ mod tests {
         let a = run_args(
             "hoist-1",
             Network::None,
+            &Limits::default(),
             Path::new("/out"),
             Path::new("/w/context.json"),
             Some(Path::new("/rec")),
@@ -746,6 +776,8 @@ mod tests {
         assert!(s.starts_with("run --rm --name hoist-1 "), "{s}");
         assert!(s.contains("--network none --hostname hoist"), "{s}");
         assert!(s.contains("--pids-limit 1024"), "{s}");
+        assert!(s.contains("--ulimit nofile=4096:4096"), "{s}");
+        assert!(!s.contains("--memory"), "{s}");
         assert!(s.contains("-v /out:/output"), "{s}");
         assert!(
             s.contains("-v /w/context.json:/.hoist/context.json:ro"),
@@ -756,9 +788,14 @@ mod tests {
             s.ends_with("sha256:abc task-exec --context /.hoist/context.json --task t1"),
             "{s}"
         );
+        let limited = Limits {
+            max_memory: Some(64 << 20),
+            ..Limits::default()
+        };
         let host = run_args(
             "n",
             Network::Host,
+            &limited,
             Path::new("/o"),
             Path::new("/c"),
             None,
@@ -771,6 +808,10 @@ mod tests {
             "{host}"
         );
         assert!(!host.contains("/recordings"), "{host}");
+        assert!(
+            host.contains("--memory 67108864 --memory-swap 67108864"),
+            "{host}"
+        );
         assert!(
             host.ends_with("i task-exec --context /.hoist/context.json"),
             "{host}"

@@ -16,13 +16,12 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::registry::RegistryOptions;
+use crate::sandbox::cgroup::{self, Controller};
 use crate::sandbox::{self, Isolation, Network};
 
 /// The value of the report's `schema` field.
 pub const SCHEMA: &str = "hoist.doctor/v1";
 
-const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-const TMPFS_MAGIC: i64 = 0x0102_1994;
 /// Free space in the store below which runs are likely to fail.
 const DISK_LOW: u64 = 5 << 30;
 const DISK_CRITICAL: u64 = 512 << 20;
@@ -189,12 +188,6 @@ fn nearest_existing(path: &Path) -> PathBuf {
             None => return PathBuf::from("/"),
         }
     }
-}
-
-// f_type is i64 here, u32 or c_long on other architectures.
-#[allow(clippy::unnecessary_cast)]
-fn fs_type(path: &Path) -> Option<i64> {
-    rustix::fs::statfs(path).ok().map(|s| s.f_type as i64)
 }
 
 // ---- isolation ----------------------------------------------------------
@@ -551,77 +544,53 @@ fn seccomp_check(status: &str, namespaces_ok: bool) -> Check {
 /// This process's cgroup path for `controller` (v1), or its unified path
 /// (v2, `controller` = ""), from a `/proc/self/cgroup` text.
 pub fn cgroup_path<'a>(text: &'a str, controller: &str) -> Option<&'a str> {
-    text.lines().find_map(|l| {
-        let mut parts = l.splitn(3, ':');
-        let (_, ctls, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let hit = if controller.is_empty() {
-            ctls.is_empty()
-        } else {
-            ctls.split(',').any(|c| c == controller)
-        };
-        hit.then_some(path)
-    })
+    cgroup::own_path(text, controller)
 }
 
-fn writable_dir(dir: &Path) -> bool {
-    dir.is_dir() && rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).is_ok()
-}
-
+/// Whether a run's cgroup (pids, and memory for `--memory`) can be made
+/// here: the sandbox's own code makes one and removes it.
 fn cgroups_check() -> Check {
     const NAME: &str = "cgroups";
-    const COST: &str = "none yet: hoist sets no cgroup limits (the agent is bounded by RLIMIT_NPROC and RLIMIT_NOFILE only; its memory is not limited)";
-    let base = Path::new("/sys/fs/cgroup");
-    let own = read("/proc/self/cgroup");
-    let rel = |p: &str| p.trim_start_matches('/').to_string();
-    let (version, usable): (&str, Vec<(&str, bool)>) = match fs_type(base) {
-        Some(CGROUP2_SUPER_MAGIC) => {
-            let dir = base.join(rel(cgroup_path(&own, "").unwrap_or("/")));
-            let ctls = read(dir.join("cgroup.controllers"));
-            let w = writable_dir(&dir);
-            let has = |c: &str| ctls.split_whitespace().any(|x| x == c);
-            (
-                "v2",
-                vec![("pids", w && has("pids")), ("memory", w && has("memory"))],
-            )
-        }
-        Some(TMPFS_MAGIC) => {
-            let ctl = |c: &str| {
-                let path = cgroup_path(&own, c).unwrap_or("/");
-                writable_dir(&base.join(c).join(rel(path)))
-            };
-            let hybrid = fs_type(&base.join("unified")) == Some(CGROUP2_SUPER_MAGIC);
-            (
-                if hybrid { "v1 (hybrid)" } else { "v1" },
-                vec![("pids", ctl("pids")), ("memory", ctl("memory"))],
-            )
-        }
-        _ => {
-            return Check::not_ok(
-                NAME,
-                Status::Missing,
-                "no cgroup filesystem at /sys/fs/cgroup",
-                COST,
-            )
-        }
-    };
-    let bad: Vec<&str> = usable
+    let probed = cgroup::probe();
+    let version = probed
         .iter()
-        .filter(|(_, ok)| !ok)
-        .map(|(c, _)| *c)
+        .find_map(|(_, r)| r.as_ref().ok())
+        .map_or("no cgroup", |v| v.label());
+    let failed: Vec<(Controller, &String)> = probed
+        .iter()
+        .filter_map(|(c, r)| r.as_ref().err().map(|why| (*c, why)))
         .collect();
-    if bad.is_empty() {
-        Check::ok(
+    if failed.is_empty() {
+        return Check::ok(
             NAME,
-            format!("{version}; pids and memory controllers writable"),
-        )
-    } else {
-        Check::not_ok(
-            NAME,
-            Status::Degraded,
-            format!("{version}; not writable here: {}", bad.join(", ")),
-            COST,
-        )
+            format!(
+                "{version}; a run's cgroup holds pids (pids.max 1024) and, with --memory, memory"
+            ),
+        );
     }
+    let detail = failed
+        .iter()
+        .map(|(c, why)| format!("{}: {why}", c.name()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let cost = failed
+        .iter()
+        .map(|(c, _)| match c {
+            Controller::Pids => "the run's processes are bounded only by RLIMIT_NPROC, per uid (the agent's uid to 1024; root without a user namespace not at all)",
+            Controller::Memory => "memory is not limited, and `hoist run --memory` fails",
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Check::not_ok(
+        NAME,
+        if failed.len() == probed.len() {
+            Status::Missing
+        } else {
+            Status::Degraded
+        },
+        format!("{version}; {detail}"),
+        &cost,
+    )
 }
 
 // ---- subordinate ids --------------------------------------------------------

@@ -13,7 +13,8 @@ use crate::pipeline::clock::rfc3339;
 use crate::pipeline::context::{self as ctx, RunContext};
 use crate::pull::Pulled;
 use crate::rootfs::{self, Axes, Materialized, RootfsError, RootfsMode};
-use crate::sandbox::{self, Isolation, Network, SandboxConfig, SandboxError};
+use crate::sandbox::cgroup::RunLimits;
+use crate::sandbox::{self, Isolation, Limits, Network, SandboxConfig, SandboxError};
 use crate::store::Store;
 
 /// What the caller decided; the images are already pulled.
@@ -29,6 +30,9 @@ pub struct RunRequest<'a> {
     pub recordings: Option<PathBuf>,
     pub agent_timeout_sec: Option<u64>,
     pub grade_timeout_sec: Option<u64>,
+    /// `--memory`: the run's memory in bytes; the run fails rather than
+    /// go without it.
+    pub memory: Option<u64>,
     /// The static hoist binary to run inside the sandbox.
     pub hoist_binary: PathBuf,
     /// The lock file checked (`--locked`) or used, for run.json.
@@ -86,6 +90,9 @@ pub struct RunRecord {
     /// device node or xattr (all zero as root, and rootless with
     /// subordinate ids for every owner in the image).
     pub not_reproduced: crate::rootfs::Fidelity,
+    /// What bounded the run's processes, memory and files, and for a
+    /// limit no cgroup could enforce, why (`not_applied`).
+    pub limits: RunLimits,
     pub network: Network,
     pub rootfs: RootfsMode,
     pub images: serde_json::Value,
@@ -193,7 +200,7 @@ pub fn run(
     if let Err(e) = rootfs::teardown(&m) {
         tracing::warn!(error = %e, "could not take down the rootfs");
     }
-    let (exit_code, sandbox_ms) = result?;
+    let (exit_code, sandbox_ms, limits) = result?;
 
     let images = serde_json::json!({
         "benchmark": image_json(req.benchmark, &req.benchmark.reference),
@@ -215,6 +222,7 @@ pub fn run(
         user_namespace,
         rootless: crate::userns::entered().cloned(),
         not_reproduced: m.not_reproduced,
+        limits,
         network: req.network,
         rootfs: m.mode,
         images,
@@ -254,7 +262,7 @@ fn run_in(
     (isolation, user_namespace): (Isolation, bool),
     materialize_ms: u64,
     work: &Path,
-) -> Result<(i32, u64), RunError> {
+) -> Result<(i32, u64, RunLimits), RunError> {
     let context = RunContext {
         images: serde_json::from_value(serde_json::json!({
             "benchmark": image_json(req.benchmark, &req.benchmark.reference),
@@ -293,7 +301,10 @@ fn run_in(
         hoist_binary: req.hoist_binary.clone(),
         context: context_path,
         task: req.task.clone(),
-        limits: Default::default(),
+        limits: Limits {
+            max_memory: req.memory,
+            ..Limits::default()
+        },
         user_namespace,
     };
     // The supervisor enforces the task's timeouts; this backstop only
@@ -302,7 +313,11 @@ fn run_in(
         req.agent_timeout_sec.unwrap_or(4 * 3600) * 2 + req.grade_timeout_sec.unwrap_or(3600) + 300,
     );
     let outcome = sandbox::run(&cfg, &work.join("sandbox.json"), backstop)?;
-    Ok((outcome.exit_code, outcome.elapsed.as_millis() as u64))
+    Ok((
+        outcome.exit_code,
+        outcome.elapsed.as_millis() as u64,
+        outcome.limits,
+    ))
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RunError> {

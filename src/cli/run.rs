@@ -13,6 +13,7 @@ use hoist::reference::Reference;
 use hoist::registry::Client;
 use hoist::rootfs::RootfsMode;
 use hoist::run::{check_lock, run, RunRequest};
+use hoist::sandbox::cgroup::parse_size;
 use hoist::sandbox::{Isolation, Network};
 use hoist::store::Store;
 
@@ -64,6 +65,11 @@ pub struct RunArgs {
     /// Override the task's grade timeout (seconds).
     #[arg(long, value_name = "SEC")]
     grade_timeout: Option<u64>,
+    /// Limit the run's memory, swap excluded (512M, 2G, bytes): a cgroup
+    /// in crane mode, where a run that cannot have one fails; Docker's
+    /// --memory in container mode.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory: Option<u64>,
     /// --mode container: run this combination image (HOST/REPO:TAG or
     /// oci:PATH:TAG, made by `hoist bake`) instead of baking one; its
     /// labels must name the same axes.
@@ -96,6 +102,7 @@ pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
             .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
         agent_timeout_sec: args.agent_timeout,
         grade_timeout_sec: args.grade_timeout,
+        memory: args.memory,
         hoist_binary: static_binary()?,
         lock_file: args.locked.then(|| args.lock_file.clone()),
         command_line: std::env::args().collect(),
@@ -173,6 +180,7 @@ fn container_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> 
             .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
         agent_timeout_sec: args.agent_timeout,
         grade_timeout_sec: args.grade_timeout,
+        memory: args.memory,
         lock_file: args.locked.then(|| args.lock_file.clone()),
         command_line: std::env::args().collect(),
         pull_ms,

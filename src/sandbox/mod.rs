@@ -15,6 +15,7 @@
 //! stage is a fresh exec of this binary (`hoist __sandbox`, then `hoist
 //! __sandbox-init` as PID 1), configured by a JSON file.
 
+pub mod cgroup;
 mod chroot;
 pub(crate) mod mounts;
 mod ns;
@@ -107,6 +108,18 @@ pub struct Limits {
     pub max_processes: u64,
     /// RLIMIT_NOFILE.
     pub max_open_files: u64,
+    /// `pids.max` of the run's cgroup: every process and thread of the
+    /// run, whatever its uid (`--pids-limit` in container mode).
+    #[serde(default = "default_max_pids")]
+    pub max_pids: u64,
+    /// The run's memory in bytes, swap excluded (`--memory`); `None`: no
+    /// limit. A run that asks for it and cannot get it fails.
+    #[serde(default)]
+    pub max_memory: Option<u64>,
+}
+
+fn default_max_pids() -> u64 {
+    1024
 }
 
 impl Default for Limits {
@@ -114,6 +127,8 @@ impl Default for Limits {
         Limits {
             max_processes: 1024,
             max_open_files: 4096,
+            max_pids: default_max_pids(),
+            max_memory: None,
         }
     }
 }
@@ -143,6 +158,8 @@ pub struct Outcome {
     pub exit_code: i32,
     pub isolation: Isolation,
     pub elapsed: Duration,
+    /// What bounded the run (cgroup or rlimits only).
+    pub limits: cgroup::RunLimits,
 }
 
 /// Which isolation works here: namespaces when a probe process can enter
@@ -231,15 +248,44 @@ pub fn run(
         serde_json::to_vec_pretty(cfg).map_err(|e| SandboxError::Unsupported(e.to_string()))?;
     std::fs::write(config_path, json)
         .map_err(io_err(format!("writing {}", config_path.display())))?;
+    // Made first, so that a `--memory` that cannot be enforced fails the
+    // run before anything of it starts.
+    let mut cgroup = cgroup::RunCgroup::create(&cfg.limits)?;
     let start = Instant::now();
-    let mut child = Command::new(&cfg.hoist_binary)
+    let mut stage = Command::new(&cfg.hoist_binary);
+    stage
         .arg("__sandbox")
         .arg(config_path)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
+        .stdin(std::process::Stdio::piped());
+    let mut child = cgroup
+        .spawn(stage)
         .map_err(io_err("starting the sandbox"))?;
+    let ended = wait_sandbox(cfg, &mut child, start, deadline);
+    let elapsed = start.elapsed();
+    // Whatever the run left (chroot mode has no pid namespace to end with
+    // PID 1) dies with its cgroup.
+    if let Err(e) = cgroup.remove() {
+        tracing::warn!(error = %e, "could not remove the run's cgroup");
+    }
+    let exit_code = ended?;
+    Ok(Outcome {
+        exit_code,
+        isolation: cfg.isolation,
+        elapsed,
+        limits: cgroup.limits().clone(),
+    })
+}
+
+/// Release the sandbox stage and wait for it, at most `deadline`; its exit
+/// code.
+fn wait_sandbox(
+    cfg: &SandboxConfig,
+    child: &mut std::process::Child,
+    start: Instant,
+    deadline: Duration,
+) -> Result<i32, SandboxError> {
     let mapped = match cfg.isolation {
-        Isolation::Namespaces if cfg.user_namespace => map_identity(&mut child),
+        Isolation::Namespaces if cfg.user_namespace => map_identity(child),
         _ => Ok(()),
     };
     // Closing stdin releases the stage (after the maps, when it waits).
@@ -254,14 +300,9 @@ pub fn run(
             .try_wait()
             .map_err(io_err("waiting for the sandbox"))?
         {
-            let exit_code = status.code().unwrap_or_else(|| {
+            return Ok(status.code().unwrap_or_else(|| {
                 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
-            });
-            return Ok(Outcome {
-                exit_code,
-                isolation: cfg.isolation,
-                elapsed: start.elapsed(),
-            });
+            }));
         }
         if start.elapsed() > deadline {
             // The supervisor enforces the task's own timeouts; this is the
