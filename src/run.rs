@@ -135,15 +135,26 @@ fn image_json(p: &Pulled, reference: &str) -> serde_json::Value {
     serde_json::json!({"ref": reference, "digest": p.digest.to_string()})
 }
 
-/// The isolation to use: `auto` takes namespaces when the probe works.
-pub fn resolve_isolation(requested: Isolation, hoist_binary: &Path) -> Result<Isolation, RunError> {
-    match requested {
-        Isolation::Auto => Ok(sandbox::probe(hoist_binary)),
-        Isolation::Namespaces if sandbox::probe(hoist_binary) != Isolation::Namespaces => {
-            Err(RunError::NoNamespaces)
-        }
-        other => Ok(other),
-    }
+/// The isolation to use (`auto` takes namespaces when the probe works)
+/// and whether the sandbox can enter a user namespace, from the probes
+/// (cached in the store, see [`sandbox::probe_cached`]).
+pub fn resolve_isolation(
+    requested: Isolation,
+    hoist_binary: &Path,
+    store: &Store,
+) -> Result<(Isolation, bool), RunError> {
+    let probed = sandbox::probe_cached(hoist_binary, &store.root().join("probe.json"));
+    let works = probed.namespaces.is_ok();
+    let isolation = match requested {
+        Isolation::Auto if works => Isolation::Namespaces,
+        Isolation::Auto => Isolation::Chroot,
+        Isolation::Namespaces if !works => return Err(RunError::NoNamespaces),
+        other => other,
+    };
+    Ok((
+        isolation,
+        isolation == Isolation::Namespaces && probed.user_namespace,
+    ))
 }
 
 /// Run one task; returns the parsed result.json and the run record.
@@ -158,9 +169,7 @@ pub fn run(
     if let Some(why) = crate::userns::entered().and_then(|r| r.limitation.as_ref()) {
         return Err(RunError::OnlyRootMapped(why.clone()));
     }
-    let isolation = resolve_isolation(req.isolation, &req.hoist_binary)?;
-    let user_namespace =
-        isolation == Isolation::Namespaces && sandbox::probe_user_namespace(&req.hoist_binary);
+    let (isolation, user_namespace) = resolve_isolation(req.isolation, &req.hoist_binary, store)?;
     // chroot cannot mount: the rootfs must be a plain copy.
     let rootfs_mode = if isolation == Isolation::Chroot {
         RootfsMode::Copy

@@ -115,9 +115,6 @@ enum Command {
     /// Internal: the sandbox stage (namespaces or chroot).
     #[command(name = "__sandbox", hide = true)]
     SandboxStage { config: PathBuf },
-    /// Internal: PID 1 of the sandbox's pid namespace.
-    #[command(name = "__sandbox-init", hide = true)]
-    SandboxInit { config: PathBuf },
     /// Internal: chroot into ROOTFS and exec the supervisor.
     #[command(name = "__sandbox-chroot", hide = true)]
     SandboxChroot {
@@ -167,10 +164,9 @@ pub fn main() -> ExitStatus {
         Command::Conformance(a) => conformance::run(&cli.global, a),
         Command::Doctor(a) => doctor::run(&cli.global, a),
         Command::TaskExec(a) => task_exec::run(a),
-        Command::SandboxStage { .. }
-        | Command::SandboxInit { .. }
-        | Command::SandboxChroot { .. }
-        | Command::SandboxProbe => unreachable!("handled by sandbox_stage"),
+        Command::SandboxStage { .. } | Command::SandboxChroot { .. } | Command::SandboxProbe => {
+            unreachable!("handled by sandbox_stage")
+        }
     };
     match result {
         Ok(status) => status,
@@ -208,7 +204,6 @@ fn sandbox_stage() -> Option<i32> {
     let arg = |i: usize| PathBuf::from(args.get(i).cloned().unwrap_or_default());
     match stage {
         "__sandbox" => Some(hoist::sandbox::sandbox_stage(&arg(2))),
-        "__sandbox-init" => Some(hoist::sandbox::init_stage(&arg(2))),
         "__install-jail" => Some(hoist::pipeline::jail::jail_stage(&arg(2))),
         "__sandbox-probe-proc" => Some(hoist::sandbox::probe_proc(&arg(2))),
         "__sandbox-probe" => Some(hoist::sandbox::probe_stage(

@@ -56,11 +56,12 @@ pub fn kill_user_processes(
     let procfs = is_procfs(proc_dir);
     let stop = Arc::new(AtomicBool::new(false));
     let passes = Arc::new(AtomicUsize::new(0));
+    let alone = Arc::new(AtomicBool::new(false));
     let killer = {
-        let (stop, passes) = (stop.clone(), passes.clone());
+        let (stop, passes, alone) = (stop.clone(), passes.clone(), alone.clone());
         std::thread::Builder::new()
             .name("kill-uid".into())
-            .spawn(move || kill_loop(uid, &stop, &passes))
+            .spawn(move || kill_loop(uid, &stop, &passes, &alone))
             .map_err(|source| KillError::Thread { uid, source })?
     };
     let started = Instant::now();
@@ -69,6 +70,9 @@ pub fn kill_user_processes(
     let mut backoff = Backoff::new();
     while !killer.is_finished() {
         reaper.poll();
+        if alone.load(Ordering::SeqCst) {
+            break;
+        }
         // Without /proc nothing can confirm the processes are gone: keep
         // killing for BLIND_KILL so SIGKILLed processes have exited.
         let enough = procfs || started.elapsed() >= BLIND_KILL;
@@ -85,6 +89,8 @@ pub fn kill_user_processes(
         backoff.nap();
     }
     stop.store(true, Ordering::SeqCst);
+    // Wake it from its pause, so the join does not wait that out.
+    killer.thread().unpark();
     let outcome = match killer.join() {
         Ok(r) => r.map_err(|source| KillError::SetUid { uid, source }),
         // The thread only makes syscalls; a panic there is a bug, but the
@@ -108,17 +114,31 @@ pub fn kill_user_processes(
 }
 
 /// The helper thread: become `uid` (this thread only), then kill(-1,
-/// SIGKILL) until told to stop.
-fn kill_loop(uid: u32, stop: &AtomicBool, passes: &AtomicUsize) -> std::io::Result<()> {
+/// SIGKILL) until told to stop, or until no other process exists at all
+/// (`alone`).
+fn kill_loop(
+    uid: u32,
+    stop: &AtomicBool,
+    passes: &AtomicUsize,
+    alone: &AtomicBool,
+) -> std::io::Result<()> {
     let u = Uid::from_raw(uid);
     rustix::thread::set_thread_res_uid(u, u, u)?;
-    let mut backoff = Backoff::new();
+    let mut pause = Duration::from_micros(250);
     while !stop.load(Ordering::SeqCst) {
-        // ESRCH (no other process at all) means there is nothing to kill;
-        // EPERM is never returned for -1. Either way go on counting.
-        let _ = rustix::process::kill_process_group(Pid::INIT, Signal::KILL);
+        // kill(-1) fails with ESRCH only when no process but init and the
+        // caller's own exists, zombies included (the supervisor, reaping,
+        // is both here): nothing of the uid can be left, nor start again.
+        // EPERM is never returned for -1.
+        let r = rustix::process::kill_process_group(Pid::INIT, Signal::KILL);
         passes.fetch_add(1, Ordering::SeqCst);
-        backoff.nap();
+        if r == Err(rustix::io::Errno::SRCH) {
+            alone.store(true, Ordering::SeqCst);
+            break;
+        }
+        // Parked, not slept: the supervisor unparks it to stop.
+        std::thread::park_timeout(pause);
+        pause = (pause * 2).min(super::process::POLL);
     }
     Ok(())
 }

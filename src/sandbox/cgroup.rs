@@ -157,8 +157,8 @@ impl RunLimits {
     }
 }
 
-/// One directory of the run's cgroup, its `cgroup.procs` open for the
-/// sandbox stage to join.
+/// One directory of the run's cgroup, its `cgroup.procs` (v2) or `tasks`
+/// (v1) open for the sandbox stage to join.
 struct Dir {
     path: PathBuf,
     procs: File,
@@ -212,7 +212,14 @@ impl RunCgroup {
         if !self.dirs.iter().any(|d| d.path == dir) {
             remove_stale(&parent);
             std::fs::create_dir(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-            let procs = dir.join("cgroup.procs");
+            // v1: the child joins through `tasks`, moving only itself (it
+            // is single-threaded between fork and exec). That skips the
+            // global threadgroup lock a `cgroup.procs` write takes, whose
+            // RCU grace period cost every run milliseconds here.
+            let procs = dir.join(match version {
+                Version::V1 => "tasks",
+                Version::V2 => "cgroup.procs",
+            });
             match std::fs::OpenOptions::new().write(true).open(&procs) {
                 Ok(procs) => self.dirs.push(Dir {
                     path: dir.clone(),
@@ -279,8 +286,9 @@ impl Drop for RunCgroup {
     }
 }
 
-/// Move the calling process into each cgroup whose `cgroup.procs` is open
-/// at `fds` (writing "0" moves the writer). Runs between fork and exec.
+/// Move the calling process into each cgroup whose `cgroup.procs` or
+/// `tasks` is open at `fds` (writing "0" moves the writer). Runs between
+/// fork and exec.
 fn join(fds: &[RawFd; 2]) -> io::Result<()> {
     for &fd in fds.iter().filter(|&&fd| fd >= 0) {
         // SAFETY: `fd` is one of the `cgroup.procs` files `RunCgroup::spawn`

@@ -11,9 +11,10 @@
 //!   `chroot` and `setuid`; what it cannot isolate is listed by
 //!   [`Isolation::not_isolated`] and recorded in `run.json`.
 //!
-//! Namespaces can only be entered by a single-threaded process, so each
-//! stage is a fresh exec of this binary (`hoist __sandbox`, then `hoist
-//! __sandbox-init` as PID 1), configured by a JSON file.
+//! Namespaces can only be entered by a single-threaded process, so the
+//! stage is a fresh exec of this binary (`hoist __sandbox`), configured by
+//! a JSON file; its child, PID 1 of the new pid namespace, pivots and
+//! execs the supervisor.
 
 pub mod cgroup;
 mod chroot;
@@ -29,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::sys;
 
 pub use chroot::chroot_exec;
-pub use ns::{init_stage, netns_holder_stage, probe_proc, stage as ns_stage};
+pub use ns::{netns_holder_stage, probe_proc, stage as ns_stage};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -162,15 +163,6 @@ pub struct Outcome {
     pub limits: cgroup::RunLimits,
 }
 
-/// Which isolation works here: namespaces when a probe process can enter
-/// them and mount, else chroot (which needs root).
-pub fn probe(self_exe: &Path) -> Isolation {
-    match probe_reason(self_exe) {
-        Ok(()) => Isolation::Namespaces,
-        Err(_) => Isolation::Chroot,
-    }
-}
-
 /// Run the namespaces probe (`hoist __sandbox-probe`); `Err` says why
 /// namespaces do not work here (what the probe printed).
 pub fn probe_reason(self_exe: &Path) -> Result<(), String> {
@@ -203,6 +195,109 @@ pub fn probe_user_namespace(self_exe: &Path) -> bool {
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// What the probes found: whether namespaces work here (or why not), and
+/// whether a user namespace can be entered first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probed {
+    pub namespaces: Result<(), String>,
+    pub user_namespace: bool,
+}
+
+/// Run both probes, or take their answer from `cache` (a file in the
+/// store) when it was written for this same situation: the boot, the
+/// kernel, this binary, our uid, capabilities, seccomp mode and
+/// namespaces, and the sysctls that govern user namespaces. Each probe
+/// costs a few milliseconds of every run; the answer changes only with
+/// one of those.
+pub fn probe_cached(self_exe: &Path, cache: &Path) -> Probed {
+    let key = probe_key(self_exe);
+    #[derive(Serialize, Deserialize)]
+    struct Entry {
+        key: String,
+        probed: Probed,
+    }
+    if let Some(e) = std::fs::read(cache)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Entry>(&b).ok())
+    {
+        if key.as_deref() == Some(e.key.as_str()) {
+            return e.probed;
+        }
+    }
+    let namespaces = probe_reason(self_exe);
+    let user_namespace = namespaces.is_ok() && probe_user_namespace(self_exe);
+    let probed = Probed {
+        namespaces,
+        user_namespace,
+    };
+    if let Some(key) = key {
+        let entry = Entry {
+            key,
+            probed: probed.clone(),
+        };
+        // A cache that cannot be written only costs the next run a probe.
+        let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
+        let written = serde_json::to_vec(&entry)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, cache));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    probed
+}
+
+/// What the probes' answer depends on, as one string; `None` when some
+/// of it cannot be read (then nothing is cached).
+fn probe_key(self_exe: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let status = read("/proc/self/status")?;
+    let line = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut key = vec![
+        read("/proc/sys/kernel/random/boot_id")?.trim().to_string(),
+        rustix::system::uname()
+            .release()
+            .to_string_lossy()
+            .into_owned(),
+        line("Uid:"),
+        line("CapEff:"),
+        line("Seccomp:"),
+        line("NoNewPrivs:"),
+    ];
+    for ns in ["user", "mnt", "net", "pid"] {
+        key.push(
+            std::fs::metadata(format!("/proc/self/ns/{ns}"))
+                .ok()?
+                .ino()
+                .to_string(),
+        );
+    }
+    for sysctl in [
+        "/proc/sys/user/max_user_namespaces",
+        "/proc/sys/kernel/unprivileged_userns_clone",
+        "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+    ] {
+        key.push(read(sysctl).unwrap_or_default().trim().to_string());
+    }
+    let exe = std::fs::metadata(self_exe).ok()?;
+    key.push(format!(
+        "{}:{}:{}:{}",
+        exe.dev(),
+        exe.ino(),
+        exe.size(),
+        exe.mtime_nsec() + exe.mtime() * 1_000_000_000
+    ));
+    Some(key.join("\n"))
 }
 
 /// What a sandbox without a user namespace does not isolate, for run.json.
@@ -304,7 +399,8 @@ fn wait_sandbox(
                 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
             }));
         }
-        if start.elapsed() > deadline {
+        let elapsed = start.elapsed();
+        if elapsed > deadline {
             // The supervisor enforces the task's own timeouts; this is the
             // backstop if it hangs. Killing the namespace stage kills PID 1
             // of the pid namespace, and with it everything inside.
@@ -312,7 +408,11 @@ fn wait_sandbox(
             let _ = child.wait();
             return Err(SandboxError::Timeout(deadline));
         }
-        std::thread::sleep(Duration::from_millis(5));
+        // Woken when the stage exits, not up to a poll interval later.
+        let pid = i32::try_from(child.id()).unwrap_or(0);
+        if !crate::pipeline::process::wait_for_exit(pid, deadline - elapsed) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
@@ -396,7 +496,7 @@ pub fn sandbox_stage(config_path: &Path) -> i32 {
     };
     let result = match cfg.isolation {
         Isolation::Chroot => chroot::stage(&cfg),
-        _ => ns::stage(&cfg, config_path),
+        _ => ns::stage(&cfg),
     };
     match result {
         Ok(code) => code,
@@ -421,9 +521,23 @@ pub(crate) fn supervisor_args(cfg: &SandboxConfig) -> Vec<String> {
     args
 }
 
-/// The last step of every isolation: limits, `no_new_privs` (nothing in
-/// the sandbox may gain privileges through a setuid binary), then exec
-/// the supervisor with a clean environment. Returns only on failure.
+/// The supervisor's command: `/.hoist/hoist task-exec …` with a clean
+/// environment.
+pub(crate) fn supervisor_command(args: &[String]) -> Command {
+    let mut c = Command::new("/.hoist/hoist");
+    c.args(args)
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .env("HOME", "/root");
+    c
+}
+
+/// The last step of the chroot isolation: limits, `no_new_privs` (nothing
+/// in the sandbox may gain privileges through a setuid binary), then exec
+/// the supervisor. Returns only on failure.
 pub(crate) fn exec_supervisor(limits: &Limits, args: &[String]) -> SandboxError {
     use std::os::unix::process::CommandExt;
     if let Err(e) = set_limits(limits) {
@@ -432,15 +546,7 @@ pub(crate) fn exec_supervisor(limits: &Limits, args: &[String]) -> SandboxError 
     if let Err(e) = rustix::thread::set_no_new_privs(true) {
         return io_err("no_new_privs")(e.into());
     }
-    let e = Command::new("/.hoist/hoist")
-        .args(args)
-        .env_clear()
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .env("HOME", "/root")
-        .exec();
+    let e = supervisor_command(args).exec();
     io_err("exec /.hoist/hoist task-exec")(e)
 }
 

@@ -1,10 +1,11 @@
-//! The namespaces isolation: `__sandbox` unshares and builds the mounts,
-//! `__sandbox-init` (PID 1 of the new pid namespace) mounts `/proc`,
-//! pivots into the rootfs and execs the supervisor.
+//! The namespaces isolation: `__sandbox` unshares and builds the mounts;
+//! its child, PID 1 of the new pid namespace, mounts `/proc`, pivots into
+//! the rootfs and execs the supervisor.
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -12,7 +13,8 @@ use rustix::mount::MountAttrFlags;
 use rustix::thread::UnshareFlags;
 
 use super::{
-    exec_supervisor, io_err, mounts, supervisor_args, Network, SandboxConfig, SandboxError,
+    io_err, mounts, set_limits, supervisor_args, supervisor_command, Limits, Network,
+    SandboxConfig, SandboxError,
 };
 use crate::sys;
 
@@ -181,7 +183,7 @@ pub fn probe_proc(dir: &Path) -> i32 {
 }
 
 /// `__sandbox`: isolate, mount, start PID 1, wait for it.
-pub fn stage(cfg: &SandboxConfig, config_path: &Path) -> Result<i32, SandboxError> {
+pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
     require_root()?;
     if cfg.user_namespace {
         enter_user_namespace()?;
@@ -301,9 +303,28 @@ pub fn stage(cfg: &SandboxConfig, config_path: &Path) -> Result<i32, SandboxErro
     }
     rustix::system::sethostname(b"hoist").map_err(|e| io_err("sethostname")(e.into()))?;
 
-    let status = Command::new("/proc/self/exe")
-        .arg("__sandbox-init")
-        .arg(config_path)
+    // PID 1 of the new pid namespace is the supervisor. Between fork and
+    // exec, as the first process inside the namespace, the child mounts
+    // `/proc` (only a process inside may), pivots into the rootfs and sets
+    // its limits; the exec of `/.hoist/hoist` then resolves in the rootfs.
+    // (One exec fewer than a separate init stage: start-up is measured.)
+    let limits = cfg.limits.clone();
+    let mut supervisor = supervisor_command(&supervisor_args(cfg));
+    // SAFETY: the closure runs in the forked child. This stage process is
+    // single-threaded (it could not have entered namespaces otherwise), so
+    // no lock can be held by a thread the fork left behind, and the
+    // allocations and system calls of `become_init` are safe to make there.
+    unsafe {
+        supervisor.pre_exec(move || {
+            become_init(root.as_fd(), &limits).map_err(|e| match e {
+                SandboxError::Io { what, source } => {
+                    std::io::Error::new(source.kind(), format!("{what}: {source}"))
+                }
+                other => std::io::Error::other(other.to_string()),
+            })
+        });
+    }
+    let status = supervisor
         .status()
         .map_err(io_err("starting PID 1 of the sandbox"))?;
     Ok(status.code().unwrap_or_else(|| {
@@ -311,26 +332,10 @@ pub fn stage(cfg: &SandboxConfig, config_path: &Path) -> Result<i32, SandboxErro
     }))
 }
 
-/// `__sandbox-init`: PID 1 of the pid namespace. Mounts `/proc` (only a
-/// process inside the namespace can), pivots, execs the supervisor.
-pub fn init_stage(config_path: &Path) -> i32 {
-    match init(config_path) {
-        Ok(never) => match never {},
-        Err(e) => {
-            eprintln!("hoist sandbox: {e}");
-            1
-        }
-    }
-}
-
-fn init(config_path: &Path) -> Result<std::convert::Infallible, SandboxError> {
-    let cfg: SandboxConfig = serde_json::from_slice(
-        &std::fs::read(config_path)
-            .map_err(io_err(format!("reading {}", config_path.display())))?,
-    )
-    .map_err(|e| SandboxError::Unsupported(e.to_string()))?;
-    let root = File::open(&cfg.rootfs).map_err(io_err("the rootfs"))?;
-    let proc_dir = mounts::dir(root.as_fd(), "proc")?;
+/// In PID 1 of the pid namespace, before its exec: mount `/proc`, pivot
+/// into `root`, then limits and `no_new_privs`.
+fn become_init(root: BorrowedFd<'_>, limits: &Limits) -> Result<(), SandboxError> {
+    let proc_dir = mounts::dir(root, "proc")?;
     mounts::fresh(
         "proc",
         &[],
@@ -340,10 +345,11 @@ fn init(config_path: &Path) -> Result<std::convert::Infallible, SandboxError> {
     )?;
     // pivot_root(".", ".") stacks the old root under the new one; the
     // detach then removes it, so nothing of the host stays reachable.
-    rustix::process::fchdir(&root).map_err(|e| io_err("chdir to the rootfs")(e.into()))?;
+    rustix::process::fchdir(root).map_err(|e| io_err("chdir to the rootfs")(e.into()))?;
     rustix::process::pivot_root(".", ".").map_err(|e| io_err("pivot_root")(e.into()))?;
     rustix::mount::unmount(".", rustix::mount::UnmountFlags::DETACH)
         .map_err(|e| io_err("detaching the old root")(e.into()))?;
     rustix::process::chdir("/").map_err(|e| io_err("chdir /")(e.into()))?;
-    Err(exec_supervisor(&cfg.limits, &supervisor_args(&cfg)))
+    set_limits(limits)?;
+    rustix::thread::set_no_new_privs(true).map_err(|e| io_err("no_new_privs")(e.into()))
 }
