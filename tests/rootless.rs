@@ -431,9 +431,39 @@ fn without_subordinate_ids_ownership_is_reported_and_runs_are_refused() {
     let err = stderr(&o);
     assert!(err.contains("no subordinate ids for nobody"), "{err}");
     assert!(err.contains(&format!("{lost} entries' owners")), "{err}");
-    // The true owners are the image's; on disk they are all nobody's.
+    // On disk every entry is nobody's; the true owners are recorded, so the
+    // tree hoist reports is the image's, as root materializes it.
     let agent_home = std::fs::metadata(format!("{out}/home/agent")).unwrap();
     assert_eq!(agent_home.uid(), 65534);
+    let o = nobody(&["tree-digest", "--list", &out]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let recorded = stdout(&o);
+    let root_store = tempfile::tempdir().unwrap();
+    let root_out = root_store.path().join("rootfs");
+    ok(hoist(root_store.path()).args([
+        "materialize",
+        "--rootfs",
+        "copy",
+        "--benchmark",
+        &r.image("pyfix"),
+        "--agent",
+        &r.image("agent-oracle"),
+        "--out",
+        root_out.to_str().unwrap(),
+    ]));
+    let o =
+        ok(hoist(root_store.path()).args(["tree-digest", "--list", root_out.to_str().unwrap()]));
+    let truth = stdout(&o);
+    // Symlinks cannot carry a user.* record: only their owners may differ.
+    let differ: Vec<(&str, &str)> = recorded
+        .lines()
+        .zip(truth.lines())
+        .filter(|(a, b)| a != b)
+        .collect();
+    assert_eq!(recorded.lines().count(), truth.lines().count());
+    for (a, b) in &differ {
+        assert!(a.contains(" -> "), "not a symlink: {a}\nvs {b}");
+    }
 
     let run_out = format!("{home}/out");
     let o = nobody(&[

@@ -1101,8 +1101,8 @@ fn security_capability_xattr_is_preserved() {
 }
 
 #[test]
-fn overlay_xattrs_in_a_layer_are_ignored() {
-    if !require_root("overlay_xattrs_in_a_layer_are_ignored") {
+fn overlay_xattrs_and_ownership_records_in_a_layer_are_ignored() {
+    if !require_root("overlay_xattrs_and_ownership_records_in_a_layer_are_ignored") {
         return;
     }
     let fx = Fixture::new();
@@ -1112,11 +1112,15 @@ fn overlay_xattrs_in_a_layer_are_ignored() {
             ("SCHILY.xattr.trusted.overlay.redirect", b"/etc"),
         ])
         .dir("d", 0o755)
-        .pax(&[("SCHILY.xattr.user.overlay.whiteout", b"y")])
+        .pax(&[
+            ("SCHILY.xattr.user.overlay.whiteout", b"y"),
+            ("SCHILY.xattr.user.hoist.owner", b"0:0"),
+        ])
         .file("d/f", b"x", 0o644)
         .bytes();
     fx.apply(&layer).unwrap();
     let t = fx.target();
+    assert_eq!(xattr(&t.join("d/f"), "user.hoist.owner"), None);
     assert_eq!(xattr(&t.join("d"), "trusted.overlay.opaque"), None);
     assert_eq!(xattr(&t.join("d"), "trusted.overlay.redirect"), None);
     assert_eq!(xattr(&t.join("d/f"), "user.overlay.whiteout"), None);
@@ -1139,6 +1143,15 @@ fn unprivileged_mode_records_ownership_it_did_not_reproduce() {
     assert_eq!(stats.ownership_not_reproduced, 1);
     let m = fs::metadata(fx.target().join("mine")).unwrap();
     assert_eq!(m.uid(), rustix::process::geteuid().as_raw());
+    // The true owner is recorded, and the tree digest reports it.
+    assert_eq!(
+        xattr(&fx.target().join("mine"), "user.hoist.owner").as_deref(),
+        Some(&b"4242:4242"[..])
+    );
+    let tree = hoist::treedigest::read_dir_tree(&fx.target()).unwrap();
+    let e = &tree.entries[&b"mine"[..]];
+    assert_eq!((e.uid, e.gid), (4242, 4242));
+    assert!(e.xattrs.is_empty(), "the record is not an image xattr");
     // As root the device is made anyway (mknod succeeds); unprivileged it
     // is skipped and counted.
     let made = fx.target().join("dev/null").exists();

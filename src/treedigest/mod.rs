@@ -78,12 +78,28 @@ pub enum TreeError {
     Io { path: PathBuf, source: io::Error },
 }
 
+/// Where an unprivileged hoist records an entry's true owner ("UID:GID")
+/// when it could not give the entry that owner. Read back as the entry's
+/// uid and gid; never taken from a layer.
+pub const OWNER_XATTR: &str = "user.hoist.owner";
+
 /// xattrs that describe a storage backend, not the image: overlayfs's own
-/// markers, and SELinux labels the host's policy stamps on every file.
+/// markers, hoist's ownership records, and SELinux labels the host's
+/// policy stamps on every file.
 pub fn is_ignored_xattr(name: &str) -> bool {
     name.starts_with("trusted.overlay.")
         || name.starts_with("user.overlay.")
+        || name.starts_with("user.hoist.")
         || name == "security.selinux"
+}
+
+/// The owner recorded in [`OWNER_XATTR`] on `path`, if any.
+fn recorded_owner(path: &Path) -> Option<(u32, u32)> {
+    let mut value = [0u8; 32];
+    let n = rustix::fs::lgetxattr(path, OWNER_XATTR, &mut value).ok()?;
+    let text = std::str::from_utf8(&value[..n]).ok()?;
+    let (uid, gid) = text.split_once(':')?;
+    Some((uid.parse().ok()?, gid.parse().ok()?))
 }
 
 impl Tree {
@@ -250,6 +266,9 @@ fn read_entry(path: &Path, meta: &fs::Metadata) -> io::Result<Entry> {
         rdev: None,
         xattrs: read_xattrs(path)?,
     };
+    if let Some((uid, gid)) = recorded_owner(path) {
+        (e.uid, e.gid) = (uid, gid);
+    }
     match kind {
         Kind::File => {
             e.size = meta.len();

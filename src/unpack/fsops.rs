@@ -294,6 +294,15 @@ pub(crate) fn set_xattr_at(
     Ok(())
 }
 
+/// `lremovexattr` of `key` on `name` in `dir`; absent is fine.
+pub(crate) fn remove_xattr_at(dir: BorrowedFd<'_>, name: &[u8], key: &[u8]) -> io::Result<()> {
+    let path = proc_path(dir, name);
+    match rfs::lremovexattr(OsStr::from_bytes(&path), OsStr::from_bytes(key)) {
+        Ok(()) | Err(rustix::io::Errno::NODATA) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `lgetxattr` on `name` in `dir`; `None` when the attribute is not set.
 pub(crate) fn get_xattr_at(
     dir: BorrowedFd<'_>,

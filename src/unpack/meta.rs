@@ -11,9 +11,10 @@ use super::UnpackError;
 const XATTR_PREFIX: &[u8] = b"SCHILY.xattr.";
 
 /// Overlayfs reads these names as instructions (whiteouts, opaque and
-/// redirect directories, metacopy). A layer must not be able to plant them:
-/// only hoist's own whiteout translation may.
-const IGNORED_XATTR_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
+/// redirect directories, metacopy), and hoist reads `user.hoist.owner` as
+/// an entry's true owner. A layer must not be able to plant them: only
+/// hoist's own whiteout translation and ownership records may.
+const IGNORED_XATTR_PREFIXES: [&[u8]; 3] = [b"trusted.overlay.", b"user.overlay.", b"user.hoist."];
 
 #[derive(Debug, Clone)]
 pub(crate) struct Meta {

@@ -68,6 +68,12 @@ impl Applier<'_> {
         if !self.powers.chown {
             if (meta.uid, meta.gid) != self.ids {
                 self.counts.ownership_not_reproduced += 1;
+                self.record_owner(h, meta);
+            } else if let Handle::At(dir, last) = h {
+                // A directory an earlier layer recorded may be reproduced
+                // now: its record must not outlive the truth.
+                let _ =
+                    fsops::remove_xattr_at(*dir, last, crate::treedigest::OWNER_XATTR.as_bytes());
             }
             return Ok(());
         }
@@ -78,16 +84,43 @@ impl Applier<'_> {
             Handle::At(dir, last) => rfs::chownat(dir, *last, uid, gid, AtFlags::SYMLINK_NOFOLLOW),
         };
         match chown(uid, gid) {
+            Ok(()) if self.powers.in_user_namespace() => {
+                if let Handle::At(dir, last) = h {
+                    // As above: an earlier layer's record is stale now.
+                    let _ = fsops::remove_xattr_at(
+                        *dir,
+                        last,
+                        crate::treedigest::OWNER_XATTR.as_bytes(),
+                    );
+                }
+                Ok(())
+            }
             Ok(()) => Ok(()),
             // In a user namespace, an id it does not map: keep what can be
             // kept (the uid or the gid alone), count the entry.
             Err(Errno::INVAL) if self.powers.in_user_namespace() => {
                 self.counts.ownership_not_reproduced += 1;
                 let _ = chown(uid, None).or_else(|_| chown(None, gid)); // best effort
+                self.record_owner(h, meta);
                 Ok(())
             }
             Err(e) => Err(UnpackError::io(name, "chown", e)),
         }
+    }
+
+    /// Record the owner the entry should have had in
+    /// [`crate::treedigest::OWNER_XATTR`], so `hoist tree-digest` reports
+    /// the image's tree. Best effort: symlinks cannot carry `user.*`
+    /// xattrs, and the entry is counted as not reproduced either way.
+    fn record_owner(&mut self, h: &Handle<'_>, meta: &Meta) {
+        let key = crate::treedigest::OWNER_XATTR.as_bytes();
+        let value = format!("{}:{}", meta.uid, meta.gid);
+        let _ = match h {
+            Handle::File(f) => {
+                rfs::fsetxattr(f, key, value.as_bytes(), XattrFlags::empty()).map_err(errno)
+            }
+            Handle::At(dir, last) => fsops::set_xattr_at(*dir, last, key, value.as_bytes()),
+        };
     }
 
     /// Directory modes and times, once every child is in place.
