@@ -1,5 +1,8 @@
-//! The few raw system calls rustix does not wrap safely. Every `unsafe`
-//! block of hoist lives here, each with a `SAFETY:` comment.
+//! The few raw system calls rustix does not wrap safely, each `unsafe`
+//! block with a `SAFETY:` comment. The only `unsafe` elsewhere is where a
+//! child must act between fork and exec (`Command::pre_exec`: joining the
+//! run's cgroup in `sandbox::cgroup`, becoming PID 1 in `sandbox::ns`),
+//! each with its own `SAFETY:` comment.
 
 use std::io;
 

@@ -147,11 +147,7 @@ fn baking_twice_gives_the_same_digest() {
         ("gateway", "gateway-replay"),
     ] {
         assert_eq!(labels[format!("io.github.hoist.{axis}.ref")], e.r(tag));
-        let var = format!(
-            "HOIST_SAMPLE_{}_DIGEST",
-            tag.to_uppercase().replace('-', "_")
-        );
-        let want = std::env::var(&var).unwrap_or_else(|_| panic!("{var} is not set"));
+        let want = sample_digest(tag);
         assert_eq!(
             labels[format!("io.github.hoist.{axis}.digest")],
             want.as_str()

@@ -119,12 +119,7 @@ fn as_user(user: &str, env: &[(&str, &str)]) -> Command {
 
 impl Rootless {
     fn image(&self, tag: &str) -> String {
-        let var = format!(
-            "HOIST_SAMPLE_{}_DIGEST",
-            tag.to_uppercase().replace('-', "_")
-        );
-        let digest = std::env::var(&var).unwrap_or_else(|_| panic!("{var} is not set"));
-        format!("{}/{tag}@{digest}", self.registry)
+        format!("{}/{tag}@{}", self.registry, sample_digest(tag))
     }
 
     fn store(&self) -> PathBuf {
@@ -326,31 +321,10 @@ fn rootless_probe_agent_is_denied_everything() {
         ],
     );
     assert_eq!(res["infra_error"], Value::Null, "{res}");
-    let log = std::fs::read_to_string(out.join("task/agent.log")).unwrap();
-    let lines: Vec<Value> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let attempts: Vec<&Value> = lines
-        .iter()
-        .filter(|l| l.get("attempt").is_some())
-        .collect();
-    assert!(attempts.len() >= 30, "{} attempts:\n{log}", attempts.len());
-    for a in &attempts {
-        assert_ne!(a["denied"], false, "not denied rootless: {a}");
-    }
-    let summary = lines.iter().find(|l| l["probe"] == "done").unwrap();
-    assert_eq!(summary["escaped"], serde_json::json!([]), "{summary}");
-    let install = std::fs::read_to_string(out.join("task/install.log")).unwrap();
-    let jailed: Vec<Value> = install
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    assert_eq!(jailed.len(), 4, "install.log:\n{install}");
-    assert!(jailed.iter().all(|a| a["denied"] == true), "{install}");
+    assert_probe_denied(&out);
     // Nothing of the agent (a subordinate uid on the host) runs on.
     let agent_uid = r.subuid + 999;
-    let left = processes_of(agent_uid);
+    let left = processes_of(agent_uid, "");
     assert!(left.is_empty(), "left running as {agent_uid}: {left:?}");
 }
 
@@ -374,7 +348,7 @@ fn rootless_timeout_and_chroot_isolation() {
     assert_eq!(res["agent"]["timed_out"], true, "{res}");
     assert_eq!(res["agent"]["exit_code"], 124);
     assert_eq!(res["grade"]["exit_code"], 0, "grading ran: {res}");
-    assert!(processes_of(r.subuid + 999).is_empty());
+    assert!(processes_of(r.subuid + 999, "").is_empty());
 
     let out = r.out_dir("chroot");
     let (res, run_json) = r.run_task(
@@ -485,20 +459,4 @@ fn without_subordinate_ids_ownership_is_reported_and_runs_are_refused() {
         err.contains("maps only your uid") && err.contains("subordinate ids"),
         "{err}"
     );
-}
-
-/// Processes on the host whose real uid is `uid`.
-fn processes_of(uid: u32) -> Vec<String> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
-            continue;
-        };
-        let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
-        if line.split_whitespace().nth(1) == Some(&uid.to_string()) {
-            let cmd = std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default();
-            v.push(cmd.replace('\0', " "));
-        }
-    }
-    v
 }

@@ -36,14 +36,6 @@ fn samples() -> Option<Samples> {
     })
 }
 
-fn digest(tag: &str) -> String {
-    let var = format!(
-        "HOIST_SAMPLE_{}_DIGEST",
-        tag.to_uppercase().replace('-', "_")
-    );
-    std::env::var(&var).unwrap_or_else(|_| panic!("{var} is not set"))
-}
-
 /// One store for the whole file, so the layer cache is filled once.
 fn store() -> PathBuf {
     let dir = std::env::var("HOIST_TEST_DIR")
@@ -106,8 +98,11 @@ fn oracle_resolves_every_sample_task() {
         !tests.is_empty() && tests.values().all(|v| v == "PASSED"),
         "{tests:?}"
     );
-    assert_eq!(r["images"]["benchmark"]["digest"], digest("pyfix"));
-    assert_eq!(r["images"]["agent"]["digest"], digest("agent-oracle"));
+    assert_eq!(r["images"]["benchmark"]["digest"], sample_digest("pyfix"));
+    assert_eq!(
+        r["images"]["agent"]["digest"],
+        sample_digest("agent-oracle")
+    );
     assert_eq!(r["images"]["gateway"], Value::Null);
     assert_eq!(r["platform"], "linux/amd64");
     assert_eq!(r["infra_error"], Value::Null);
@@ -200,7 +195,10 @@ fn scripted_agent_with_replay_gateway_resolves() {
         task,
     ]);
     assert_eq!(r["resolved"], true, "{r}");
-    assert_eq!(r["images"]["gateway"]["digest"], digest("gateway-replay"));
+    assert_eq!(
+        r["images"]["gateway"]["digest"],
+        sample_digest("gateway-replay")
+    );
     let gw_log = std::fs::read_to_string(out.path().join("task/gateway.log")).unwrap();
     assert!(gw_log.contains("chat/completions"), "gateway log: {gw_log}");
 }
@@ -219,43 +217,12 @@ fn probe_agent_is_denied_everything() {
         &s.pyfix_tasks[0],
     ]);
     assert_eq!(r["infra_error"], Value::Null);
-    let log = std::fs::read_to_string(out.path().join("task/agent.log")).unwrap();
-    let lines: Vec<Value> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let attempts: Vec<&Value> = lines
-        .iter()
-        .filter(|l| l.get("attempt").is_some())
-        .collect();
-    assert!(
-        attempts.len() >= 30,
-        "the probe made {} attempts:\n{log}",
-        attempts.len()
-    );
-    for a in &attempts {
-        assert_ne!(a["denied"], false, "not denied: {a}");
-    }
-    // Its install.sh ran as root, jailed: the hidden files were covered.
-    let install = std::fs::read_to_string(out.path().join("task/install.log")).unwrap();
-    let install_attempts: Vec<Value> = install
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    assert_eq!(install_attempts.len(), 4, "install.log:\n{install}");
-    for a in &install_attempts {
-        assert_eq!(a["denied"], true, "install.sh got through: {a}\n{install}");
-    }
-    let summary = lines
-        .iter()
-        .find(|l| l["probe"] == "done")
-        .expect("probe summary line");
-    assert_eq!(summary["escaped"], serde_json::json!([]), "{summary}");
+    let attempts = assert_probe_denied(out.path());
     // From the host: no process of the agent uid outlives the run, and the
     // probe's attempts to write outside left nothing on the host.
     // (Other tests run agents at the same time: look for the probe's own
     // daemon, `sleep 3600`.)
-    let left = agent_uid_processes("sleep 3600");
+    let left = processes_of(1000, "sleep 3600");
     assert!(left.is_empty(), "left running: {left:?}");
     assert!(!out.path().join("task/probe-was-here").exists());
     let write_attempt = attempts
@@ -270,26 +237,6 @@ fn probe_agent_is_denied_everything() {
         (0, 0o644),
         "result.json is root's alone"
     );
-}
-
-/// Processes of uid 1000 on the host (the sandbox's agent uid) whose
-/// command line starts with `prefix`.
-fn agent_uid_processes(prefix: &str) -> Vec<String> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
-            continue;
-        };
-        let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
-        if uid.split_whitespace().nth(1) == Some("1000") {
-            let cmd = std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default();
-            let cmd = cmd.replace('\0', " ");
-            if cmd.starts_with(prefix) {
-                v.push(cmd);
-            }
-        }
-    }
-    v
 }
 
 #[test]
@@ -316,7 +263,7 @@ fn timeout_kills_the_agent_tree_and_still_grades() {
         "took {:?}",
         start.elapsed()
     );
-    let left = agent_uid_processes("sleep 100000");
+    let left = processes_of(1000, "sleep 100000");
     assert!(left.is_empty(), "left running: {left:?}");
 }
 
@@ -368,7 +315,7 @@ fn same_run_twice_gives_identical_normalised_results() {
 #[test]
 fn pulls_from_the_registry_by_digest_and_locked_detects_retagging() {
     let Some(s) = samples() else { return };
-    let reg = |tag: &str| format!("{}/{tag}@{}", s.registry, digest(tag));
+    let reg = |tag: &str| format!("{}/{tag}@{}", s.registry, sample_digest(tag));
     let (_, r) = run_ok(&[
         "--benchmark",
         &reg("pyfix"),
@@ -378,7 +325,7 @@ fn pulls_from_the_registry_by_digest_and_locked_detects_retagging() {
         &s.pyfix_tasks[0],
     ]);
     assert_eq!(r["resolved"], true);
-    assert_eq!(r["images"]["benchmark"]["digest"], digest("pyfix"));
+    assert_eq!(r["images"]["benchmark"]["digest"], sample_digest("pyfix"));
 
     // A tag that moves: lock it, re-tag it, run --locked: exit 3.
     if !have_tool("skopeo") {
@@ -444,8 +391,8 @@ fn pulls_from_the_registry_by_digest_and_locked_detects_retagging() {
     let err = stderr(&o);
     assert!(
         err.contains("agent")
-            && err.contains(&digest("agent-oracle"))
-            && err.contains(&digest("agent-noop")),
+            && err.contains(&sample_digest("agent-oracle"))
+            && err.contains(&sample_digest("agent-noop")),
         "{err}"
     );
     assert!(!out.path().join("task/result.json").exists(), "nothing ran");

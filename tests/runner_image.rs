@@ -87,17 +87,9 @@ fn build_runner_image() -> Option<()> {
     Some(())
 }
 
-fn digest(tag: &str) -> String {
-    let var = format!(
-        "HOIST_SAMPLE_{}_DIGEST",
-        tag.to_uppercase().replace('-', "_")
-    );
-    std::env::var(&var).unwrap_or_else(|_| panic!("{var} is not set"))
-}
-
 impl Env {
     fn r(&self, tag: &str) -> String {
-        format!("{}/{tag}@{}", self.registry, digest(tag))
+        format!("{}/{tag}@{}", self.registry, sample_digest(tag))
     }
 }
 
@@ -175,7 +167,10 @@ fn default_profile_runs_chroot_and_matches_the_host() {
     assert_eq!(result["isolation"], "chroot");
     assert_eq!(result["infra_error"], Value::Null);
     assert_eq!(result["task_id"], e.pyfix_task.as_str());
-    assert_eq!(result["images"]["benchmark"]["digest"], digest("pyfix"));
+    assert_eq!(
+        result["images"]["benchmark"]["digest"],
+        sample_digest("pyfix")
+    );
 
     // The same run on the host (namespaces, overlay): the same verdict,
     // field for field, once the volatile fields are dropped.
@@ -239,7 +234,7 @@ fn per_task_fan_out_by_environment() {
         assert_eq!(result["resolved"], true, "{task}: {result}");
         assert_eq!(
             result["images"]["benchmark"]["digest"],
-            digest(&format!("swe-mini-{task}"))
+            sample_digest(&format!("swe-mini-{task}"))
         );
         assert_eq!(run["images"]["benchmark"]["ref"], bench.as_str());
         assert_eq!(run["isolation"], "chroot");

@@ -101,3 +101,73 @@ pub fn assert_store_clean(store: &Path) {
         }
     }
 }
+
+/// The digest `scripts/build-samples` recorded for the sample image `tag`
+/// (`HOIST_SAMPLE_<TAG>_DIGEST`).
+pub fn sample_digest(tag: &str) -> String {
+    let var = format!(
+        "HOIST_SAMPLE_{}_DIGEST",
+        tag.to_uppercase().replace('-', "_")
+    );
+    std::env::var(&var).unwrap_or_else(|_| panic!("{var} is not set"))
+}
+
+/// Command lines of the processes on the host whose real uid is `uid`
+/// and whose command line starts with `prefix`.
+pub fn processes_of(uid: u32, prefix: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+        if line.split_whitespace().nth(1) == Some(uid.to_string().as_str()) {
+            let cmd = std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = cmd.replace('\0', " ");
+            if cmd.starts_with(prefix) {
+                v.push(cmd);
+            }
+        }
+    }
+    v
+}
+
+/// What the hostile probe agent reported in `out/task/`: at least 30
+/// attempts, every one denied, nothing escaped, and its install.sh's four
+/// attempts on the hidden files denied by the install jail. Returns the
+/// attempts, for checks of particular ones.
+pub fn assert_probe_denied(out: &Path) -> Vec<serde_json::Value> {
+    let json_lines = |file: &str| -> (String, Vec<serde_json::Value>) {
+        let text = std::fs::read_to_string(out.join("task").join(file)).unwrap();
+        let lines = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (text, lines)
+    };
+    let (log, lines) = json_lines("agent.log");
+    let attempts: Vec<serde_json::Value> = lines
+        .iter()
+        .filter(|l| l.get("attempt").is_some())
+        .cloned()
+        .collect();
+    assert!(
+        attempts.len() >= 30,
+        "the probe made {} attempts:\n{log}",
+        attempts.len()
+    );
+    for a in &attempts {
+        assert_ne!(a["denied"], false, "not denied: {a}");
+    }
+    let summary = lines
+        .iter()
+        .find(|l| l["probe"] == "done")
+        .expect("probe summary line");
+    assert_eq!(summary["escaped"], serde_json::json!([]), "{summary}");
+    let (install, jailed) = json_lines("install.log");
+    assert_eq!(jailed.len(), 4, "install.log:\n{install}");
+    for a in &jailed {
+        assert_eq!(a["denied"], true, "install.sh got through: {a}\n{install}");
+    }
+    attempts
+}
