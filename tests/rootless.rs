@@ -21,6 +21,8 @@ struct Rootless {
     registry: String,
     pyfix_tasks: Vec<String>,
     swe_tasks: Vec<String>,
+    /// Tasks the replay gateway has recordings for.
+    replay_tasks: Vec<String>,
     /// A static hoist that the user can execute.
     bin: PathBuf,
     /// A directory the user owns, removed at the end.
@@ -37,6 +39,7 @@ fn setup() -> Option<Rootless> {
     let words = |v: String| v.split_whitespace().map(str::to_string).collect::<Vec<_>>();
     let pyfix_tasks = words(env_or_skip("HOIST_SAMPLES_PYFIX_TASKS")?);
     let swe_tasks = words(env_or_skip("HOIST_SAMPLES_SWE_MINI_TASKS")?);
+    let replay_tasks = words(env_or_skip("HOIST_SAMPLES_REPLAY_TASKS")?);
     let uid = id_of(&user);
     let subuid = std::fs::read_to_string("/etc/subuid")
         .unwrap()
@@ -59,6 +62,7 @@ fn setup() -> Option<Rootless> {
         registry,
         pyfix_tasks,
         swe_tasks,
+        replay_tasks,
         bin,
         home,
     })
@@ -303,6 +307,44 @@ fn rootless_runs_resolve_with_the_agent_as_a_subordinate_uid() {
     assert!(o.status.success(), "{}", stderr(&o));
     let runs = std::fs::read_dir(r.store().join("runs")).map_or(0, |d| d.count());
     assert_eq!(runs, 0, "no run directory outlives its run");
+}
+
+#[test]
+fn rootless_scripted_agent_with_the_replay_gateway_resolves_and_noop_does_not() {
+    let Some(r) = setup() else { return };
+    let task = &r.replay_tasks[0];
+    let out = r.out_dir("scripted");
+    let (res, _) = r.run_task(
+        &out,
+        &[
+            "--benchmark",
+            &r.image("pyfix"),
+            "--agent",
+            &r.image("agent-scripted"),
+            "--gateway",
+            &r.image("gateway-replay"),
+            "--task",
+            task,
+        ],
+    );
+    assert_eq!(res["resolved"], true, "{res}");
+    let gw_log = std::fs::read_to_string(out.join("task/gateway.log")).unwrap();
+    assert!(gw_log.contains("chat/completions"), "gateway log: {gw_log}");
+
+    let out = r.out_dir("noop");
+    let (res, _) = r.run_task(
+        &out,
+        &[
+            "--benchmark",
+            &r.image("pyfix"),
+            "--agent",
+            &r.image("agent-noop"),
+            "--task",
+            task,
+        ],
+    );
+    assert_eq!(res["resolved"], false, "{res}");
+    assert_eq!(res["infra_error"], Value::Null, "{res}");
 }
 
 #[test]
