@@ -155,6 +155,20 @@ impl Rootless {
         d
     }
 
+    /// `hoist run` of `task` in the sample `bench` with the sample `agent`
+    /// (both pinned by digest), plus `extra` arguments.
+    fn run_sample(
+        &self,
+        out: &Path,
+        (bench, agent, task): (&str, &str, &str),
+        extra: &[&str],
+    ) -> (Value, Value) {
+        let (b, a) = (self.image(bench), self.image(agent));
+        let mut args = vec!["--benchmark", &b, "--agent", &a, "--task", task];
+        args.extend_from_slice(extra);
+        self.run_task(out, &args)
+    }
+
     fn run_task(&self, out: &Path, args: &[&str]) -> (Value, Value) {
         let mut all = vec!["run", "--mode", "crane", "--out", out.to_str().unwrap()];
         all.extend_from_slice(args);
@@ -260,17 +274,7 @@ fn rootless_runs_resolve_with_the_agent_as_a_subordinate_uid() {
         ),
     ] {
         let out = r.out_dir(&format!("out-{task}"));
-        let (res, run_json) = r.run_task(
-            &out,
-            &[
-                "--benchmark",
-                &r.image(&bench),
-                "--agent",
-                &r.image("agent-oracle"),
-                "--task",
-                &task,
-            ],
-        );
+        let (res, run_json) = r.run_sample(&out, (&bench, "agent-oracle", &task), &[]);
         assert_eq!(res["resolved"], true, "{res}");
         assert_eq!(res["infra_error"], Value::Null);
         assert_eq!(res["isolation"], "namespaces");
@@ -314,35 +318,17 @@ fn rootless_scripted_agent_with_the_replay_gateway_resolves_and_noop_does_not() 
     let Some(r) = setup() else { return };
     let task = &r.replay_tasks[0];
     let out = r.out_dir("scripted");
-    let (res, _) = r.run_task(
+    let (res, _) = r.run_sample(
         &out,
-        &[
-            "--benchmark",
-            &r.image("pyfix"),
-            "--agent",
-            &r.image("agent-scripted"),
-            "--gateway",
-            &r.image("gateway-replay"),
-            "--task",
-            task,
-        ],
+        ("pyfix", "agent-scripted", task),
+        &["--gateway", &r.image("gateway-replay")],
     );
     assert_eq!(res["resolved"], true, "{res}");
     let gw_log = std::fs::read_to_string(out.join("task/gateway.log")).unwrap();
     assert!(gw_log.contains("chat/completions"), "gateway log: {gw_log}");
 
     let out = r.out_dir("noop");
-    let (res, _) = r.run_task(
-        &out,
-        &[
-            "--benchmark",
-            &r.image("pyfix"),
-            "--agent",
-            &r.image("agent-noop"),
-            "--task",
-            task,
-        ],
-    );
+    let (res, _) = r.run_sample(&out, ("pyfix", "agent-noop", task), &[]);
     assert_eq!(res["resolved"], false, "{res}");
     assert_eq!(res["infra_error"], Value::Null, "{res}");
 }
@@ -351,17 +337,7 @@ fn rootless_scripted_agent_with_the_replay_gateway_resolves_and_noop_does_not() 
 fn rootless_probe_agent_is_denied_everything() {
     let Some(r) = setup() else { return };
     let out = r.out_dir("probe");
-    let (res, _) = r.run_task(
-        &out,
-        &[
-            "--benchmark",
-            &r.image("pyfix"),
-            "--agent",
-            &r.image("agent-probe"),
-            "--task",
-            &r.pyfix_tasks[0],
-        ],
-    );
+    let (res, _) = r.run_sample(&out, ("pyfix", "agent-probe", &r.pyfix_tasks[0]), &[]);
     assert_eq!(res["infra_error"], Value::Null, "{res}");
     assert_probe_denied(&out);
     // Nothing of the agent (a subordinate uid on the host) runs on.
@@ -374,18 +350,10 @@ fn rootless_probe_agent_is_denied_everything() {
 fn rootless_timeout_and_chroot_isolation() {
     let Some(r) = setup() else { return };
     let out = r.out_dir("sleeper");
-    let (res, _) = r.run_task(
+    let (res, _) = r.run_sample(
         &out,
-        &[
-            "--benchmark",
-            &r.image("pyfix"),
-            "--agent",
-            &r.image("agent-sleeper"),
-            "--task",
-            &r.pyfix_tasks[0],
-            "--agent-timeout",
-            "2",
-        ],
+        ("pyfix", "agent-sleeper", &r.pyfix_tasks[0]),
+        &["--agent-timeout", "2"],
     );
     assert_eq!(res["agent"]["timed_out"], true, "{res}");
     assert_eq!(res["agent"]["exit_code"], 124);
@@ -393,18 +361,10 @@ fn rootless_timeout_and_chroot_isolation() {
     assert!(processes_of(r.subuid + 999, "").is_empty());
 
     let out = r.out_dir("chroot");
-    let (res, run_json) = r.run_task(
+    let (res, run_json) = r.run_sample(
         &out,
-        &[
-            "--isolation",
-            "chroot",
-            "--benchmark",
-            &r.image("pyfix"),
-            "--agent",
-            &r.image("agent-oracle"),
-            "--task",
-            &r.pyfix_tasks[1],
-        ],
+        ("pyfix", "agent-oracle", &r.pyfix_tasks[1]),
+        &["--isolation", "chroot"],
     );
     assert_eq!(res["resolved"], true, "{res}");
     assert_eq!(run_json["isolation"], "chroot");
