@@ -101,6 +101,22 @@ fn reachable_binary(user: &str, dir: &Path) -> PathBuf {
     copy
 }
 
+/// The `tree-digest --list` of what root materializes (a copy) from the
+/// axis arguments `axes`.
+fn root_listing(axes: &[&str]) -> String {
+    let store = tempfile::tempdir().unwrap();
+    let out = store.path().join("rootfs");
+    let out_arg = out.to_str().unwrap();
+    ok(hoist(store.path())
+        .args(["materialize", "--rootfs", "copy", "--out", out_arg])
+        .args(axes));
+    stdout(&ok(hoist(store.path()).args([
+        "tree-digest",
+        "--list",
+        out_arg,
+    ])))
+}
+
 /// `setpriv` to `user` (and its primary group) with a clean environment
 /// and `env`.
 fn as_user(user: &str, env: &[(&str, &str)]) -> Command {
@@ -229,24 +245,7 @@ fn rootless_materialize_reproduces_the_tree_root_makes() {
     let o = r.hoist(&["tree-digest", "--list", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let rootless_listing = stdout(&o);
-    let root_store = tempfile::tempdir().unwrap();
-    let root_out = root_store.path().join("rootfs");
-    ok(hoist(root_store.path()).args([
-        "materialize",
-        "--rootfs",
-        "copy",
-        "--benchmark",
-        &bench,
-        "--agent",
-        &agent,
-        "--gateway",
-        &gw,
-        "--out",
-        root_out.to_str().unwrap(),
-    ]));
-    let o =
-        ok(hoist(root_store.path()).args(["tree-digest", "--list", root_out.to_str().unwrap()]));
-    let root_listing = stdout(&o);
+    let root_listing = root_listing(&["--benchmark", &bench, "--agent", &agent, "--gateway", &gw]);
     assert!(root_listing.lines().count() > 10_000);
     if rootless_listing != root_listing {
         let diff: Vec<_> = rootless_listing
@@ -414,22 +413,12 @@ fn without_subordinate_ids_ownership_is_reported_and_runs_are_refused() {
     let o = nobody(&["tree-digest", "--list", &out]);
     assert!(o.status.success(), "{}", stderr(&o));
     let recorded = stdout(&o);
-    let root_store = tempfile::tempdir().unwrap();
-    let root_out = root_store.path().join("rootfs");
-    ok(hoist(root_store.path()).args([
-        "materialize",
-        "--rootfs",
-        "copy",
+    let truth = root_listing(&[
         "--benchmark",
         &r.image("pyfix"),
         "--agent",
         &r.image("agent-oracle"),
-        "--out",
-        root_out.to_str().unwrap(),
-    ]));
-    let o =
-        ok(hoist(root_store.path()).args(["tree-digest", "--list", root_out.to_str().unwrap()]));
-    let truth = stdout(&o);
+    ]);
     // Symlinks cannot carry a user.* record: only their owners may differ.
     let differ: Vec<(&str, &str)> = recorded
         .lines()
