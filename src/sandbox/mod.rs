@@ -274,13 +274,20 @@ fn probe_key(self_exe: &Path) -> Option<String> {
         line("Seccomp:"),
         line("NoNewPrivs:"),
     ];
-    for ns in ["user", "mnt", "net", "pid"] {
-        key.push(
-            std::fs::metadata(format!("/proc/self/ns/{ns}"))
-                .ok()?
-                .ino()
-                .to_string(),
-        );
+    // Rootless hoist's own user and mount namespaces are new in every
+    // process: what matters of them is the mapping they were made with.
+    let own = match crate::userns::entered() {
+        Some(r) => {
+            key.push(format!("rootless {}:{}", r.host_uid, r.host_gid));
+            key.push(read("/proc/self/uid_map")?);
+            key.push(read("/proc/self/gid_map")?);
+            &["net", "pid"][..]
+        }
+        None => &["user", "mnt", "net", "pid"][..],
+    };
+    for ns in own {
+        let inode = std::fs::metadata(format!("/proc/self/ns/{ns}")).ok()?.ino();
+        key.push(inode.to_string());
     }
     for sysctl in [
         "/proc/sys/user/max_user_namespaces",
@@ -570,7 +577,19 @@ pub(crate) fn set_limits(limits: &Limits) -> Result<(), SandboxError> {
 
 #[cfg(test)]
 mod tests {
-    use super::identity_of;
+    use super::{identity_of, probe_key};
+
+    #[test]
+    fn probe_key_is_stable_and_follows_the_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("hoist");
+        std::fs::write(&exe, b"one").unwrap();
+        let first = probe_key(&exe).expect("a key on Linux");
+        assert_eq!(probe_key(&exe).as_deref(), Some(first.as_str()));
+        std::fs::write(&exe, b"another binary").unwrap();
+        assert_ne!(probe_key(&exe).unwrap(), first);
+        assert_eq!(probe_key(&dir.path().join("missing")), None);
+    }
 
     #[test]
     fn identity_follows_each_extent_of_our_map() {
