@@ -23,8 +23,9 @@ use crate::sandbox::{self, Isolation, Network};
 pub const SCHEMA: &str = "hoist.doctor/v1";
 
 /// Free space in the store below which runs are likely to fail.
-const DISK_LOW: u64 = 5 << 30;
-const DISK_CRITICAL: u64 = 512 << 20;
+pub const DISK_LOW: u64 = 5 << 30;
+/// Free space below which they fail.
+pub const DISK_CRITICAL: u64 = 512 << 20;
 /// The widest check name that sets the name column in [`render`].
 const NAME_WIDTH: usize = 24;
 /// The uid the unprivileged user-namespace probe runs as (`nobody`).
