@@ -136,15 +136,7 @@ impl Docker {
     pub fn detect() -> Result<Docker, ContainerError> {
         let program = std::env::var("HOIST_DOCKER").unwrap_or_else(|_| "docker".into());
         let d = Docker { program };
-        let out = d
-            .command()
-            .args(["version", "--format", "{{.Server.Version}}"])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| ContainerError::NoDocker {
-                program: d.program.clone(),
-                source,
-            })?;
+        let out = d.run(&["version", "--format", "{{.Server.Version}}"])?;
         if !out.status.success() {
             return Err(ContainerError::DaemonDown {
                 message: last_line(&out.stderr),
@@ -153,21 +145,22 @@ impl Docker {
         Ok(d)
     }
 
-    fn command(&self) -> Command {
+    /// Run `docker ARGS` and capture its output, whatever its exit status;
+    /// only a CLI that cannot be started is an error.
+    fn run(&self, args: &[&str]) -> Result<Output, ContainerError> {
         Command::new(&self.program)
-    }
-
-    /// Run `docker ARGS`, capturing its output; a failure quotes stderr.
-    fn output(&self, args: &[&str]) -> Result<Output, ContainerError> {
-        let out = self
-            .command()
             .args(args)
             .stdin(Stdio::null())
             .output()
             .map_err(|source| ContainerError::NoDocker {
                 program: self.program.clone(),
                 source,
-            })?;
+            })
+    }
+
+    /// Run `docker ARGS`, capturing its output; a failure quotes stderr.
+    fn output(&self, args: &[&str]) -> Result<Output, ContainerError> {
+        let out = self.run(args)?;
         if out.status.success() {
             return Ok(out);
         }
@@ -180,15 +173,7 @@ impl Docker {
 
     /// The image `reference` names, or `None` when Docker does not have it.
     pub fn inspect_image(&self, reference: &str) -> Result<Option<DockerImage>, ContainerError> {
-        let out = self
-            .command()
-            .args(["image", "inspect", reference])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| ContainerError::NoDocker {
-                program: self.program.clone(),
-                source,
-            })?;
+        let out = self.run(&["image", "inspect", reference])?;
         if !out.status.success() {
             return Ok(None);
         }
@@ -216,7 +201,7 @@ impl Docker {
 
     /// `docker rm -f NAME`; a container already gone is fine.
     fn remove(&self, name: &str) {
-        match self.command().args(["rm", "-f", name]).output() {
+        match self.run(&["rm", "-f", name]) {
             Ok(o) if o.status.success() => {}
             Ok(o) if String::from_utf8_lossy(&o.stderr).contains("No such container") => {}
             Ok(o) => {

@@ -207,11 +207,8 @@ pub fn enter(self_exe: &Path) -> Result<&'static Rootless, RootlessError> {
     // Mounts made from here on (a run's overlay) are this process's own.
     sys::unshare(UnshareFlags::NEWNS)
         .map_err(|e| RootlessError::Map(format!("entering a mount namespace: {e}")))?;
-    rustix::mount::mount_change(
-        "/",
-        rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC,
-    )
-    .map_err(|e| RootlessError::Map(format!("making mounts private: {e}")))?;
+    crate::sandbox::mounts::make_private()
+        .map_err(|e| RootlessError::Map(format!("making mounts private: {e}")))?;
     let state = Rootless {
         host_uid: uid,
         host_gid: gid,

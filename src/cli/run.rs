@@ -77,6 +77,16 @@ pub struct RunArgs {
     image: Option<String>,
 }
 
+impl RunArgs {
+    /// `--recordings`, made absolute (it is bound into the sandbox or the
+    /// container by path).
+    fn recordings_dir(&self) -> Option<PathBuf> {
+        self.recordings
+            .as_ref()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+    }
+}
+
 pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
     if args.mode == Mode::Container {
         return container_cmd(global, args);
@@ -96,10 +106,7 @@ pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
         isolation: args.isolation,
         network: args.network,
         rootfs: args.rootfs,
-        recordings: args
-            .recordings
-            .as_ref()
-            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
+        recordings: args.recordings_dir(),
         agent_timeout_sec: args.agent_timeout,
         grade_timeout_sec: args.grade_timeout,
         memory: args.memory,
@@ -174,10 +181,7 @@ fn container_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> 
         task: args.task.clone(),
         out: args.out.clone(),
         network: args.network,
-        recordings: args
-            .recordings
-            .as_ref()
-            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
+        recordings: args.recordings_dir(),
         agent_timeout_sec: args.agent_timeout,
         grade_timeout_sec: args.grade_timeout,
         memory: args.memory,

@@ -124,7 +124,7 @@ fn kill_loop(
 ) -> std::io::Result<()> {
     let u = Uid::from_raw(uid);
     rustix::thread::set_thread_res_uid(u, u, u)?;
-    let mut pause = Duration::from_micros(250);
+    let mut backoff = Backoff::new();
     while !stop.load(Ordering::SeqCst) {
         // kill(-1) fails with ESRCH only when no process but init and the
         // caller's own exists, zombies included (the supervisor, reaping,
@@ -137,8 +137,7 @@ fn kill_loop(
             break;
         }
         // Parked, not slept: the supervisor unparks it to stop.
-        std::thread::park_timeout(pause);
-        pause = (pause * 2).min(super::process::POLL);
+        std::thread::park_timeout(backoff.next_pause());
     }
     Ok(())
 }

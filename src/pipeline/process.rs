@@ -34,8 +34,14 @@ impl Backoff {
     }
 
     pub fn nap(&mut self) {
-        std::thread::sleep(self.0);
+        std::thread::sleep(self.next_pause());
+    }
+
+    /// The pause to take now; the next one is twice as long, up to POLL.
+    pub fn next_pause(&mut self) -> Duration {
+        let now = self.0;
         self.0 = (self.0 * 2).min(POLL);
+        now
     }
 }
 

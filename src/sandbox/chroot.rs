@@ -55,7 +55,7 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
             // hoist), bind the host's node where mounting is allowed; else
             // the node is missing and the supervisor copes.
             let bound = match &private_mounts {
-                Ok(()) => bind_host_node(cfg, r, name),
+                Ok(()) => mounts::host_device(r, &cfg.rootfs, name),
                 Err(e) => Err(io_err("unshare (mount namespace)")(e.kind().into())),
             };
             if let Err(b) = bound {
@@ -112,29 +112,7 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
 
 fn enter_private_mount_namespace() -> std::io::Result<()> {
     crate::sys::unshare(rustix::thread::UnshareFlags::NEWNS)?;
-    rustix::mount::mount_change(
-        "/",
-        rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC,
-    )?;
-    Ok(())
-}
-
-/// Bind the host's `/dev/NAME` onto the rootfs's (in the stage's own
-/// mount namespace, so the mount ends with the run).
-fn bind_host_node(
-    cfg: &SandboxConfig,
-    root: std::os::fd::BorrowedFd<'_>,
-    name: &str,
-) -> Result<(), SandboxError> {
-    let rel = format!("dev/{name}");
-    let at = mounts::file(root, &rel)?;
-    mounts::bind(
-        &Path::new("/dev").join(name),
-        at.as_fd(),
-        &cfg.rootfs.join(&rel),
-        false,
-        &format!("/{rel}"),
-    )
+    mounts::make_private()
 }
 
 /// `__sandbox-chroot ROOTFS ARGS...`: chroot, limit, exec the supervisor.

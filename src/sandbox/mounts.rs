@@ -19,6 +19,32 @@ const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT
     .union(ResolveFlags::NO_SYMLINKS)
     .union(ResolveFlags::NO_MAGICLINKS);
 
+/// Make every mount of this process's mount namespace private, recursively,
+/// so that nothing mounted here propagates back to the namespace it was
+/// copied from. Call right after unsharing the mount namespace.
+pub(crate) fn make_private() -> std::io::Result<()> {
+    use rustix::mount::MountPropagationFlags;
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )?;
+    Ok(())
+}
+
+/// Bind the host's `/dev/NAME` onto `dev/NAME` of the rootfs opened as
+/// `root` at `rootfs` (a device node the sandbox may not create itself).
+pub fn host_device(root: BorrowedFd<'_>, rootfs: &Path, name: &str) -> Result<(), SandboxError> {
+    let rel = format!("dev/{name}");
+    let at = file(root, &rel)?;
+    bind(
+        &Path::new("/dev").join(name),
+        at.as_fd(),
+        &rootfs.join(&rel),
+        false,
+        &format!("/{rel}"),
+    )
+}
+
 /// Open (creating if needed) the directory `rel` beneath `root`.
 pub fn dir(root: BorrowedFd<'_>, rel: &str) -> Result<OwnedFd, SandboxError> {
     open_dir_beneath(root, rel).map_err(io_err(format!("/{rel} in the rootfs")))

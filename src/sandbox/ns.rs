@@ -43,11 +43,7 @@ fn unshare_all(network: Network) -> Result<(), SandboxError> {
         UnshareFlags::NEWNS | UnshareFlags::NEWPID | UnshareFlags::NEWIPC | UnshareFlags::NEWUTS;
     sys::unshare(flags).map_err(io_err("unshare (namespaces)"))?;
     // Nothing mounted here may propagate back to the host.
-    rustix::mount::mount_change(
-        "/",
-        rustix::mount::MountPropagationFlags::PRIVATE | rustix::mount::MountPropagationFlags::REC,
-    )
-    .map_err(|e| io_err("making mounts private")(e.into()))
+    mounts::make_private().map_err(io_err("making mounts private"))
 }
 
 /// Enter a new user namespace and wait for the host side to write its
@@ -205,15 +201,7 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
         "/dev",
     )?;
     for node in ["null", "zero", "full", "random", "urandom", "tty"] {
-        let rel = format!("dev/{node}");
-        let at = mounts::file(r, &rel)?;
-        mounts::bind(
-            &Path::new("/dev").join(node),
-            at.as_fd(),
-            &rootfs.join(&rel),
-            false,
-            &format!("/{rel}"),
-        )?;
+        mounts::host_device(r, rootfs, node)?;
     }
     let pts = mounts::dir(r, "dev/pts")?;
     mounts::fresh(
