@@ -60,18 +60,24 @@ fn recordings(task: &str, command: &str) -> tempfile::TempDir {
     dir
 }
 
-/// Start `hoist run` for the scripted agent replaying `rec`.
-fn start(e: &Env, rec: &Path, out: &Path, extra: &[&str]) -> Child {
+/// `hoist run` of the scripted agent replaying `rec`, plus `extra`.
+fn run_command(e: &Env, rec: &Path, out: &Path, extra: &[&str]) -> Command {
     let r = |tag: &str| format!("oci:{}:{tag}", e.oci);
-    hoist(&store())
-        .arg("run")
+    let mut c = hoist(&store());
+    c.arg("run")
         .args(["--benchmark", &r("pyfix"), "--agent", &r("agent-scripted")])
         .args(["--gateway", &r("gateway-replay"), "--task", &e.task])
         .arg("--recordings")
         .arg(rec)
         .arg("--out")
         .arg(out)
-        .args(extra)
+        .args(extra);
+    c
+}
+
+/// Start `hoist run` for the scripted agent replaying `rec`.
+fn start(e: &Env, rec: &Path, out: &Path, extra: &[&str]) -> Child {
+    run_command(e, rec, out, extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -332,17 +338,7 @@ fn stale_cgroups_of_killed_runs_are_cleared_and_do_not_block_runs() {
 /// has run first; the pid hoist ran as (unshare and sh exec it), and its
 /// output.
 fn run_after(setup: &str, e: &Env, rec: &Path, out: &Path, extra: &[&str]) -> (u32, Output) {
-    let r = |tag: &str| format!("oci:{}:{tag}", e.oci);
-    let mut inner = hoist(&store());
-    inner
-        .arg("run")
-        .args(["--benchmark", &r("pyfix"), "--agent", &r("agent-scripted")])
-        .args(["--gateway", &r("gateway-replay"), "--task", &e.task])
-        .arg("--recordings")
-        .arg(rec)
-        .arg("--out")
-        .arg(out)
-        .args(extra);
+    let inner = run_command(e, rec, out, extra);
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
         .arg(format!("set -e\n{setup}\nexec \"$@\""))

@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
@@ -147,21 +147,6 @@ fn text_report_has_a_summary_and_a_line_per_check() {
             "no line for {name}:\n{text}"
         );
     }
-}
-
-/// The static hoist beside the test build, as `hoist run` finds it.
-fn static_hoist() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("HOIST_STATIC_BINARY") {
-        return Some(PathBuf::from(p));
-    }
-    let bin = hoist_bin();
-    let dir = bin.parent()?;
-    let p = dir
-        .join("..")
-        .join(format!("{}-unknown-linux-gnu", std::env::consts::ARCH))
-        .join(dir.file_name()?)
-        .join("hoist");
-    p.is_file().then_some(p)
 }
 
 /// Build `hoist-runner:dev` from the static hoist already built.

@@ -80,11 +80,8 @@ fn chown(path: &Path, user: &str) {
 /// The static hoist, or a copy of it in `dir` when the user cannot reach
 /// the build directory (a clone under /root).
 fn reachable_binary(user: &str, dir: &Path) -> PathBuf {
-    let built = hoist_bin()
-        .parent()
-        .unwrap()
-        .join("../x86_64-unknown-linux-gnu/debug/hoist");
-    let built = std::fs::canonicalize(&built)
+    let built = static_hoist()
+        .and_then(|p| std::fs::canonicalize(p).ok())
         .expect("the static hoist (scripts/build-static) is built before the tests");
     let can_run = as_user(user, &[])
         .arg("test")

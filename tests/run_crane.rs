@@ -355,9 +355,10 @@ fn pulls_from_the_registry_by_digest_and_locked_detects_retagging() {
         "--lock-file",
         lock_s,
     ]));
-    let out = tempfile::tempdir().unwrap();
-    let o = hoist_run(
-        &[
+    // `hoist run --locked` of the moving agent.
+    let run_locked = || {
+        let out = tempfile::tempdir().unwrap();
+        let args = [
             "--benchmark",
             &s.r("pyfix"),
             "--agent",
@@ -367,26 +368,14 @@ fn pulls_from_the_registry_by_digest_and_locked_detects_retagging() {
             "--locked",
             "--lock-file",
             lock_s,
-        ],
-        out.path(),
-    );
+        ];
+        let o = hoist_run(&args, out.path());
+        (out, o)
+    };
+    let (_, o) = run_locked();
     assert!(o.status.success(), "{}", stderr(&o));
     push("agent-noop");
-    let out = tempfile::tempdir().unwrap();
-    let o = hoist_run(
-        &[
-            "--benchmark",
-            &s.r("pyfix"),
-            "--agent",
-            &moving,
-            "--task",
-            &s.pyfix_tasks[0],
-            "--locked",
-            "--lock-file",
-            lock_s,
-        ],
-        out.path(),
-    );
+    let (out, o) = run_locked();
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(

@@ -55,33 +55,13 @@ fn env() -> Option<Env> {
     Some(e)
 }
 
-/// The static hoist beside the test build, as `hoist run` finds it.
-fn static_hoist() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("HOIST_STATIC_BINARY") {
-        return Some(PathBuf::from(p));
-    }
-    let bin = hoist_bin();
-    let dir = bin.parent()?;
-    let p = dir
-        .join("..")
-        .join(format!("{}-unknown-linux-gnu", std::env::consts::ARCH))
-        .join(dir.file_name()?)
-        .join("hoist");
-    if p.is_file() {
-        Some(p)
-    } else {
-        skip(&format!(
-            "no static hoist at {}: run scripts/build-static",
-            p.display()
-        ));
-        None
-    }
-}
-
 /// Build `hoist-runner:dev` from the static hoist already built (never
 /// cargo from inside a test); concurrent builds wait for each other.
 fn build_runner_image() -> Option<()> {
-    let bin = static_hoist()?;
+    let Some(bin) = static_hoist() else {
+        skip("no static hoist: run scripts/build-static");
+        return None;
+    };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-runner-image");
     ok(Command::new(script).arg("--binary").arg(bin));
     Some(())

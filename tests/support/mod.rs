@@ -45,6 +45,22 @@ pub fn hoist_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hoist"))
 }
 
+/// The static hoist beside the test build, as `hoist run` finds it
+/// (`HOIST_STATIC_BINARY`, else `scripts/build-static`'s output).
+pub fn static_hoist() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HOIST_STATIC_BINARY") {
+        return Some(PathBuf::from(p));
+    }
+    let bin = hoist_bin();
+    let dir = bin.parent()?;
+    let p = dir
+        .join("..")
+        .join(format!("{}-unknown-linux-gnu", std::env::consts::ARCH))
+        .join(dir.file_name()?)
+        .join("hoist");
+    p.is_file().then_some(p)
+}
+
 /// A `hoist` command with a clean credential environment and `store`.
 pub fn hoist(store: &Path) -> Command {
     let mut c = Command::new(hoist_bin());
