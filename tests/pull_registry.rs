@@ -194,6 +194,14 @@ fn pinned_digest_pull_and_second_pull_downloads_nothing() {
     assert_eq!(v["digest"], e.small);
     let v = pull_json(hoist(store.path()).args(["pull", &r]));
     assert_eq!(v["blobs_downloaded"], 0);
+    // A pinned image complete in the store needs no registry at all: the
+    // same digest under a host where nothing listens is found locally.
+    let offline = format!("127.0.0.1:1/small@{}", e.small);
+    let v = pull_json(hoist(store.path()).args(["pull", &offline]));
+    assert_eq!(
+        (v["digest"].as_str(), v["blobs_downloaded"].as_u64()),
+        (Some(e.small.as_str()), Some(0))
+    );
 
     // A digest the registry does not have is a clear failure, exit 1.
     let missing = format!("{}/small@sha256:{}", e.plain, "0".repeat(64));

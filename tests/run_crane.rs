@@ -268,6 +268,39 @@ fn timeout_kills_the_agent_tree_and_still_grades() {
 }
 
 #[test]
+fn probe_answers_are_cached_in_the_store() {
+    let Some(s) = samples() else { return };
+    let store = tempfile::tempdir().unwrap();
+    let run_in = |store: &Path| {
+        let out = tempfile::tempdir().unwrap();
+        ok(hoist(store)
+            .arg("run")
+            .args(["--benchmark", &s.r("pyfix"), "--agent", &s.r("agent-noop")])
+            .args(["--task", &s.pyfix_tasks[0], "--out"])
+            .arg(out.path()));
+        let bytes = std::fs::read(out.path().join("run.json")).unwrap();
+        serde_json::from_slice::<Value>(&bytes).unwrap()["isolation"].clone()
+    };
+    assert_eq!(run_in(store.path()), "namespaces");
+    // The next run takes the answer from probe.json, without probing: one
+    // that says namespaces are refused sends `auto` to chroot.
+    let cache = store.path().join("probe.json");
+    let mut entry: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    assert_eq!(
+        entry["probed"]["namespaces"],
+        serde_json::json!({"Ok": null}),
+        "{entry}"
+    );
+    entry["probed"]["namespaces"] = serde_json::json!({"Err": "refused, says the cache"});
+    std::fs::write(&cache, entry.to_string()).unwrap();
+    assert_eq!(run_in(store.path()), "chroot");
+    // A cache written for another situation is not trusted.
+    entry["key"] = "another boot".into();
+    std::fs::write(&cache, entry.to_string()).unwrap();
+    assert_eq!(run_in(store.path()), "namespaces");
+}
+
+#[test]
 fn chroot_isolation_runs_the_same_pipeline() {
     let Some(s) = samples() else { return };
     let (out, r) = run_ok(&[
