@@ -65,6 +65,7 @@ struct Scratch {
 
 struct Run {
     code: Option<i32>,
+    stdout: String,
     stderr: String,
     survivors: Vec<String>,
     elapsed: Duration,
@@ -162,6 +163,13 @@ impl Scratch {
     }
 
     fn run(&self, args: &[&str]) -> Run {
+        self.run_with(WRAPPER, args)
+    }
+
+    /// task-exec started by the shell script `wrapper` (given the hoist
+    /// binary and the arguments), which is PID 1 of a pid namespace of its
+    /// own; task-exec is not, as in chroot mode.
+    fn run_with(&self, wrapper: &str, args: &[&str]) -> Run {
         let started = Instant::now();
         let out = Command::new("unshare")
             .args([
@@ -172,7 +180,7 @@ impl Scratch {
                 "--",
                 "sh",
                 "-c",
-                WRAPPER,
+                wrapper,
                 "sh",
             ])
             .arg(env!("CARGO_BIN_EXE_hoist"))
@@ -192,6 +200,7 @@ impl Scratch {
                 .filter(|l| l.starts_with("SURVIVOR"))
                 .map(str::to_string)
                 .collect(),
+            stdout,
             elapsed,
         }
     }
@@ -212,6 +221,7 @@ impl Scratch {
             .unwrap();
         Run {
             code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             survivors: Vec::new(),
             elapsed: started.elapsed(),
@@ -411,11 +421,12 @@ fn agent_ignoring_sigterm_is_killed_after_the_grace_period() {
 
 /// The agent leaves detached processes behind; none may run during
 /// grading (the grader checks) or after task-exec returns (the wrapper
-/// checks). With `procfs`, the supervisor can see /proc (namespace mode);
-/// without, it relies on kill passes alone (chroot mode).
-fn background_processes_are_killed(procfs: bool) {
+/// checks). The supervisor is not PID 1 here, as in chroot mode: it finds
+/// them among its descendants in /proc, whether or not the root it was
+/// given has a /proc of its own (chroot mode's has none).
+fn background_processes_are_killed(root_has_proc: bool) {
     let Some(s) = setup() else { return };
-    if procfs {
+    if root_has_proc {
         std::os::unix::fs::symlink("/proc", s.p("/proc")).unwrap();
     }
     s.agent(concat!(
@@ -447,13 +458,60 @@ printf '{"resolved": %s, "tests": {"no_agent_process": "%s"}}' "$r" "$([ $r = tr
 }
 
 #[test]
-fn background_processes_are_killed_without_proc() {
+fn background_processes_are_killed_without_proc_in_the_root() {
     background_processes_are_killed(false);
 }
 
 #[test]
-fn background_processes_are_killed_with_proc() {
+fn background_processes_are_killed_with_proc_in_the_root() {
     background_processes_are_killed(true);
+}
+
+/// Beside task-exec, in its pid namespace: a uid-1000 process that is not
+/// the run's (another run's agent, in a runner that fans out; the runner's
+/// own user). Reports whether it outlived task-exec.
+const BYSTANDER_WRAPPER: &str = r#"hoist="$1"; shift
+setpriv --reuid 1000 --regid 1000 --clear-groups sleep 4250 &
+bystander=$!
+"$hoist" task-exec "$@"; rc=$?
+state=$(awk '/^State:/ {print $2}' /proc/$bystander/status 2>/dev/null)
+echo "BYSTANDER state=[$state]"
+kill -9 $bystander 2>/dev/null
+exit $rc
+"#;
+
+#[test]
+fn outside_a_pid_namespace_of_its_own_only_the_runs_processes_are_killed() {
+    let Some(s) = setup() else { return };
+    // An install.sh daemon (root) and an agent daemon (uid 1000): both are
+    // the run's, and both must be gone before grading.
+    s.exec(
+        "/opt/agent/install.sh",
+        "#!/bin/sh\nsetsid sleep 4245 >/dev/null 2>&1 &\n",
+        0o755,
+    );
+    s.agent("#!/bin/sh\nsetsid sleep 4242 >/dev/null 2>&1 &\necho fixed > fix.txt\n");
+    s.exec(
+        "/tests/grade.sh",
+        r#"#!/bin/sh
+left=$(for f in /proc/[0-9]*/status; do awk '/^Name:/ {n=$2} /^State:/ {st=$2} /^PPid:/ {pp=$2} END {if (n == "sleep" && st != "Z") print n "/" pp}' "$f" 2>/dev/null; done)
+echo "sleepers during grading: [$left]"
+# Only the bystander, whose parent is the wrapper (pid 1), may be left.
+if [ "$left" = "sleep/1" ]; then r=true; else r=false; fi
+printf '{"resolved": %s, "tests": {}}' "$r" > "$HOIST_GRADE_OUT"
+"#,
+        0o700,
+    );
+    let r = s.run_with(BYSTANDER_WRAPPER, &[]);
+    assert_eq!(r.code, Some(0), "task-exec failed: {}", r.stderr);
+    let v = s.result();
+    assert_eq!(v["infra_error"], Value::Null, "{v:#}");
+    assert_eq!(v["resolved"], true, "{}", s.read("/output/task/grade.log"));
+    assert!(
+        r.stdout.contains("BYSTANDER state=[S]"),
+        "the other uid-1000 process was killed: {}",
+        r.stdout
+    );
 }
 
 #[test]

@@ -303,6 +303,14 @@ fn probe_answers_are_cached_in_the_store() {
 #[test]
 fn chroot_isolation_runs_the_same_pipeline() {
     let Some(s) = samples() else { return };
+    // chroot shares the host's pid namespace: a uid-1000 process that is
+    // not the run's (another run's agent, the host's user 1000) must
+    // outlive the run's sweeps of the agent's processes.
+    let mut bystander = std::process::Command::new("setpriv")
+        .args(["--reuid", "1000", "--regid", "1000", "--clear-groups"])
+        .args(["sleep", "600"])
+        .spawn()
+        .expect("setpriv (util-linux)");
     let (out, r) = run_ok(&[
         "--isolation",
         "chroot",
@@ -313,6 +321,10 @@ fn chroot_isolation_runs_the_same_pipeline() {
         "--task",
         &s.pyfix_tasks[1],
     ]);
+    let outlived = bystander.try_wait().unwrap().is_none();
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    assert!(outlived, "the run killed a uid-1000 process not its own");
     assert_eq!(r["resolved"], true, "{r}");
     assert_eq!(r["isolation"], "chroot");
     let run_json: Value =

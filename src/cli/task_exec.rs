@@ -18,6 +18,9 @@ pub struct TaskExecArgs {
     /// Resolve every sandbox path under DIR instead of `/` (tests only).
     #[arg(long, value_name = "DIR", default_value = "/", hide = true)]
     root: PathBuf,
+    /// A procfs descriptor opened before the chroot (chroot isolation).
+    #[arg(long, value_name = "FD", hide = true)]
+    proc_fd: Option<i32>,
 }
 
 /// 0 when result.json was written, whatever the verdict; 1 when not.
@@ -26,6 +29,7 @@ pub fn run(args: &TaskExecArgs) -> anyhow::Result<ExitStatus> {
         root: args.root.clone(),
         task: args.task.clone(),
         context: args.context.clone(),
+        proc_fd: args.proc_fd,
     })?;
     if let Some(e) = &result.infra_error {
         let stage = serde_json::to_value(e.stage).unwrap_or_default();

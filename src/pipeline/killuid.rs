@@ -1,22 +1,34 @@
-//! Killing every process of the agent user (DESIGN §3 step 6), without
-//! depending on `/proc` (chroot mode has none) and without fork.
+//! Ending the run's processes (DESIGN §3 step 6, and the sweeps around
+//! it) without ever signalling a process that is not the run's.
 //!
-//! A helper *thread* drops its own credentials to the agent uid (on Linux,
-//! credentials are per thread and rustix's setresuid is the raw per-thread
-//! syscall) and calls kill(-1, SIGKILL): the kernel then signals exactly
-//! the processes that uid may signal, which are the agent's. kill(-1)
-//! never signals the caller's own thread group, so the supervisor is safe;
-//! in a pid namespace it is confined to the namespace. Each pass runs
-//! under the tasklist lock, and fork checks for a pending fatal signal
-//! under that same lock, so a pass cannot be outrun by a fork; passes are
-//! repeated anyway.
+//! Which processes are the run's depends on where the supervisor is
+//! ([`Scope`]):
 //!
-//! Knowing that the processes are *gone* needs more than kill(2): Linux
-//! answers kill(-1, 0) with success whenever any other process exists,
-//! permitted or not, so it cannot say "none of this uid left". When a real
-//! procfs is mounted (namespace mode) it is scanned until no live process
-//! of the uid remains; without one, a fixed number of passes is made.
+//! - **PID 1 of a pid namespace** (namespaces isolation, container mode):
+//!   everything in the namespace is the run's, and kill(-1) cannot reach
+//!   past it. A helper *thread* drops its own credentials to the agent uid
+//!   (on Linux, credentials are per thread and rustix's setresuid is the
+//!   raw per-thread syscall) and calls kill(-1, SIGKILL): the kernel then
+//!   signals exactly the processes that uid may signal, which are the
+//!   agent's, and never the caller's own thread group. Each pass runs under
+//!   the tasklist lock, and fork checks for a pending fatal signal under
+//!   that same lock, so a pass cannot be outrun by a fork; passes are
+//!   repeated anyway. Linux answers kill(-1, 0) with success whenever any
+//!   other process exists, so when a procfs is mounted it is scanned until
+//!   no live process of the uid remains; without one, passes are made for
+//!   a fixed time.
+//! - **Not PID 1** (chroot isolation, the tests): the pid namespace is
+//!   shared with other runs and other users, and uid 1000 there is theirs
+//!   too; kill(-1) as uid 1000 would end a concurrent run's agent. The
+//!   run's processes are the supervisor's descendants (it is a child
+//!   subreaper, so nothing it started can leave its tree), read from a
+//!   procfs of the namespace ([`Procfs`], opened before the chroot), each
+//!   SIGKILLed through a pidfd after checking it is still the process
+//!   found, until none is left.
+//! - **Neither**: nothing is killed; the run fails with an infra error
+//!   rather than signal processes that may not be its own.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -24,12 +36,42 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, Uid};
 
-use super::process::{Backoff, Reaper};
+use super::process::{self, Backoff, Reaper};
+use super::procfs::{descendants, ProcStatus, Procfs};
 
 /// Passes of kill(-1, SIGKILL) made before the processes are looked for.
 const MIN_PASSES: usize = 3;
 /// How long to go on killing when /proc cannot tell whether any is left.
 const BLIND_KILL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Which processes the supervisor may take to be the run's.
+#[derive(Debug)]
+pub enum Scope {
+    /// PID 1 of a pid namespace: all of it; with its procfs, when one is
+    /// mounted, to confirm the processes are gone.
+    Namespace(Option<Procfs>),
+    /// A shared pid namespace: the supervisor's descendants.
+    Descendants(Procfs),
+    /// A shared pid namespace with no procfs to read it from.
+    Unknown { why: String },
+}
+
+impl Scope {
+    /// The scope of this process: PID 1 (with the procfs at `proc_dir`,
+    /// if it is one) or not; if not, `procfs` (the one the chroot stage
+    /// handed down) or else this process's `/proc`.
+    pub fn detect(proc_dir: &Path, procfs: Option<std::io::Result<Procfs>>) -> Scope {
+        if process::is_pid1() {
+            return Scope::Namespace(Procfs::open(proc_dir).ok());
+        }
+        match procfs.unwrap_or_else(|| Procfs::open(Path::new("/proc"))) {
+            Ok(p) => Scope::Descendants(p),
+            Err(e) => Scope::Unknown {
+                why: format!("no procfs of this pid namespace: {e}"),
+            },
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KillError {
@@ -41,19 +83,105 @@ pub enum KillError {
     Thread { uid: u32, source: std::io::Error },
     #[error("processes of uid {uid} survived SIGKILL for {secs} s: pids {pids:?}")]
     Survivors { uid: u32, secs: u64, pids: Vec<i32> },
+    #[error(
+        "cannot tell the run's processes of uid {uid} from other runs' ({why}); \
+         not killing every process of uid {uid} in a shared pid namespace"
+    )]
+    NoScope { uid: u32, why: String },
 }
 
-/// Kill every process of `uid` and wait, up to `timeout`, until none is
-/// alive. `proc_dir` is where procfs would be; it is used only if it is
-/// one. The reaper keeps reaping meanwhile, since the killed processes may
-/// be the supervisor's children or orphans reparented to it.
+/// Kill every process of `uid` that is the run's, and wait, up to
+/// `timeout`, until none is alive. The reaper keeps reaping meanwhile,
+/// since the killed processes may be the supervisor's children or orphans
+/// reparented to it.
 pub fn kill_user_processes(
     uid: u32,
-    proc_dir: &Path,
+    scope: &Scope,
     reaper: &mut Reaper,
     timeout: Duration,
 ) -> Result<(), KillError> {
-    let procfs = is_procfs(proc_dir);
+    match scope {
+        Scope::Namespace(procfs) => kill_uid_in_namespace(uid, procfs.as_ref(), reaper, timeout),
+        Scope::Descendants(procfs) => {
+            let survivors = end_descendants(procfs, reaper, timeout, &|s| s.has_uid(uid));
+            if survivors.is_empty() {
+                Ok(())
+            } else {
+                Err(KillError::Survivors {
+                    uid,
+                    secs: timeout.as_secs(),
+                    pids: survivors,
+                })
+            }
+        }
+        Scope::Unknown { why } => Err(KillError::NoScope {
+            uid,
+            why: why.clone(),
+        }),
+    }
+}
+
+/// Kill every process of the run but the supervisor: leftovers of
+/// `install.sh`, the gateway or the grader, whatever their uid. Returns
+/// whether none is left.
+pub fn sweep(scope: &Scope, reaper: &mut Reaper, timeout: Duration) -> bool {
+    match scope {
+        Scope::Namespace(_) => process::sweep_namespace(reaper, timeout),
+        Scope::Descendants(procfs) => {
+            end_descendants(procfs, reaper, timeout, &|_| true).is_empty()
+        }
+        Scope::Unknown { .. } => false,
+    }
+}
+
+/// SIGKILL the live descendants of this process that `keep` selects,
+/// pass after pass, until none is left or `timeout` passes; returns the
+/// pids still alive then.
+fn end_descendants(
+    procfs: &Procfs,
+    reaper: &mut Reaper,
+    timeout: Duration,
+    keep: &dyn Fn(&ProcStatus) -> bool,
+) -> Vec<i32> {
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    let deadline = Instant::now() + timeout;
+    let mut backoff = Backoff::new();
+    loop {
+        reaper.poll();
+        // An unreadable table (never seen for a procfs) counts as nothing
+        // found only if it reads again: a second failure is reported as
+        // a survivor of unknown pid rather than as success.
+        let table = match procfs.table().or_else(|_| procfs.table()) {
+            Ok(t) => t,
+            Err(_) => return vec![-1],
+        };
+        let family: HashSet<i32> = descendants(&table, me);
+        let mut targets: Vec<i32> = table
+            .iter()
+            .filter(|s| s.live && family.contains(&s.pid) && keep(s))
+            .map(|s| s.pid)
+            .collect();
+        if targets.is_empty() {
+            return targets;
+        }
+        if Instant::now() >= deadline {
+            targets.sort_unstable();
+            return targets;
+        }
+        for &pid in &targets {
+            procfs.kill_if_still(pid, me, &family, keep);
+        }
+        backoff.nap();
+    }
+}
+
+/// As PID 1: kill(-1) as `uid` from a helper thread; see the module doc.
+fn kill_uid_in_namespace(
+    uid: u32,
+    procfs: Option<&Procfs>,
+    reaper: &mut Reaper,
+    timeout: Duration,
+) -> Result<(), KillError> {
     let stop = Arc::new(AtomicBool::new(false));
     let passes = Arc::new(AtomicUsize::new(0));
     let alone = Arc::new(AtomicBool::new(false));
@@ -75,13 +203,9 @@ pub fn kill_user_processes(
         }
         // Without /proc nothing can confirm the processes are gone: keep
         // killing for BLIND_KILL so SIGKILLed processes have exited.
-        let enough = procfs || started.elapsed() >= BLIND_KILL;
+        let enough = procfs.is_some() || started.elapsed() >= BLIND_KILL;
         if passes.load(Ordering::SeqCst) >= MIN_PASSES && enough {
-            survivors = if procfs {
-                live_pids_of(proc_dir, uid)
-            } else {
-                Vec::new()
-            };
+            survivors = procfs.map(|p| live_pids_of(p, uid)).unwrap_or_default();
             if survivors.is_empty() || Instant::now() >= deadline {
                 break;
             }
@@ -142,105 +266,44 @@ fn kill_loop(
     Ok(())
 }
 
-/// Whether `dir` is a mounted procfs (not an image's empty or forged dir).
-fn is_procfs(dir: &Path) -> bool {
-    rustix::fs::statfs(dir).is_ok_and(|s| s.f_type == rustix::fs::PROC_SUPER_MAGIC)
-}
-
-/// Pids in `proc_dir` of live (not zombie) processes with `uid` as any of
-/// their real, effective, saved or filesystem uids.
-fn live_pids_of(proc_dir: &Path, uid: u32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir(proc_dir) else {
-        return Vec::new();
-    };
-    let mut pids = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        // A process that exits between readdir and this read is gone:
-        // exactly the outcome wanted, so a failed read is not an error.
-        if let Ok(status) = std::fs::read_to_string(entry.path().join("status")) {
-            if status_is_live_of(&status, uid) {
-                pids.push(pid);
-            }
-        }
-    }
+/// Pids of the live processes with `uid` as any of their real,
+/// effective, saved or filesystem uids.
+fn live_pids_of(procfs: &Procfs, uid: u32) -> Vec<i32> {
+    // Unreadable: report none left rather than wait the timeout out; the
+    // namespace dies with PID 1 anyway.
+    let mut pids: Vec<i32> = procfs
+        .table()
+        .unwrap_or_default()
+        .iter()
+        .filter(|s| s.live && s.has_uid(uid))
+        .map(|s| s.pid)
+        .collect();
     pids.sort_unstable();
     pids
-}
-
-/// From a `/proc/PID/status` text: alive (state not Z or X) and owned by
-/// `uid` in any of the four uid slots.
-pub fn status_is_live_of(status: &str, uid: u32) -> bool {
-    let mut live = true;
-    let mut owned = false;
-    for line in status.lines() {
-        if let Some(state) = line.strip_prefix("State:") {
-            live = !matches!(state.trim_start().chars().next(), Some('Z' | 'X'));
-        } else if let Some(ids) = line.strip_prefix("Uid:") {
-            owned = ids.split_whitespace().any(|id| id.parse() == Ok(uid));
-        }
-    }
-    live && owned
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const SLEEPING: &str = "Name:\tsleep\nState:\tS (sleeping)\nTgid:\t42\nUid:\t1000\t1000\t1000\t1000\nGid:\t1000\t1000\t1000\t1000\n";
-
     #[test]
-    fn sleeping_agent_process_is_live() {
-        assert!(status_is_live_of(SLEEPING, 1000));
+    fn a_process_that_is_not_pid1_takes_its_descendants() {
+        let scope = Scope::detect(Path::new("/nonexistent"), None);
+        assert!(matches!(scope, Scope::Descendants(_)), "{scope:?}");
     }
 
     #[test]
-    fn other_uid_is_not_ours() {
-        assert!(!status_is_live_of(SLEEPING, 1001));
-        assert!(!status_is_live_of(&SLEEPING.replace("1000", "0"), 1000));
-    }
-
-    #[test]
-    fn zombie_is_not_live() {
-        let z = SLEEPING.replace("S (sleeping)", "Z (zombie)");
-        assert!(!status_is_live_of(&z, 1000));
-    }
-
-    #[test]
-    fn dead_is_not_live() {
-        let x = SLEEPING.replace("S (sleeping)", "X (dead)");
-        assert!(!status_is_live_of(&x, 1000));
-    }
-
-    #[test]
-    fn saved_uid_alone_counts() {
-        let s = SLEEPING.replace("Uid:\t1000\t1000\t1000\t1000", "Uid:\t0\t0\t1000\t0");
-        assert!(status_is_live_of(&s, 1000));
-    }
-
-    #[test]
-    fn uid_prefix_is_not_a_match() {
-        let s = SLEEPING.replace(
-            "Uid:\t1000\t1000\t1000\t1000",
-            "Uid:\t10000\t10000\t10000\t10000",
-        );
-        assert!(!status_is_live_of(&s, 1000));
-    }
-
-    #[test]
-    fn empty_status_is_not_live_of_anyone() {
-        assert!(!status_is_live_of("", 1000));
-    }
-
-    #[test]
-    fn a_plain_dir_is_not_procfs() {
+    fn without_a_procfs_the_scope_is_unknown_and_nothing_is_killed() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(!is_procfs(dir.path()));
+        let scope = Scope::detect(dir.path(), Some(Procfs::open(dir.path())));
+        assert!(matches!(scope, Scope::Unknown { .. }), "{scope:?}");
+        let mut reaper = Reaper::new();
+        let err = kill_user_processes(1000, &scope, &mut reaper, Duration::ZERO).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not killing every process of uid 1000"),
+            "{err}"
+        );
+        assert!(!sweep(&scope, &mut reaper, Duration::ZERO));
     }
 }

@@ -26,6 +26,7 @@ mod health;
 pub mod jail;
 pub mod killuid;
 pub mod process;
+pub mod procfs;
 pub mod root;
 mod supervisor;
 pub mod task;
@@ -55,6 +56,9 @@ pub struct TaskExecOptions {
     pub task: Option<String>,
     /// The run context file; default [`CONTEXT_PATH`] under the root.
     pub context: Option<PathBuf>,
+    /// A descriptor of the pid namespace's procfs, opened by the chroot
+    /// stage before the chroot (there is no `/proc` inside).
+    pub proc_fd: Option<i32>,
 }
 
 /// Only a failure to write result.json itself is an error of task-exec;
@@ -103,7 +107,13 @@ pub fn task_exec(opts: &TaskExecOptions) -> Result<TaskResult, TaskExecError> {
         Ok(c) => (c, None),
         Err(e) => (RunContext::default(), Some(infra(Stage::Sandbox, &e))),
     };
-    let mut sup = Supervisor::new(&root, &ctx, out.clone());
+    // SAFETY: the number comes from the chroot stage, which opened the
+    // descriptor for this process alone; nothing else here owns it.
+    let procfs = opts
+        .proc_fd
+        .map(|fd| unsafe { procfs::Procfs::from_inherited(fd) });
+    let scope = killuid::Scope::detect(&root.path("/proc"), procfs);
+    let mut sup = Supervisor::new(&root, &ctx, out.clone(), scope);
     sup.rec.task_id = opts.task.clone().unwrap_or_default();
     let outcome = match ctx_error {
         Some(e) => Err(e),

@@ -296,14 +296,15 @@ pub fn is_pid1() -> bool {
 
 /// As PID 1 of the sandbox's pid namespace, kill every other process in
 /// it (they can only be leftovers: root processes of install.sh or the
-/// gateway that left their group). Only ever called as PID 1, where
+/// gateway that left their group). Does nothing unless PID 1, where
 /// kill(-1) is confined to the namespace; elsewhere it would reach the
-/// host. Returns whether the namespace is empty but for the supervisor.
-pub fn sweep_namespace(reaper: &mut Reaper) -> bool {
+/// host (see [`super::killuid::Scope`]). Returns whether the namespace is
+/// empty but for the supervisor.
+pub fn sweep_namespace(reaper: &mut Reaper, timeout: Duration) -> bool {
     if !is_pid1() {
         return false;
     }
-    let deadline = Instant::now() + KILL_WAIT;
+    let deadline = Instant::now() + timeout;
     let mut backoff = Backoff::new();
     loop {
         // Errors: ESRCH, nothing left; nothing else can fail for root.

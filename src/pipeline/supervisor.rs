@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::grade::read_grade_report;
 use super::health;
 use super::jail;
-use super::killuid::kill_user_processes;
+use super::killuid::{self, kill_user_processes, Scope};
 use super::process::{self, Finished, Reaper, Spec};
 use super::root::{create_root_file, ensure_root_dir, remove_if_present, write_atomic, Root};
 use super::task::{choose_task, parse_task, TaskError, TaskSpec, MAX_TASK_BYTES};
@@ -43,6 +43,8 @@ pub struct Supervisor<'a> {
     /// `/output/task` under the root.
     out: PathBuf,
     reaper: Reaper,
+    /// Which processes are the run's, for the sweeps.
+    scope: Scope,
     /// The gateway's pid (its group id) while it runs.
     gateway: Option<i32>,
     pub rec: Record,
@@ -57,12 +59,13 @@ fn message(stage: Stage, message: String) -> InfraError {
 }
 
 impl<'a> Supervisor<'a> {
-    pub fn new(root: &'a Root, ctx: &'a RunContext, out: PathBuf) -> Supervisor<'a> {
+    pub fn new(root: &'a Root, ctx: &'a RunContext, out: PathBuf, scope: Scope) -> Supervisor<'a> {
         Supervisor {
             root,
             ctx,
             out,
             reaper: Reaper::new(),
+            scope,
             gateway: None,
             rec: Record::default(),
         }
@@ -83,9 +86,17 @@ impl<'a> Supervisor<'a> {
         // binaries, file capabilities) can raise its privileges.
         rustix::thread::set_no_new_privs(true)
             .map_err(|e| sandbox_err(&std::io::Error::from(e)))?;
-        // Best effort: when it fails, orphans go to the real init, and
-        // the uid sweep still kills the agent's.
-        let _ = process::become_subreaper();
+        // Outside a pid namespace of its own, the run's processes are the
+        // supervisor's descendants: orphans must come back to it, not to
+        // an init whose other children are not the run's.
+        if let Err(e) = process::become_subreaper() {
+            if !matches!(self.scope, Scope::Namespace(_)) {
+                return Err(message(
+                    Stage::Sandbox,
+                    format!("cannot become a child subreaper: {e}"),
+                ));
+            }
+        }
         let task = self.load_task(requested)?;
         self.rec.task_id = task.id.clone();
         ensure_agent_user(self.root).map_err(|e| sandbox_err(&e))?;
@@ -95,7 +106,7 @@ impl<'a> Supervisor<'a> {
         let deadline = started + Duration::from_secs(timeout);
         let installed = self.install(&task, &workdir, deadline)?;
         // Root processes install.sh left behind must not see the agent run.
-        process::sweep_namespace(&mut self.reaper);
+        killuid::sweep(&self.scope, &mut self.reaper, KILL_TIMEOUT);
         self.start_gateway()?;
         self.write_instruction(&task)?;
         if installed {
@@ -112,14 +123,9 @@ impl<'a> Supervisor<'a> {
     /// [`Supervisor::end_agent_phase`] already succeeded and this pass only
     /// catches what a grader may have started as the agent user.
     pub fn cleanup(&mut self) {
-        let _ = kill_user_processes(
-            AGENT_UID,
-            &self.root.path("/proc"),
-            &mut self.reaper,
-            KILL_TIMEOUT,
-        );
+        let _ = kill_user_processes(AGENT_UID, &self.scope, &mut self.reaper, KILL_TIMEOUT);
         self.stop_gateway();
-        process::sweep_namespace(&mut self.reaper);
+        killuid::sweep(&self.scope, &mut self.reaper, KILL_TIMEOUT);
     }
 
     fn load_task(&mut self, requested: Option<&str>) -> Result<TaskSpec, InfraError> {
@@ -395,15 +401,10 @@ impl<'a> Supervisor<'a> {
 
     /// Step 6: nothing of the agent runs while grading, nor the gateway.
     fn end_agent_phase(&mut self) -> Result<(), InfraError> {
-        kill_user_processes(
-            AGENT_UID,
-            &self.root.path("/proc"),
-            &mut self.reaper,
-            KILL_TIMEOUT,
-        )
-        .map_err(|e| sandbox_err(&e))?;
+        kill_user_processes(AGENT_UID, &self.scope, &mut self.reaper, KILL_TIMEOUT)
+            .map_err(|e| sandbox_err(&e))?;
         self.stop_gateway();
-        process::sweep_namespace(&mut self.reaper);
+        killuid::sweep(&self.scope, &mut self.reaper, KILL_TIMEOUT);
         Ok(())
     }
 

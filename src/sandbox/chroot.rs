@@ -14,6 +14,7 @@ use std::process::Command;
 use rustix::fs::{FileType, Mode};
 
 use super::{exec_supervisor, io_err, mounts, supervisor_args, SandboxConfig, SandboxError};
+use crate::pipeline::procfs::Procfs;
 use crate::rootfs::mount::open_dir_beneath;
 
 /// `__sandbox` in chroot mode: prepare the tree, run the supervisor
@@ -116,11 +117,23 @@ fn enter_private_mount_namespace() -> std::io::Result<()> {
 }
 
 /// `__sandbox-chroot ROOTFS ARGS...`: chroot, limit, exec the supervisor.
+///
+/// The supervisor shares this pid namespace with whatever else runs here
+/// (other runs fanned out in the same runner, the runner's own user), so
+/// it ends only its own descendants, which it reads from the procfs opened
+/// here, before the chroot, and handed down as `--proc-fd`.
 pub fn chroot_exec(rootfs: &Path, args: &[String]) -> i32 {
     let err = (|| -> Result<std::convert::Infallible, SandboxError> {
+        let procfs = Procfs::open(Path::new("/proc"))
+            .map_err(|e| io_err("/proc (chroot isolation reads the run's processes from it)")(e))?;
+        let fd = procfs
+            .keep_across_exec()
+            .map_err(io_err("keeping /proc open for the supervisor"))?;
+        let mut args = args.to_vec();
+        args.extend(["--proc-fd".to_string(), fd.to_string()]);
         rustix::process::chroot(rootfs).map_err(|e| io_err("chroot")(e.into()))?;
         rustix::process::chdir("/").map_err(|e| io_err("chdir /")(e.into()))?;
-        Err(exec_supervisor(&super::Limits::default(), args))
+        Err(exec_supervisor(&super::Limits::default(), &args))
     })();
     match err {
         Ok(never) => match never {},

@@ -63,7 +63,7 @@ impl Isolation {
     pub fn not_isolated(self, network: Network) -> Vec<&'static str> {
         let mut v = match self {
             Isolation::Chroot => vec![
-                "pid: agent processes share the container's pid namespace (kill(-1) as the agent uid still ends them all)",
+                "pid: agent processes share the container's pid namespace: the agent can signal other uid-1000 processes there (another run's agent); hoist ends only the run's own",
                 "network: the container's network is shared; --network none cannot be enforced",
                 "mounts: no fresh /proc; /dev holds only the nodes hoist could create",
                 "ipc and uts: shared with the container",
