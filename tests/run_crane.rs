@@ -203,6 +203,34 @@ fn scripted_agent_with_replay_gateway_resolves() {
     assert!(gw_log.contains("chat/completions"), "gateway log: {gw_log}");
 }
 
+/// chroot shares the runner's network: a fixed gateway port would be taken
+/// by the first run (or anything else) and the next run's gateway could not
+/// bind it, or its agent would talk to another run's gateway. With the
+/// default port busy, the run still reaches a gateway of its own.
+#[test]
+fn chroot_run_with_a_gateway_beside_a_busy_default_port() {
+    let Some(s) = samples() else { return };
+    // Busy either way: held here, or by whatever already has it.
+    let _held = std::net::TcpListener::bind(("127.0.0.1", 8377));
+    let task = &s.replay_tasks[0];
+    let (out, r) = run_ok(&[
+        "--isolation",
+        "chroot",
+        "--benchmark",
+        &s.r("pyfix"),
+        "--agent",
+        &s.r("agent-scripted"),
+        "--gateway",
+        &s.r("gateway-replay"),
+        "--task",
+        task,
+    ]);
+    assert_eq!(r["infra_error"], Value::Null, "{r}");
+    assert_eq!(r["resolved"], true, "{r}");
+    let gw_log = std::fs::read_to_string(out.path().join("task/gateway.log")).unwrap();
+    assert!(gw_log.contains("chat/completions"), "gateway log: {gw_log}");
+}
+
 #[test]
 fn probe_agent_is_denied_everything() {
     let Some(s) = samples() else { return };

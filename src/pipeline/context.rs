@@ -39,8 +39,27 @@ pub struct RunContext {
     pub grade_timeout_sec: Option<u64>,
     /// Seconds between SIGTERM and SIGKILL when a process group is stopped.
     pub kill_grace_sec: u64,
-    /// The loopback port the gateway listens on.
+    /// The loopback port the gateway listens on: [`DEFAULT_GATEWAY_PORT`]
+    /// in a network namespace of the run's own, else
+    /// [`shared_network_gateway_port`].
     pub gateway_port: u16,
+}
+
+/// The gateway's port where the run's loopback is its own.
+pub const DEFAULT_GATEWAY_PORT: u16 = 8377;
+
+/// The gateway's port where the network is shared (chroot isolation,
+/// `--network host`): a loopback port free now, picked by the kernel, so
+/// that runs side by side in one runner each reach their own gateway
+/// rather than the first one to bind a fixed port. The host and the
+/// sandbox share that network, so free here is free there. Another
+/// process could still take it before the gateway binds; the gateway then
+/// exits and the run fails with a gateway infra error naming the port.
+pub fn shared_network_gateway_port() -> u16 {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(DEFAULT_GATEWAY_PORT)
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,7 +118,7 @@ impl Default for RunContext {
             agent_timeout_sec: None,
             grade_timeout_sec: None,
             kill_grace_sec: 10,
-            gateway_port: 8377,
+            gateway_port: DEFAULT_GATEWAY_PORT,
         }
     }
 }
