@@ -220,3 +220,124 @@ fn per_task_fan_out_by_environment() {
         assert_eq!(run["isolation"], "chroot");
     }
 }
+
+/// Removes the named container however the test ends.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new(DOCKER).args(["rm", "-f", &self.0]).output();
+    }
+}
+
+/// Fan-out inside one runner: three chroot runs at once in one container
+/// (the first started by `docker run`, two more by `docker exec`), sharing
+/// its pid namespace, its network and its store. Each must get its own
+/// verdict: the sleeper's agent is stopped by its own timeout (124), not
+/// SIGKILLed by a neighbour's sweep of uid 1000 (137); the gateway run
+/// reaches its own gateway, not a port another run holds.
+#[test]
+fn concurrent_runs_in_one_runner_keep_to_their_own_processes_and_gateways() {
+    let Some(e) = env() else { return };
+    let replay_task = words_of(env_or_skip("HOIST_SAMPLES_REPLAY_TASKS").unwrap())[0].clone();
+    let out = tempfile::tempdir().unwrap();
+    let name = format!("hoist-fanout-{}", std::process::id());
+    let c = Container(name.clone());
+    let _ = Command::new(DOCKER).args(["rm", "-f", &c.0]).output();
+    let run_args = |agent: &str, dir: &str, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "run",
+            "--benchmark",
+            &e.r("pyfix"),
+            "--agent",
+            &e.r(agent),
+            "--out",
+            dir,
+        ]
+        .map(str::to_string)
+        .to_vec();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    // The sleeper holds the container up: 10 s of agent, then the 10 s
+    // grace for a TERM it ignores, then grading.
+    ok(Command::new(DOCKER)
+        .args(["run", "-d", "--name", &name, "--network", "host", "-v"])
+        .arg(format!("{}:/out", out.path().display()))
+        .arg("-v")
+        .arg(format!("{}:/store", host_store().display()))
+        .arg(IMAGE)
+        .args(run_args(
+            "agent-sleeper",
+            "/out/sleeper",
+            &["--task", &e.pyfix_task, "--agent-timeout", "10"],
+        )));
+    let exec = |args: Vec<String>| {
+        let mut cmd = Command::new(DOCKER);
+        cmd.args(["exec", &name, "/usr/local/bin/hoist"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd.spawn().expect("docker exec")
+    };
+    let finished = |child: std::process::Child, what: &str| {
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "the {what} run failed:\n{}\n{}",
+            stdout(&o),
+            stderr(&o)
+        );
+    };
+    // Once the sleeper's agent runs (chroot mode copies agent.log out only
+    // at the end, so `docker top` is where to look), so the two overlap it.
+    let started = std::time::Instant::now();
+    loop {
+        let top = run(Command::new(DOCKER).args(["top", &name]));
+        if stdout(&top).contains("sleep 100000") {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "the sleeper's agent never started: {}{}",
+            stdout(&top),
+            stderr(&top)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let oracle = exec(run_args(
+        "agent-oracle",
+        "/out/oracle",
+        &["--task", &e.pyfix_task],
+    ));
+    let scripted = exec(run_args(
+        "agent-scripted",
+        "/out/scripted",
+        &["--gateway", &e.r("gateway-replay"), "--task", &replay_task],
+    ));
+    finished(oracle, "oracle");
+    finished(scripted, "scripted");
+    let waited = ok(Command::new(DOCKER).args(["wait", &name]));
+    assert_eq!(stdout(&waited).trim(), "0", "the sleeper's run failed");
+
+    let result = |dir: &str| -> Value {
+        let p = out.path().join(dir).join("task/result.json");
+        serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
+    };
+    let sleeper = result("sleeper");
+    assert_eq!(sleeper["isolation"], "chroot", "{sleeper}");
+    assert_eq!(sleeper["agent"]["timed_out"], true, "{sleeper}");
+    assert_eq!(sleeper["agent"]["exit_code"], 124, "{sleeper}");
+    let oracle = result("oracle");
+    assert_eq!(oracle["infra_error"], Value::Null, "{oracle}");
+    assert_eq!(oracle["resolved"], true, "{oracle}");
+    let scripted = result("scripted");
+    assert_eq!(scripted["infra_error"], Value::Null, "{scripted}");
+    assert_eq!(scripted["resolved"], true, "{scripted}");
+    let gw_log = std::fs::read_to_string(out.path().join("scripted/task/gateway.log")).unwrap();
+    assert!(gw_log.contains("chat/completions"), "gateway log: {gw_log}");
+}
+
+fn words_of(v: String) -> Vec<String> {
+    v.split_whitespace().map(str::to_string).collect()
+}
