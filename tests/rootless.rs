@@ -332,6 +332,7 @@ fn rootless_scripted_agent_with_the_replay_gateway_resolves_and_noop_does_not() 
 #[test]
 fn rootless_probe_agent_is_denied_everything() {
     let Some(r) = setup() else { return };
+    adopt_orphans();
     let out = r.out_dir("probe");
     let (res, _) = r.run_sample(&out, ("pyfix", "agent-probe", &r.pyfix_tasks[0]), &[]);
     assert_eq!(res["infra_error"], Value::Null, "{res}");
@@ -345,6 +346,7 @@ fn rootless_probe_agent_is_denied_everything() {
 #[test]
 fn rootless_timeout_and_chroot_isolation() {
     let Some(r) = setup() else { return };
+    adopt_orphans();
     let out = r.out_dir("sleeper");
     let (res, _) = r.run_sample(
         &out,

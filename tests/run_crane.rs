@@ -234,6 +234,7 @@ fn chroot_run_with_a_gateway_beside_a_busy_default_port() {
 #[test]
 fn probe_agent_is_denied_everything() {
     let Some(s) = samples() else { return };
+    adopt_orphans();
     let sentinel = Path::new("/tmp/hoist-probe-sentinel");
     let _ = std::fs::remove_file(sentinel);
     let (out, r) = run_ok(&[
@@ -248,9 +249,7 @@ fn probe_agent_is_denied_everything() {
     let attempts = assert_probe_denied(out.path());
     // From the host: no process of the agent uid outlives the run, and the
     // probe's attempts to write outside left nothing on the host.
-    // (Other tests run agents at the same time: look for the probe's own
-    // daemon, `sleep 3600`.)
-    let left = processes_of(1000, "sleep 3600");
+    let left = processes_of(1000, "");
     assert!(left.is_empty(), "left running: {left:?}");
     assert!(!out.path().join("task/probe-was-here").exists());
     let write_attempt = attempts
@@ -270,6 +269,7 @@ fn probe_agent_is_denied_everything() {
 #[test]
 fn timeout_kills_the_agent_tree_and_still_grades() {
     let Some(s) = samples() else { return };
+    adopt_orphans();
     let start = Instant::now();
     let (_, r) = run_ok(&[
         "--benchmark",
@@ -291,7 +291,7 @@ fn timeout_kills_the_agent_tree_and_still_grades() {
         "took {:?}",
         start.elapsed()
     );
-    let left = processes_of(1000, "sleep 100000");
+    let left = processes_of(1000, "");
     assert!(left.is_empty(), "left running: {left:?}");
 }
 
@@ -483,4 +483,26 @@ fn missing_task_is_an_infra_error_naming_the_tasks() {
         msg.contains("no-such-task") && msg.contains(&s.pyfix_tasks[0]),
         "{msg}"
     );
+}
+
+/// The leftover check the tests above rely on: an orphan that a child of
+/// this test left behind, detached with setsid, is found; the host's other
+/// processes of the same uid are not.
+#[test]
+fn leftover_check_finds_an_orphan_of_this_test_and_nothing_else() {
+    adopt_orphans();
+    let uid = rustix::process::getuid().as_raw();
+    // Of the host's many processes of this uid, none is this test's yet.
+    assert_eq!(processes_of(uid, ""), Vec::<String>::new());
+    let mut stranger = std::process::Command::new("setsid")
+        .args(["-f", "sleep", "4711"])
+        .spawn()
+        .unwrap();
+    stranger.wait().unwrap();
+    // setsid -f forks, and its child is orphaned, to this test.
+    let found = processes_of(uid, "sleep 4711");
+    assert_eq!(found.len(), 1, "{found:?}");
+    let _ = std::process::Command::new("pkill")
+        .args(["-f", "^sleep 4711$"])
+        .status();
 }

@@ -148,9 +148,9 @@ fn end_descendants(
     let mut backoff = Backoff::new();
     loop {
         reaper.poll();
-        // An unreadable table (never seen for a procfs) counts as nothing
-        // found only if it reads again: a second failure is reported as
-        // a survivor of unknown pid rather than as success.
+        // A table that cannot be read twice running (never seen for a
+        // procfs) is reported as a survivor of unknown pid, -1: not
+        // knowing is never success.
         let table = match procfs.table().or_else(|_| procfs.table()) {
             Ok(t) => t,
             Err(_) => return vec![-1],

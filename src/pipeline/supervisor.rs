@@ -89,6 +89,14 @@ impl<'a> Supervisor<'a> {
         // Outside a pid namespace of its own, the run's processes are the
         // supervisor's descendants: orphans must come back to it, not to
         // an init whose other children are not the run's.
+        // Before anything starts: a run whose leftovers could not be
+        // ended must not begin.
+        if let Scope::Unknown { why } = &self.scope {
+            return Err(message(
+                Stage::Sandbox,
+                format!("cannot tell this run's processes from others': {why}"),
+            ));
+        }
         if let Err(e) = process::become_subreaper() {
             if !matches!(self.scope, Scope::Namespace(_)) {
                 return Err(message(

@@ -128,21 +128,40 @@ pub fn sample_digest(tag: &str) -> String {
     std::env::var(&var).unwrap_or_else(|_| panic!("{var} is not set"))
 }
 
-/// Command lines of the processes on the host whose real uid is `uid`
-/// and whose command line starts with `prefix`.
+/// Make this test's process the reaper of orphans from everything it
+/// starts, so that whatever a run leaves behind stays its descendant and
+/// [`processes_of`] can tell it from the agents of tests running beside it
+/// (nextest runs each test in a process of its own). Call it before the
+/// run starts.
+pub fn adopt_orphans() {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        .expect("PR_SET_CHILD_SUBREAPER");
+}
+
+/// Command lines of the live descendants of this test's process whose
+/// real uid is `uid` and whose command line starts with `prefix`: what a
+/// run started by this test left running. Needs [`adopt_orphans`] first,
+/// or an orphan would go to init and be missed.
 pub fn processes_of(uid: u32, prefix: &str) -> Vec<String> {
+    use hoist::pipeline::procfs::{descendants, Procfs};
+    let me = rustix::process::getpid();
+    // PR_GET_CHILD_SUBREAPER answers a flag (rustix makes it a "pid" 1).
+    assert!(
+        rustix::process::child_subreaper().ok().flatten().is_some(),
+        "call adopt_orphans() before starting the run"
+    );
+    let procfs = Procfs::open(Path::new("/proc")).unwrap();
+    let table = procfs.table().unwrap();
+    let mine = descendants(&table, me.as_raw_nonzero().get());
     let mut v = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+    for p in table.iter().filter(|p| p.live && mine.contains(&p.pid)) {
+        if p.uids[0] != uid {
             continue;
-        };
-        let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
-        if line.split_whitespace().nth(1) == Some(uid.to_string().as_str()) {
-            let cmd = std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default();
-            let cmd = cmd.replace('\0', " ");
-            if cmd.starts_with(prefix) {
-                v.push(cmd);
-            }
+        }
+        let cmd = std::fs::read_to_string(format!("/proc/{}/cmdline", p.pid)).unwrap_or_default();
+        let cmd = cmd.replace('\0', " ");
+        if cmd.starts_with(prefix) {
+            v.push(cmd);
         }
     }
     v
