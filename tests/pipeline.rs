@@ -467,6 +467,30 @@ fn background_processes_are_killed_with_proc_in_the_root() {
     background_processes_are_killed(true);
 }
 
+/// An install.sh that leaves a root daemon outside its process group and
+/// an agent that leaves one of uid 1000: both are the run's, and both must
+/// be gone before grading. The grader lists the live `sleep` processes as
+/// `sleep/PPID` and resolves the task when the list is exactly `expected`.
+fn leave_daemons_grade_sleepers(s: &Scratch, expected: &str) {
+    s.exec(
+        "/opt/agent/install.sh",
+        "#!/bin/sh\nsetsid sleep 4245 >/dev/null 2>&1 &\n",
+        0o755,
+    );
+    s.agent("#!/bin/sh\nsetsid sleep 4242 >/dev/null 2>&1 &\necho fixed > fix.txt\n");
+    let grader = r#"#!/bin/sh
+left=$(for f in /proc/[0-9]*/status; do awk '/^Name:/ {n=$2} /^State:/ {st=$2} /^PPid:/ {pp=$2} END {if (n == "sleep" && st != "Z") print n "/" pp}' "$f" 2>/dev/null; done)
+echo "sleepers during grading: [$left]"
+if [ "$left" = "EXPECTED" ]; then r=true; else r=false; fi
+printf '{"resolved": %s, "tests": {}}' "$r" > "$HOIST_GRADE_OUT"
+"#;
+    s.exec(
+        "/tests/grade.sh",
+        &grader.replace("EXPECTED", expected),
+        0o700,
+    );
+}
+
 /// Beside task-exec, in its pid namespace: a uid-1000 process that is not
 /// the run's (another run's agent, in a runner that fans out; the runner's
 /// own user). Reports whether it outlived task-exec.
@@ -483,25 +507,8 @@ exit $rc
 #[test]
 fn outside_a_pid_namespace_of_its_own_only_the_runs_processes_are_killed() {
     let Some(s) = setup() else { return };
-    // An install.sh daemon (root) and an agent daemon (uid 1000): both are
-    // the run's, and both must be gone before grading.
-    s.exec(
-        "/opt/agent/install.sh",
-        "#!/bin/sh\nsetsid sleep 4245 >/dev/null 2>&1 &\n",
-        0o755,
-    );
-    s.agent("#!/bin/sh\nsetsid sleep 4242 >/dev/null 2>&1 &\necho fixed > fix.txt\n");
-    s.exec(
-        "/tests/grade.sh",
-        r#"#!/bin/sh
-left=$(for f in /proc/[0-9]*/status; do awk '/^Name:/ {n=$2} /^State:/ {st=$2} /^PPid:/ {pp=$2} END {if (n == "sleep" && st != "Z") print n "/" pp}' "$f" 2>/dev/null; done)
-echo "sleepers during grading: [$left]"
-# Only the bystander, whose parent is the wrapper (pid 1), may be left.
-if [ "$left" = "sleep/1" ]; then r=true; else r=false; fi
-printf '{"resolved": %s, "tests": {}}' "$r" > "$HOIST_GRADE_OUT"
-"#,
-        0o700,
-    );
+    // Only the bystander, whose parent is the wrapper (pid 1), may be left.
+    leave_daemons_grade_sleepers(&s, "sleep/1");
     let r = s.run_with(BYSTANDER_WRAPPER, &[]);
     assert_eq!(r.code, Some(0), "task-exec failed: {}", r.stderr);
     let v = s.result();
@@ -784,23 +791,7 @@ fn unreadable_context_is_an_infra_error_with_a_result() {
 fn as_pid1_leftovers_of_install_and_agent_are_gone_before_grading() {
     let Some(s) = setup() else { return };
     std::os::unix::fs::symlink("/proc", s.p("/proc")).unwrap();
-    // A root daemon left by install.sh, outside its process group.
-    s.exec(
-        "/opt/agent/install.sh",
-        "#!/bin/sh\nsetsid sleep 4245 >/dev/null 2>&1 &\n",
-        0o755,
-    );
-    s.agent("#!/bin/sh\nsetsid sleep 4242 >/dev/null 2>&1 &\necho fixed > fix.txt\n");
-    s.exec(
-        "/tests/grade.sh",
-        r#"#!/bin/sh
-left=$(for f in /proc/[0-9]*/status; do awk '/^Name:/ {n=$2} /^State:/ {st=$2} END {if (n == "sleep" && st != "Z") print FILENAME}' "$f" 2>/dev/null; done)
-echo "sleepers during grading: [$left]"
-if [ -z "$left" ]; then r=true; else r=false; fi
-printf '{"resolved": %s, "tests": {}}' "$r" > "$HOIST_GRADE_OUT"
-"#,
-        0o700,
-    );
+    leave_daemons_grade_sleepers(&s, "");
     let r = s.run_as_pid1(&[]);
     assert_eq!(r.code, Some(0), "task-exec failed: {}", r.stderr);
     let v = s.result();

@@ -494,15 +494,21 @@ fn leftover_check_finds_an_orphan_of_this_test_and_nothing_else() {
     let uid = rustix::process::getuid().as_raw();
     // Of the host's many processes of this uid, none is this test's yet.
     assert_eq!(processes_of(uid, ""), Vec::<String>::new());
-    let mut stranger = std::process::Command::new("setsid")
+    let mut detacher = std::process::Command::new("setsid")
         .args(["-f", "sleep", "4711"])
         .spawn()
         .unwrap();
-    stranger.wait().unwrap();
-    // setsid -f forks, and its child is orphaned, to this test.
-    let found = processes_of(uid, "sleep 4711");
-    assert_eq!(found.len(), 1, "{found:?}");
+    detacher.wait().unwrap();
+    // setsid -f forks, and its child is orphaned, to this test; it may
+    // not have exec'd sleep yet.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut found = processes_of(uid, "sleep 4711");
+    while found.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        found = processes_of(uid, "sleep 4711");
+    }
     let _ = std::process::Command::new("pkill")
         .args(["-f", "^sleep 4711$"])
         .status();
+    assert_eq!(found.len(), 1, "{found:?}");
 }

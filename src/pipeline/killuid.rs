@@ -104,15 +104,7 @@ pub fn kill_user_processes(
         Scope::Namespace(procfs) => kill_uid_in_namespace(uid, procfs.as_ref(), reaper, timeout),
         Scope::Descendants(procfs) => {
             let survivors = end_descendants(procfs, reaper, timeout, &|s| s.has_uid(uid));
-            if survivors.is_empty() {
-                Ok(())
-            } else {
-                Err(KillError::Survivors {
-                    uid,
-                    secs: timeout.as_secs(),
-                    pids: survivors,
-                })
-            }
+            none_survived(uid, timeout, survivors)
         }
         Scope::Unknown { why } => Err(KillError::NoScope {
             uid,
@@ -226,6 +218,11 @@ fn kill_uid_in_namespace(
     };
     reaper.poll();
     outcome?;
+    none_survived(uid, timeout, survivors)
+}
+
+/// Ok when `survivors` is empty, else the error naming them.
+fn none_survived(uid: u32, timeout: Duration, survivors: Vec<i32>) -> Result<(), KillError> {
     if survivors.is_empty() {
         Ok(())
     } else {
