@@ -62,8 +62,10 @@ quiet() {
 
 _HOIST_APT_UPDATED=0
 _apt() {
-    # Wait for another apt/dpkg (e.g. a background install) instead of failing on the lock.
-    DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=600 "$@"
+    # Wait for another apt/dpkg (e.g. a background install) instead of failing on the lock;
+    # retry a download the mirror dropped instead of failing the whole CI run on it.
+    DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=600 \
+        -o Acquire::Retries=5 "$@"
 }
 _apt_update_once() {
     if ((_HOIST_APT_UPDATED == 0)); then
