@@ -1090,7 +1090,7 @@ fn security_capability_xattr_is_preserved() {
         .owned_file("ping", b"\x7fELF", 0o755, 0, 0)
         .bytes();
     let stats = fx.apply(&layer).unwrap();
-    assert_eq!(stats.xattrs_not_set, 0);
+    assert_eq!(stats.not_reproduced.xattrs_not_set, 0);
     let p = fx.target().join("ping");
     assert_eq!(
         xattr(&p, "security.capability").as_deref(),
@@ -1140,7 +1140,7 @@ fn unprivileged_mode_records_ownership_it_did_not_reproduce() {
         ..ApplyOptions::default()
     };
     let stats = fx.apply_as(&layer, TAR, &opts).unwrap();
-    assert_eq!(stats.ownership_not_reproduced, 1);
+    assert_eq!(stats.not_reproduced.ownership_not_reproduced, 1);
     let m = fs::metadata(fx.target().join("mine")).unwrap();
     assert_eq!(m.uid(), rustix::process::geteuid().as_raw());
     // The true owner is recorded, and the tree digest reports it.
@@ -1155,7 +1155,7 @@ fn unprivileged_mode_records_ownership_it_did_not_reproduce() {
     // As root the device is made anyway (mknod succeeds); unprivileged it
     // is skipped and counted.
     let made = fx.target().join("dev/null").exists();
-    assert_eq!(stats.devices_not_created, u64::from(!made));
+    assert_eq!(stats.not_reproduced.devices_not_created, u64::from(!made));
     fx.assert_outside_untouched();
 }
 

@@ -15,8 +15,8 @@ use crate::digest::Digest;
 use crate::manifest::Descriptor;
 use crate::pull::Pulled;
 use crate::store::Store;
+pub use crate::unpack::Fidelity;
 use crate::unpack::{apply_layer, ApplyOptions, LayerStats, OutputMode, Privileges};
-use serde::{Deserialize, Serialize};
 
 use super::RootfsError;
 
@@ -89,38 +89,6 @@ pub(crate) fn subtrees_dir(store: &Store) -> PathBuf {
     store.root().join(format!("subtrees{}", flavour()))
 }
 
-/// What a cached layer or subtree could not reproduce, summed over the
-/// entries of a rootfs: zero everywhere as root.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Fidelity {
-    /// Entries whose owner (uid or gid) is not the image's.
-    pub ownership_not_reproduced: u64,
-    /// Device nodes not created.
-    pub devices_not_created: u64,
-    /// Extended attributes the file system or our privileges refused.
-    pub xattrs_not_set: u64,
-}
-
-impl Fidelity {
-    pub fn of(s: &LayerStats) -> Fidelity {
-        Fidelity {
-            ownership_not_reproduced: s.ownership_not_reproduced,
-            devices_not_created: s.devices_not_created,
-            xattrs_not_set: s.xattrs_not_set,
-        }
-    }
-
-    pub fn add(&mut self, o: Fidelity) {
-        self.ownership_not_reproduced += o.ownership_not_reproduced;
-        self.devices_not_created += o.devices_not_created;
-        self.xattrs_not_set += o.xattrs_not_set;
-    }
-
-    pub fn is_exact(&self) -> bool {
-        *self == Fidelity::default()
-    }
-}
-
 /// The fidelity record kept beside a cache entry (`<key>.json`).
 fn stats_path(entry: &Path) -> PathBuf {
     entry.with_extension("json")
@@ -177,7 +145,7 @@ pub fn ensure_layer(
         }
     };
     // The record first: an entry is only ever seen with its record.
-    let fidelity = Fidelity::of(&stats);
+    let fidelity = stats.not_reproduced;
     write_fidelity(&target, fidelity)?;
     fs::rename(&tmp, &target).map_err(io(&target))?;
     Ok((target, fidelity))
@@ -260,7 +228,7 @@ pub(crate) fn extract_subtree(
             };
             // Counts cover the whole image's entries that were applied,
             // i.e. the subtree and the directories on the way to it.
-            fidelity.add(Fidelity::of(&apply_blob(store, desc, scratch, &opts)?));
+            fidelity.add(apply_blob(store, desc, scratch, &opts)?.not_reproduced);
         }
         let missing = || RootfsError::MissingSubtree {
             reference: reference.to_string(),

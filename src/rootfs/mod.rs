@@ -279,7 +279,7 @@ fn materialize_copy(
             expected_diff_id: Some(diff_id.clone()),
             ..Default::default()
         };
-        not_reproduced.add(Fidelity::of(&cache::apply_blob(store, desc, out, &opts)?));
+        not_reproduced.add(cache::apply_blob(store, desc, out, &opts)?.not_reproduced);
     }
     let root = File::open(out).map_err(io(out))?;
     for (img, path) in axis_subtrees(axes) {

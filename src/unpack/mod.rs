@@ -138,12 +138,31 @@ pub struct LayerStats {
     pub entries: u64,
     pub whiteouts: u64,
     pub opaque_dirs: u64,
-    /// Entries whose uid/gid could not be set (unprivileged runs).
+    /// What could not be reproduced (unprivileged runs).
+    pub not_reproduced: Fidelity,
+}
+
+/// What applying layers could not reproduce: zero everywhere as root.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Fidelity {
+    /// Entries whose owner (uid or gid) is not the image's.
     pub ownership_not_reproduced: u64,
-    /// Device nodes not created (unprivileged runs).
+    /// Device nodes not created.
     pub devices_not_created: u64,
     /// Extended attributes the file system or our privileges refused.
     pub xattrs_not_set: u64,
+}
+
+impl Fidelity {
+    pub fn add(&mut self, o: Fidelity) {
+        self.ownership_not_reproduced += o.ownership_not_reproduced;
+        self.devices_not_created += o.devices_not_created;
+        self.xattrs_not_set += o.xattrs_not_set;
+    }
+
+    pub fn is_exact(&self) -> bool {
+        *self == Fidelity::default()
+    }
 }
 
 /// Applies the layer blob `reader` of type `media_type` onto the directory
@@ -202,9 +221,7 @@ pub fn apply_layer(
         entries: c.entries,
         whiteouts: c.whiteouts,
         opaque_dirs: c.opaque_dirs,
-        ownership_not_reproduced: c.ownership_not_reproduced,
-        devices_not_created: c.devices_not_created,
-        xattrs_not_set: c.xattrs_not_set,
+        not_reproduced: c.not_reproduced,
     })
 }
 

@@ -48,7 +48,7 @@ impl Applier<'_> {
                         Some(Errno::NOTSUP) | Some(Errno::PERM)
                     ) =>
                 {
-                    self.counts.xattrs_not_set += 1;
+                    self.counts.not_reproduced.xattrs_not_set += 1;
                 }
                 Err(e) => return Err(UnpackError::io(name, "set xattr", e)),
             }
@@ -67,7 +67,7 @@ impl Applier<'_> {
     fn set_owner(&mut self, name: &str, h: &Handle<'_>, meta: &Meta) -> Result<(), UnpackError> {
         if !self.powers.chown {
             if (meta.uid, meta.gid) != self.ids {
-                self.counts.ownership_not_reproduced += 1;
+                self.counts.not_reproduced.ownership_not_reproduced += 1;
                 self.record_owner(h, meta);
             } else if let Handle::At(dir, last) = h {
                 // A directory an earlier layer recorded may be reproduced
@@ -99,7 +99,7 @@ impl Applier<'_> {
             // In a user namespace, an id it does not map: keep what can be
             // kept (the uid or the gid alone), count the entry.
             Err(Errno::INVAL) if self.powers.in_user_namespace() => {
-                self.counts.ownership_not_reproduced += 1;
+                self.counts.not_reproduced.ownership_not_reproduced += 1;
                 let _ = chown(uid, None).or_else(|_| chown(None, gid)); // best effort
                 self.record_owner(h, meta);
                 Ok(())

@@ -27,9 +27,7 @@ pub(crate) struct Counts {
     pub entries: u64,
     pub whiteouts: u64,
     pub opaque_dirs: u64,
-    pub ownership_not_reproduced: u64,
-    pub devices_not_created: u64,
-    pub xattrs_not_set: u64,
+    pub not_reproduced: crate::unpack::Fidelity,
 }
 
 /// How an entry's metadata is reached: through the open file we just wrote,
@@ -540,7 +538,7 @@ impl<'a> Applier<'a> {
             // Devices need CAP_MKNOD; unprivileged, Docker (in a user
             // namespace) skips them too. Recorded, not silent.
             Err(Errno::PERM) if !self.powers.devices && ft != FileType::Fifo => {
-                self.counts.devices_not_created += 1;
+                self.counts.not_reproduced.devices_not_created += 1;
                 return Ok(());
             }
             Err(e) => return Err(UnpackError::io(name, "mknod", e)),
