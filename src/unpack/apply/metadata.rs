@@ -69,11 +69,8 @@ impl Applier<'_> {
             if (meta.uid, meta.gid) != self.ids {
                 self.counts.not_reproduced.ownership_not_reproduced += 1;
                 self.record_owner(h, meta);
-            } else if let Handle::At(dir, last) = h {
-                // A directory an earlier layer recorded may be reproduced
-                // now: its record must not outlive the truth.
-                let _ =
-                    fsops::remove_xattr_at(*dir, last, crate::treedigest::OWNER_XATTR.as_bytes());
+            } else {
+                forget_owner(h);
             }
             return Ok(());
         }
@@ -85,14 +82,7 @@ impl Applier<'_> {
         };
         match chown(uid, gid) {
             Ok(()) if self.powers.in_user_namespace() => {
-                if let Handle::At(dir, last) = h {
-                    // As above: an earlier layer's record is stale now.
-                    let _ = fsops::remove_xattr_at(
-                        *dir,
-                        last,
-                        crate::treedigest::OWNER_XATTR.as_bytes(),
-                    );
-                }
+                forget_owner(h);
                 Ok(())
             }
             Ok(()) => Ok(()),
@@ -146,5 +136,15 @@ impl Applier<'_> {
             .map_err(|e| UnpackError::io(&name, "set times", e))?;
         }
         Ok(())
+    }
+}
+
+/// Drop the owner record of an entry now reproduced: a directory an
+/// earlier layer recorded must not keep a record that outlives the truth.
+/// (An entry just written, reached as a file, has none.)
+fn forget_owner(h: &Handle<'_>) {
+    if let Handle::At(dir, last) = h {
+        // Absent is the usual case; a failure only leaves a stale record.
+        let _ = fsops::remove_xattr_at(*dir, last, crate::treedigest::OWNER_XATTR.as_bytes());
     }
 }
