@@ -542,12 +542,6 @@ fn seccomp_check(status: &str, namespaces_ok: bool) -> Check {
 
 // ---- cgroups --------------------------------------------------------------
 
-/// This process's cgroup path for `controller` (v1), or its unified path
-/// (v2, `controller` = ""), from a `/proc/self/cgroup` text.
-pub fn cgroup_path<'a>(text: &'a str, controller: &str) -> Option<&'a str> {
-    cgroup::own_path(text, controller)
-}
-
 /// Whether a run's cgroup (pids, and memory for `--memory`) can be made
 /// here: the sandbox's own code makes one and removes it.
 fn cgroups_check() -> Check {
@@ -596,16 +590,6 @@ fn cgroups_check() -> Check {
 
 // ---- subordinate ids --------------------------------------------------------
 
-fn on_path(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/bin", "/usr/sbin", "/bin"])
-        .map(|d| Path::new(d).join(tool))
-        .find(|p| p.is_file());
-    found
-}
-
 fn subids_check(uid: u32) -> Check {
     const NAME: &str = "subordinate_ids";
     let passwd = read("/etc/passwd");
@@ -620,7 +604,8 @@ fn subids_check(uid: u32) -> Check {
     let (u, g) = (count("/etc/subuid"), count("/etc/subgid"));
     let tools: Vec<&str> = ["newuidmap", "newgidmap"]
         .into_iter()
-        .filter(|t| on_path(t).is_none())
+        // Where hoist itself looks for them, not along PATH.
+        .filter(|t| crate::userns::find_helper(t).is_none())
         .collect();
     let detail = format!(
         "{who}: {u} subordinate uids, {g} subordinate gids; {}",
@@ -1111,17 +1096,6 @@ mod tests {
             Status::Missing
         );
         assert_eq!(seccomp_check("", false).status, Status::Degraded);
-    }
-
-    #[test]
-    fn cgroup_paths_v1_and_v2() {
-        let text =
-            "12:pids:/docker/abc\n4:memory:/docker/abc\n3:cpu,cpuacct:/x\n0::/system.slice/y\n";
-        assert_eq!(cgroup_path(text, "pids"), Some("/docker/abc"));
-        assert_eq!(cgroup_path(text, "cpuacct"), Some("/x"));
-        assert_eq!(cgroup_path(text, ""), Some("/system.slice/y"));
-        assert_eq!(cgroup_path(text, "blkio"), None);
-        assert_eq!(cgroup_path("1:name=systemd:/\n", "systemd"), None);
     }
 
     #[test]

@@ -121,7 +121,9 @@ fn extent(ranges: &[IdRange]) -> u64 {
     1 + ranges.iter().map(|r| u64::from(r.count)).sum::<u64>()
 }
 
-fn find_helper(name: &str) -> Option<std::path::PathBuf> {
+/// Where `newuidmap` or `newgidmap` is: the system's directories only,
+/// never a PATH entry (`hoist doctor` reports what this finds).
+pub fn find_helper(name: &str) -> Option<std::path::PathBuf> {
     ["/usr/bin", "/bin", "/usr/sbin", "/usr/local/bin"]
         .iter()
         .map(|d| Path::new(d).join(name))

@@ -655,6 +655,13 @@ mod tests {
         assert_eq!(own_path(v2, "pids"), None);
         // A path may hold a colon.
         assert_eq!(own_path("0::/a:b\n", ""), Some("/a:b"));
+        let docker =
+            "12:pids:/docker/abc\n4:memory:/docker/abc\n3:cpu,cpuacct:/x\n0::/system.slice/y\n";
+        assert_eq!(own_path(docker, "pids"), Some("/docker/abc"));
+        assert_eq!(own_path(docker, "cpuacct"), Some("/x"));
+        assert_eq!(own_path(docker, ""), Some("/system.slice/y"));
+        assert_eq!(own_path(docker, "blkio"), None);
+        assert_eq!(own_path("1:name=systemd:/\n", "systemd"), None);
         assert_eq!(own_path("", ""), None);
     }
 
