@@ -1,10 +1,35 @@
-//! The few raw system calls rustix does not wrap safely, each `unsafe`
-//! block with a `SAFETY:` comment. The only `unsafe` elsewhere is where a
+//! The few raw system calls rustix does not wrap safely, and the taking
+//! over of a descriptor inherited across exec, each `unsafe` block with a
+//! `SAFETY:` comment. The only `unsafe` elsewhere is where a
 //! child must act between fork and exec (`Command::pre_exec`: joining the
 //! run's cgroup in `sandbox::cgroup`, becoming PID 1 in `sandbox::ns`),
 //! each with its own `SAFETY:` comment.
 
 use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+/// Own the descriptor `fd` that the program which exec'd this one left
+/// open for it, and mark it close-on-exec so that no child inherits it in
+/// turn. Refuses the standard streams (std owns those) and a number that
+/// is not an open descriptor. Call once per number, before anything else
+/// in this process could have opened or closed it.
+pub fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd <= 2 {
+        return Err(io::Error::other(format!(
+            "descriptor {fd} is a standard stream, not an inherited one"
+        )));
+    }
+    // SAFETY: the borrow only lives for this F_GETFD, which fails with
+    // EBADF, touching nothing, when no descriptor has that number.
+    rustix::io::fcntl_getfd(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })?;
+    // SAFETY: `fd` is open (checked above) and not a standard stream; it
+    // was inherited across exec, so nothing in this process opened it, and
+    // per this function's contract nothing else has taken it: this is its
+    // only owner.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)?;
+    Ok(owned)
+}
 
 /// `struct ifreq` as the SIOC[GS]IFFLAGS ioctls read and write it: the
 /// interface name, then (in the union) the flags as a short.
@@ -58,4 +83,32 @@ pub fn unshare(flags: rustix::thread::UnshareFlags) -> io::Result<()> {
     // FILES, and calls this from a process that has started no threads.
     unsafe { rustix::thread::unshare_unsafe(flags) }?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsRawFd, IntoRawFd};
+
+    #[test]
+    fn an_inherited_descriptor_is_owned_and_closed_on_exec() {
+        let (read, _write) = rustix::pipe::pipe().unwrap();
+        // Left without CLOEXEC, as an exec'ing parent leaves it.
+        rustix::io::fcntl_setfd(&read, rustix::io::FdFlags::empty()).unwrap();
+        let n = read.into_raw_fd();
+        let owned = take_inherited_fd(n).unwrap();
+        assert_eq!(owned.as_raw_fd(), n);
+        assert!(rustix::io::fcntl_getfd(&owned)
+            .unwrap()
+            .contains(rustix::io::FdFlags::CLOEXEC));
+    }
+
+    #[test]
+    fn standard_streams_and_closed_numbers_are_refused() {
+        for fd in [0, 1, 2] {
+            assert!(take_inherited_fd(fd).is_err(), "{fd}");
+        }
+        // A number far above any this test process has open.
+        assert!(take_inherited_fd(1_000_000).is_err());
+    }
 }

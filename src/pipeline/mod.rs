@@ -107,11 +107,9 @@ pub fn task_exec(opts: &TaskExecOptions) -> Result<TaskResult, TaskExecError> {
         Ok(c) => (c, None),
         Err(e) => (RunContext::default(), Some(infra(Stage::Sandbox, &e))),
     };
-    // SAFETY: the number comes from the chroot stage, which opened the
-    // descriptor for this process alone; nothing else here owns it.
-    let procfs = opts
-        .proc_fd
-        .map(|fd| unsafe { procfs::Procfs::from_inherited(fd) });
+    // Opened for this process by the chroot stage; nothing here has
+    // touched that number.
+    let procfs = opts.proc_fd.map(procfs::Procfs::inherited);
     let scope = killuid::Scope::detect(&root.path("/proc"), procfs);
     let mut sup = Supervisor::new(&root, &ctx, out.clone(), scope);
     sup.rec.task_id = opts.task.clone().unwrap_or_default();

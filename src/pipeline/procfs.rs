@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use rustix::fs::{Mode, OFlags};
@@ -79,18 +79,12 @@ impl Procfs {
         Procfs::check(fd)
     }
 
-    /// Take over a descriptor inherited across exec (chroot mode opens
-    /// `/proc` before the chroot), marking it close-on-exec at once so no
-    /// child of the supervisor inherits a way out of the chroot.
-    ///
-    /// # Safety
-    /// `fd` must be an open descriptor that nothing else in this process
-    /// owns.
-    pub unsafe fn from_inherited(fd: RawFd) -> std::io::Result<Procfs> {
-        // SAFETY: the caller's promise.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
-        Procfs::check(fd)
+    /// A descriptor inherited across exec (chroot mode opens `/proc`
+    /// before the chroot), taken with [`crate::sys::take_inherited_fd`],
+    /// which marks it close-on-exec so no child of the supervisor inherits
+    /// a way out of the chroot.
+    pub fn inherited(fd: RawFd) -> std::io::Result<Procfs> {
+        Procfs::check(crate::sys::take_inherited_fd(fd)?)
     }
 
     fn check(fd: OwnedFd) -> std::io::Result<Procfs> {
@@ -112,7 +106,7 @@ impl Procfs {
 
     /// Let the descriptor survive exec and return its number, to hand to
     /// the program exec'd next (which takes it with
-    /// [`Procfs::from_inherited`]).
+    /// [`Procfs::inherited`]).
     pub fn keep_across_exec(&self) -> std::io::Result<RawFd> {
         rustix::io::fcntl_setfd(&self.0, rustix::io::FdFlags::empty())?;
         Ok(self.0.as_raw_fd())
