@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::grade::read_grade_report;
 use super::health;
 use super::jail;
-use super::killuid::{self, kill_user_processes, Scope};
+use super::killuid::{self, kill_user_processes, KillError, Scope};
 use super::process::{self, Finished, Reaper, Spec};
 use super::root::{create_root_file, ensure_root_dir, remove_if_present, write_atomic, Root};
 use super::task::{choose_task, parse_task, TaskError, TaskSpec, MAX_TASK_BYTES};
@@ -86,9 +86,6 @@ impl<'a> Supervisor<'a> {
         // binaries, file capabilities) can raise its privileges.
         rustix::thread::set_no_new_privs(true)
             .map_err(|e| sandbox_err(&std::io::Error::from(e)))?;
-        // Outside a pid namespace of its own, the run's processes are the
-        // supervisor's descendants: orphans must come back to it, not to
-        // an init whose other children are not the run's.
         // Before anything starts: a run whose leftovers could not be
         // ended must not begin.
         if let Scope::Unknown { why } = &self.scope {
@@ -97,6 +94,9 @@ impl<'a> Supervisor<'a> {
                 format!("cannot tell this run's processes from others': {why}"),
             ));
         }
+        // Outside a pid namespace of its own, the run's processes are the
+        // supervisor's descendants: orphans must come back to it, not to
+        // an init whose other children are not the run's.
         if let Err(e) = process::become_subreaper() {
             if !matches!(self.scope, Scope::Namespace(_)) {
                 return Err(message(
@@ -131,9 +131,16 @@ impl<'a> Supervisor<'a> {
     /// [`Supervisor::end_agent_phase`] already succeeded and this pass only
     /// catches what a grader may have started as the agent user.
     pub fn cleanup(&mut self) {
-        let _ = kill_user_processes(AGENT_UID, &self.scope, &mut self.reaper, KILL_TIMEOUT);
+        let _ = self.end_agent_and_gateway();
+    }
+
+    /// Kill the agent user's processes, stop the gateway, then sweep
+    /// whatever else of the run is left; the outcome of the first.
+    fn end_agent_and_gateway(&mut self) -> Result<(), KillError> {
+        let killed = kill_user_processes(AGENT_UID, &self.scope, &mut self.reaper, KILL_TIMEOUT);
         self.stop_gateway();
         killuid::sweep(&self.scope, &mut self.reaper, KILL_TIMEOUT);
+        killed
     }
 
     fn load_task(&mut self, requested: Option<&str>) -> Result<TaskSpec, InfraError> {
@@ -409,11 +416,7 @@ impl<'a> Supervisor<'a> {
 
     /// Step 6: nothing of the agent runs while grading, nor the gateway.
     fn end_agent_phase(&mut self) -> Result<(), InfraError> {
-        kill_user_processes(AGENT_UID, &self.scope, &mut self.reaper, KILL_TIMEOUT)
-            .map_err(|e| sandbox_err(&e))?;
-        self.stop_gateway();
-        killuid::sweep(&self.scope, &mut self.reaper, KILL_TIMEOUT);
-        Ok(())
+        self.end_agent_and_gateway().map_err(|e| sandbox_err(&e))
     }
 
     /// Step 7: the grader, as root in the workdir, and its report.
