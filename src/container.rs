@@ -428,10 +428,7 @@ fn context(req: &ContainerRequest<'_>, prepare_ms: u64) -> RunContext {
         materialize_ms: prepare_ms,
         agent_timeout_sec: req.agent_timeout_sec,
         grade_timeout_sec: req.grade_timeout_sec,
-        gateway_port: match req.network {
-            Network::None => ctx::DEFAULT_GATEWAY_PORT,
-            Network::Host => ctx::shared_network_gateway_port(),
-        },
+        gateway_port: ctx::gateway_port(req.network == Network::Host),
         ..RunContext::default()
     }
 }

@@ -293,11 +293,9 @@ fn run_in(
         materialize_ms,
         agent_timeout_sec: req.agent_timeout_sec,
         grade_timeout_sec: req.grade_timeout_sec,
-        gateway_port: if isolation == Isolation::Chroot || req.network == Network::Host {
-            ctx::shared_network_gateway_port()
-        } else {
-            ctx::DEFAULT_GATEWAY_PORT
-        },
+        gateway_port: ctx::gateway_port(
+            isolation == Isolation::Chroot || req.network == Network::Host,
+        ),
         ..RunContext::default()
     };
     let context_path = work.join("context.json");

@@ -39,23 +39,25 @@ pub struct RunContext {
     pub grade_timeout_sec: Option<u64>,
     /// Seconds between SIGTERM and SIGKILL when a process group is stopped.
     pub kill_grace_sec: u64,
-    /// The loopback port the gateway listens on: [`DEFAULT_GATEWAY_PORT`]
-    /// in a network namespace of the run's own, else
-    /// [`shared_network_gateway_port`].
+    /// The loopback port the gateway listens on ([`gateway_port`]).
     pub gateway_port: u16,
 }
 
 /// The gateway's port where the run's loopback is its own.
 pub const DEFAULT_GATEWAY_PORT: u16 = 8377;
 
-/// The gateway's port where the network is shared (chroot isolation,
-/// `--network host`): a loopback port free now, picked by the kernel, so
+/// The gateway's port: [`DEFAULT_GATEWAY_PORT`] in a network namespace of
+/// the run's own. Where the network is `shared` (chroot isolation,
+/// `--network host`), a loopback port free now, picked by the kernel, so
 /// that runs side by side in one runner each reach their own gateway
 /// rather than the first one to bind a fixed port. The host and the
 /// sandbox share that network, so free here is free there. Another
 /// process could still take it before the gateway binds; the gateway then
 /// exits and the run fails with a gateway infra error naming the port.
-pub fn shared_network_gateway_port() -> u16 {
+pub fn gateway_port(shared: bool) -> u16 {
+    if !shared {
+        return DEFAULT_GATEWAY_PORT;
+    }
     std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -186,6 +188,16 @@ pub fn load_context(path: &Path) -> Result<RunContext, ContextError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gateway_port_is_fixed_only_on_a_loopback_of_the_runs_own() {
+        assert_eq!(gateway_port(false), DEFAULT_GATEWAY_PORT);
+        let shared = gateway_port(true);
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", shared)).is_ok(),
+            "{shared}"
+        );
+    }
 
     fn parse(text: &str) -> Result<RunContext, ContextError> {
         parse_context(Path::new("/.hoist/context.json"), text.as_bytes())
