@@ -238,13 +238,8 @@ pub fn probe_cached(self_exe: &Path, cache: &Path) -> Probed {
             probed: probed.clone(),
         };
         // A cache that cannot be written only costs the next run a probe.
-        let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
-        let written = serde_json::to_vec(&entry)
-            .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, cache));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+        if let Ok(bytes) = serde_json::to_vec(&entry) {
+            let _ = crate::pipeline::root::write_atomic(cache, &bytes);
         }
     }
     probed
