@@ -177,10 +177,7 @@ impl RunCgroup {
     /// recorded in [`RunCgroup::limits`].
     pub(crate) fn create(limits: &Limits) -> Result<RunCgroup, SandboxError> {
         let name = run_name();
-        let mut cg = RunCgroup {
-            dirs: Vec::new(),
-            limits: RunLimits::rlimits_only(limits),
-        };
+        let mut cg = RunCgroup::none_yet(limits);
         let mut wanted = vec![Controller::Pids];
         if limits.max_memory.is_some() {
             wanted.push(Controller::Memory);
@@ -195,6 +192,14 @@ impl RunCgroup {
             )));
         }
         Ok(cg)
+    }
+
+    /// No directory made yet: bounded by the rlimits alone.
+    fn none_yet(limits: &Limits) -> RunCgroup {
+        RunCgroup {
+            dirs: Vec::new(),
+            limits: RunLimits::rlimits_only(limits),
+        }
     }
 
     /// What the run is bounded by.
@@ -548,10 +553,7 @@ fn write(path: &Path, value: &str) -> Result<(), String> {
 pub fn probe() -> Vec<(Controller, Result<Version, String>)> {
     let name = run_name();
     let limits = Limits::default();
-    let mut cg = RunCgroup {
-        dirs: Vec::new(),
-        limits: RunLimits::rlimits_only(&limits),
-    };
+    let mut cg = RunCgroup::none_yet(&limits);
     // Dropping `cg` removes what was made (a failure is logged there).
     [Controller::Pids, Controller::Memory]
         .into_iter()
