@@ -399,16 +399,8 @@ fn limits(req: &ContainerRequest<'_>) -> Limits {
     }
 }
 
-fn image_json(p: &Pulled) -> Value {
-    json!({"ref": p.reference, "digest": p.digest.to_string()})
-}
-
 fn images_json(axes: &Axes<'_>) -> Value {
-    json!({
-        "benchmark": image_json(axes.benchmark),
-        "agent": image_json(axes.agent),
-        "gateway": axes.gateway.map(image_json),
-    })
+    crate::pull::images_json(axes.benchmark, axes.agent, axes.gateway)
 }
 
 /// The run context: the axes' references and digests, exactly as crane

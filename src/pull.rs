@@ -465,6 +465,21 @@ fn copy_layout_blob(
     Ok(())
 }
 
+/// The `images` of result.json and run.json: each axis's reference as
+/// given and its manifest digest (`gateway` null when there is none).
+pub fn images_json(
+    benchmark: &Pulled,
+    agent: &Pulled,
+    gateway: Option<&Pulled>,
+) -> serde_json::Value {
+    let one = |p: &Pulled| serde_json::json!({"ref": p.reference, "digest": p.digest.to_string()});
+    serde_json::json!({
+        "benchmark": one(benchmark),
+        "agent": one(agent),
+        "gateway": gateway.map(one),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -131,10 +131,6 @@ pub fn check_lock(
     Ok(())
 }
 
-fn image_json(p: &Pulled, reference: &str) -> serde_json::Value {
-    serde_json::json!({"ref": reference, "digest": p.digest.to_string()})
-}
-
 /// The isolation to use (`auto` takes namespaces when the probe works)
 /// and whether the sandbox can enter a user namespace, from the probes
 /// (cached in the store, see [`sandbox::probe_cached`]).
@@ -199,8 +195,10 @@ pub fn run(
     let m = rootfs::materialize(store, &axes, &rootfs_dir, rootfs_mode, false)?;
     let materialize_ms = t.elapsed().as_millis() as u64;
 
+    let images = crate::pull::images_json(req.benchmark, req.agent, req.gateway);
     let result = run_in(
         req,
+        &images,
         &m,
         (isolation, user_namespace),
         materialize_ms,
@@ -211,11 +209,6 @@ pub fn run(
     }
     let (exit_code, sandbox_ms, limits) = result?;
 
-    let images = serde_json::json!({
-        "benchmark": image_json(req.benchmark, &req.benchmark.reference),
-        "agent": image_json(req.agent, &req.agent.reference),
-        "gateway": req.gateway.map(|g| image_json(g, &g.reference)),
-    });
     let record = RunRecord {
         schema: "hoist.run/v1",
         command_line: req.command_line.clone(),
@@ -267,18 +260,14 @@ pub fn run(
 
 fn run_in(
     req: &RunRequest<'_>,
+    images: &serde_json::Value,
     m: &Materialized,
     (isolation, user_namespace): (Isolation, bool),
     materialize_ms: u64,
     work: &Path,
 ) -> Result<(i32, u64, RunLimits), RunError> {
     let context = RunContext {
-        images: serde_json::from_value(serde_json::json!({
-            "benchmark": image_json(req.benchmark, &req.benchmark.reference),
-            "agent": image_json(req.agent, &req.agent.reference),
-            "gateway": req.gateway.map(|g| image_json(g, &g.reference)),
-        }))
-        .unwrap_or_default(),
+        images: serde_json::from_value(images.clone()).unwrap_or_default(),
         platform: req.benchmark.platform.to_string(),
         mode: ctx::Mode::Crane,
         isolation: match isolation {
