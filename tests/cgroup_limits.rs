@@ -84,17 +84,6 @@ fn start(e: &Env, rec: &Path, out: &Path, extra: &[&str]) -> Child {
         .expect("spawn hoist")
 }
 
-fn finish(child: Child) -> Output {
-    let o = child.wait_with_output().unwrap();
-    assert!(
-        o.status.success(),
-        "hoist run failed:\n{}\n{}",
-        stdout(&o),
-        stderr(&o)
-    );
-    o
-}
-
 fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{path:?}: {e}")))
         .unwrap()
@@ -183,7 +172,7 @@ fn memory_limit_oom_kills_the_agent_and_the_task_is_still_graded() {
             &["--isolation", isolation, "--memory", "64M"],
         );
         let pid = child.id();
-        finish(child);
+        ok_child(child, "hoist run");
         let log = agent_log(out.path());
         assert!(has_line(&log, "hog: 8 MiB"), "the hog never ran:\n{log}");
         assert!(
@@ -204,7 +193,7 @@ fn memory_limit_oom_kills_the_agent_and_the_task_is_still_graded() {
     }
     // The same agent without --memory: the kill above was the limit's.
     let out = tempfile::tempdir().unwrap();
-    finish(start(&e, rec.path(), out.path(), &[]));
+    ok_child(start(&e, rec.path(), out.path(), &[]), "hoist run");
     let log = agent_log(out.path());
     assert!(has_line(&log, "hog: done"), "{log}");
     let run = read_json(&out.path().join("run.json"));
@@ -268,7 +257,7 @@ fn fork_bomb_stops_at_pids_max() {
         assert!(start.elapsed() < Duration::from_secs(120), "run hangs");
         std::thread::sleep(Duration::from_millis(10));
     }
-    finish(child);
+    ok_child(child, "hoist run");
     let log = agent_log(out.path());
     let line = log
         .lines()
@@ -322,7 +311,7 @@ fn stale_cgroups_of_killed_runs_are_cleared_and_do_not_block_runs() {
     let out = tempfile::tempdir().unwrap();
     let child = start(&e, rec.path(), out.path(), &["--memory", "256M"]);
     let pid = child.id();
-    finish(child);
+    ok_child(child, "hoist run");
     assert_graded(out.path());
     for d in &stale {
         assert!(!d.exists(), "{d:?} not cleared");

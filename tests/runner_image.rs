@@ -280,15 +280,6 @@ fn concurrent_runs_in_one_runner_keep_to_their_own_processes_and_gateways() {
             .stderr(std::process::Stdio::piped());
         cmd.spawn().expect("docker exec")
     };
-    let finished = |child: std::process::Child, what: &str| {
-        let o = child.wait_with_output().unwrap();
-        assert!(
-            o.status.success(),
-            "the {what} run failed:\n{}\n{}",
-            stdout(&o),
-            stderr(&o)
-        );
-    };
     // Once the sleeper's agent runs (chroot mode copies agent.log out only
     // at the end, so `docker top` is where to look), so the two overlap it.
     let started = std::time::Instant::now();
@@ -315,8 +306,8 @@ fn concurrent_runs_in_one_runner_keep_to_their_own_processes_and_gateways() {
         "/out/scripted",
         &["--gateway", &e.r("gateway-replay"), "--task", &replay_task],
     ));
-    finished(oracle, "oracle");
-    finished(scripted, "scripted");
+    ok_child(oracle, "the oracle run");
+    ok_child(scripted, "the scripted run");
     let waited = ok(Command::new(DOCKER).args(["wait", &name]));
     assert_eq!(stdout(&waited).trim(), "0", "the sleeper's run failed");
 

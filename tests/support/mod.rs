@@ -86,6 +86,19 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Wait for a child started with piped output and require success,
+/// showing its output on failure; `what` names it there.
+pub fn ok_child(child: std::process::Child, what: &str) -> Output {
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "{what} failed:\nstdout:\n{}\nstderr:\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    o
+}
+
 /// Run and require success, showing stderr on failure.
 pub fn ok(cmd: &mut Command) -> Output {
     let o = run(cmd);
