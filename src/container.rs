@@ -89,6 +89,8 @@ pub enum ContainerError {
     Timeout(Duration),
     #[error("interrupted by {0}; the container was removed")]
     Interrupted(&'static str),
+    #[error("{0}")]
+    Strict(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ContainerError + '_ {
@@ -389,6 +391,9 @@ pub struct ContainerRequest<'a> {
     pub lock_file: Option<PathBuf>,
     pub command_line: Vec<String>,
     pub pull_ms: u64,
+    /// `--isolation strict`: refuse to run with anything in
+    /// `not_isolated`, here and in the supervisor.
+    pub strict: bool,
 }
 
 /// The limits of the run: the sandbox's defaults and `--memory`.
@@ -421,6 +426,8 @@ fn context(req: &ContainerRequest<'_>, prepare_ms: u64) -> RunContext {
         agent_timeout_sec: req.agent_timeout_sec,
         grade_timeout_sec: req.grade_timeout_sec,
         gateway_port: ctx::gateway_port(req.network == Network::Host),
+        landlock_abi_max: crate::confine::abi_pin_from_env(),
+        strict: req.strict,
         ..RunContext::default()
     }
 }
@@ -528,6 +535,17 @@ pub fn run(
 ) -> Result<(Value, Value), ContainerError> {
     let started = Instant::now();
     let started_at = rfc3339(SystemTime::now());
+    let requested = if req.strict {
+        Isolation::Strict
+    } else {
+        Isolation::Auto
+    };
+    crate::run::refuse_gaps_when_strict(
+        requested,
+        Isolation::Namespaces,
+        &Isolation::Namespaces.not_isolated(req.network),
+    )
+    .map_err(|e| ContainerError::Strict(e.to_string()))?;
     let task_dir = req.out.join("task");
     std::fs::create_dir_all(&task_dir).map_err(io(&task_dir))?;
     let result_path = task_dir.join("result.json");

@@ -12,6 +12,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod bake;
+pub mod confine;
 pub mod conformance;
 pub mod container;
 pub mod digest;

@@ -62,6 +62,11 @@ pub enum RunError {
     },
     #[error("namespaces isolation is not available here (the probe could not unshare and mount); use --isolation chroot or auto")]
     NoNamespaces,
+    #[error("--isolation strict: this host cannot confine the run fully ({isolation} isolation): {}", gaps.join("; "))]
+    NotStrict {
+        isolation: &'static str,
+        gaps: Vec<String>,
+    },
     #[error("the agent cannot run as a user of its own: hoist's user namespace maps only your uid ({0}); give your user subordinate ids (e.g. `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 USER`, package uidmap) or run as root")]
     OnlyRootMapped(String),
 }
@@ -80,7 +85,7 @@ pub struct RunRecord {
     pub command_line: Vec<String>,
     pub mode: &'static str,
     pub isolation: &'static str,
-    pub not_isolated: Vec<&'static str>,
+    pub not_isolated: Vec<String>,
     /// Whether root in the sandbox was root of its own user namespace.
     pub user_namespace: bool,
     /// Set when an unprivileged user ran hoist: the user namespace hoist
@@ -142,8 +147,8 @@ pub fn resolve_isolation(
     let probed = sandbox::probe_cached(hoist_binary, &store.root().join("probe.json"));
     let works = probed.namespaces.is_ok();
     let isolation = match requested {
-        Isolation::Auto if works => Isolation::Namespaces,
-        Isolation::Auto => Isolation::Chroot,
+        Isolation::Auto | Isolation::Strict if works => Isolation::Namespaces,
+        Isolation::Auto | Isolation::Strict => Isolation::Chroot,
         Isolation::Namespaces if !works => return Err(RunError::NoNamespaces),
         other => other,
     };
@@ -166,6 +171,8 @@ pub fn run(
         return Err(RunError::OnlyRootMapped(why.clone()));
     }
     let (isolation, user_namespace) = resolve_isolation(req.isolation, &req.hoist_binary, store)?;
+    let not_isolated = isolation.not_isolated(req.network);
+    refuse_gaps_when_strict(req.isolation, isolation, &not_isolated)?;
     // chroot cannot mount: the rootfs must be a plain copy.
     let rootfs_mode = if isolation == Isolation::Chroot {
         RootfsMode::Copy
@@ -214,13 +221,7 @@ pub fn run(
         command_line: req.command_line.clone(),
         mode: "crane",
         isolation: isolation.as_str(),
-        not_isolated: {
-            let mut gaps = isolation.not_isolated(req.network);
-            if isolation == Isolation::Namespaces && !user_namespace {
-                gaps.push(sandbox::NO_USER_NAMESPACE);
-            }
-            gaps
-        },
+        not_isolated,
         user_namespace,
         rootless: crate::userns::entered().cloned(),
         not_reproduced: m.not_reproduced,
@@ -258,6 +259,21 @@ pub fn run(
     Ok((value, record))
 }
 
+/// `--isolation strict` runs only with nothing in `not_isolated`.
+pub fn refuse_gaps_when_strict(
+    requested: Isolation,
+    resolved: Isolation,
+    gaps: &[String],
+) -> Result<(), RunError> {
+    if requested == Isolation::Strict && !gaps.is_empty() {
+        return Err(RunError::NotStrict {
+            isolation: resolved.as_str(),
+            gaps: gaps.to_vec(),
+        });
+    }
+    Ok(())
+}
+
 fn run_in(
     req: &RunRequest<'_>,
     images: &serde_json::Value,
@@ -285,6 +301,8 @@ fn run_in(
         gateway_port: ctx::gateway_port(
             isolation == Isolation::Chroot || req.network == Network::Host,
         ),
+        strict: req.isolation == Isolation::Strict,
+        landlock_abi_max: crate::confine::abi_pin_from_env(),
         ..RunContext::default()
     };
     let context_path = work.join("context.json");

@@ -1,4 +1,5 @@
-//! The few raw system calls rustix does not wrap safely, and the taking
+//! The few raw system calls rustix does not wrap safely (Landlock's ABI
+//! probe, close_range, loopback ioctls, unshare), and the taking
 //! over of a descriptor inherited across exec, each `unsafe` block with a
 //! `SAFETY:` comment. The only `unsafe` elsewhere is where a
 //! child must act between fork and exec (`Command::pre_exec`: joining the
@@ -83,6 +84,45 @@ pub fn unshare(flags: rustix::thread::UnshareFlags) -> io::Result<()> {
     // FILES, and calls this from a process that has started no threads.
     unsafe { rustix::thread::unshare_unsafe(flags) }?;
     Ok(())
+}
+
+/// The Landlock ABI version of the running kernel, 0 when Landlock is
+/// not built in or not enabled (`landlock_create_ruleset(NULL, 0,
+/// LANDLOCK_CREATE_RULESET_VERSION)`, landlock(7)).
+pub fn landlock_abi() -> u32 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attribute pointer, size 0 and the VERSION flag
+    // the call reads and writes no memory; it only returns a number.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    u32::try_from(v).unwrap_or(0)
+}
+
+/// Mark every descriptor from `first` up close-on-exec
+/// (`close_range(first, ~0, CLOSE_RANGE_CLOEXEC)`), so that what this
+/// process execs holds nothing of hoist's but what it was handed below
+/// `first`.
+pub fn cloexec_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC closes nothing; it only
+    // sets a flag on descriptors, which no Rust object's validity depends on.
+    let r = unsafe {
+        libc::close_range(
+            first,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]

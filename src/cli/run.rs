@@ -188,6 +188,7 @@ fn container_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> 
         lock_file: args.locked.then(|| args.lock_file.clone()),
         command_line: std::env::args().collect(),
         pull_ms,
+        strict: args.isolation == Isolation::Strict,
     };
     let (result, _record) = container::run(&docker, &store, &req, &prepared)?;
     print_result(global, &result, "docker")

@@ -41,6 +41,13 @@ pub struct RunContext {
     pub kill_grace_sec: u64,
     /// The loopback port the gateway listens on ([`gateway_port`]).
     pub gateway_port: u16,
+    /// `--isolation strict`: refuse to run a phase with any confinement
+    /// the kernel cannot give (`crate::confine::Support::gaps`).
+    #[serde(default)]
+    pub strict: bool,
+    /// Use at most this Landlock ABI (`HOIST_LANDLOCK_ABI`).
+    #[serde(default)]
+    pub landlock_abi_max: Option<u32>,
 }
 
 /// The gateway's port where the run's loopback is its own.
@@ -121,6 +128,8 @@ impl Default for RunContext {
             grade_timeout_sec: None,
             kill_grace_sec: 10,
             gateway_port: DEFAULT_GATEWAY_PORT,
+            strict: false,
+            landlock_abi_max: None,
         }
     }
 }

@@ -23,6 +23,9 @@ use crate::sandbox::{map_ids_when_unshared, mounts};
 /// What install.sh must not see.
 pub const COVERED: [&str; 3] = ["/tests", "/tasks", "/opt/gateway"];
 
+/// The hidden subcommand: `hoist __install-jail POLICY SCRIPT`.
+pub const STAGE: &str = "__install-jail";
+
 /// Covers in place; removed by [`Covers::remove`].
 pub struct Covers {
     paths: Vec<PathBuf>,
@@ -81,11 +84,20 @@ pub fn map_jail(pid: i32) -> io::Result<()> {
     map_ids_when_unshared(pid, &mut || Ok(true))
 }
 
-/// `hoist __install-jail SCRIPT`: new user and mount namespaces, wait for
-/// the supervisor to map our ids, then exec the script (as root of the
-/// new user namespace, with every inherited mount locked).
-pub fn jail_stage(script: &Path) -> i32 {
+/// `hoist __install-jail POLICY SCRIPT`: new user and mount namespaces,
+/// wait for the supervisor to map our ids, confine as `POLICY` says (see
+/// `crate::confine`), then exec the script (as root of the new user
+/// namespace, with every inherited mount locked).
+pub fn jail_stage(args: &[std::ffi::OsString]) -> i32 {
+    let script = Path::new(args.get(1).map(|a| a.as_os_str()).unwrap_or_default());
     let err = (|| -> io::Result<std::convert::Infallible> {
+        let policy: crate::confine::Policy = serde_json::from_str(
+            &args
+                .first()
+                .map(|a| a.to_string_lossy())
+                .unwrap_or_default(),
+        )
+        .map_err(io::Error::other)?;
         crate::sys::unshare(UnshareFlags::NEWUSER | UnshareFlags::NEWNS)?;
         let start = Instant::now();
         while std::fs::read_to_string("/proc/self/uid_map")?
@@ -99,13 +111,14 @@ pub fn jail_stage(script: &Path) -> i32 {
             }
             std::thread::sleep(Duration::from_micros(200));
         }
+        crate::confine::apply(&policy).map_err(io::Error::other)?;
         Err(std::process::Command::new(script).exec())
     })();
     match err {
         Ok(never) => match never {},
         Err(e) => {
             eprintln!("hoist: install jail: {e}");
-            126
+            crate::confine::exit_code_for(&e)
         }
     }
 }

@@ -23,6 +23,12 @@ impl Root {
         self.0.join(abs.trim_start_matches('/'))
     }
 
+    /// Whether this is the real root, as in the sandbox (not a test's
+    /// scratch tree).
+    pub fn is_slash(&self) -> bool {
+        self.0 == Path::new("/")
+    }
+
     /// [`Root::path`] as an OsString, for argv and the environment.
     pub fn os(&self, abs: &str) -> OsString {
         self.path(abs).into_os_string()

@@ -18,6 +18,7 @@ use super::root::{create_root_file, ensure_root_dir, remove_if_present, write_at
 use super::task::{choose_task, parse_task, TaskError, TaskSpec, MAX_TASK_BYTES};
 use super::users::{ensure_agent_user, AGENT_GID, AGENT_HOME, AGENT_UID};
 use super::{infra, Record, RunContext};
+use crate::confine::{self, NetFacts, Phase, Policy};
 use crate::result::{AgentOutcome, InfraError, Stage};
 
 /// The PATH of every child (Debian's default for root and users alike).
@@ -29,6 +30,11 @@ const GATEWAY_RUN: &str = "/opt/gateway/run";
 const RUN_DIR: &str = "/run/hoist";
 const INSTRUCTION: &str = "/run/hoist/instruction.md";
 const GRADE_OUT: &str = "/run/hoist/grade.json";
+/// The gateway's private directory, the only place it may write.
+const GATEWAY_DIR: &str = "/run/hoist/gateway";
+/// The static hoist inside the sandbox: every phase starts through its
+/// `__confine` stage (a chroot has no `/proc/self/exe`).
+const HOIST: &str = "/.hoist/hoist";
 
 /// How long the gateway has to answer `/health` with 200.
 const GATEWAY_READY: Duration = Duration::from_secs(30);
@@ -75,6 +81,81 @@ impl<'a> Supervisor<'a> {
         Duration::from_secs(self.ctx.kill_grace_sec)
     }
 
+    /// What the phases' policies depend on besides the phase.
+    fn net_facts(&self) -> NetFacts {
+        let own_namespaces = self.ctx.isolation != super::Isolation::Chroot;
+        NetFacts {
+            private: own_namespaces && self.ctx.network == super::Network::None,
+            private_ipc: own_namespaces,
+            gateway: std::fs::symlink_metadata(self.root.path(GATEWAY_RUN)).is_ok(),
+            gateway_port: self.ctx.gateway_port,
+            landlock_abi_max: self.ctx.landlock_abi_max,
+        }
+    }
+
+    /// `--isolation strict`: no phase starts with less than the whole
+    /// policy.
+    fn refuse_gaps_when_strict(&self) -> Result<(), InfraError> {
+        if !self.ctx.strict {
+            return Ok(());
+        }
+        let facts = self.net_facts();
+        let gaps = confine::Support::probe(self.ctx.landlock_abi_max).gaps(
+            !facts.private,
+            self.ctx.isolation == super::Isolation::Chroot,
+        );
+        if gaps.is_empty() {
+            return Ok(());
+        }
+        Err(message(
+            Stage::Sandbox,
+            format!(
+                "--isolation strict: this kernel cannot confine the run fully: {}",
+                gaps.join("; ")
+            ),
+        ))
+    }
+
+    /// The policy of `phase` in this run.
+    fn policy(&self, phase: Phase) -> Policy {
+        let mut p = Policy::for_phase(phase, &self.root.path("/"), &self.net_facts());
+        if !self.root.is_slash() {
+            // Tests run the supervisor on a scratch tree (`--root`), where
+            // programs' interpreters and libraries are the host's own.
+            let host = |path: &str, write| confine::ruleset::Grant {
+                path: path.into(),
+                write,
+            };
+            p.host = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/proc"]
+                .map(|d| host(d, false))
+                .into_iter()
+                .chain([host("/dev/null", true)])
+                .collect();
+        }
+        p
+    }
+
+    /// The program and arguments that run `program args` as `phase`:
+    /// through hoist's `__confine` stage.
+    fn confined(
+        &self,
+        phase: Phase,
+        program: &Path,
+        args: Vec<OsString>,
+    ) -> (PathBuf, Vec<OsString>) {
+        (self.hoist_binary(), self.policy(phase).wrap(program, args))
+    }
+
+    /// `/.hoist/hoist` in the sandbox; this binary when tests run the
+    /// supervisor on a scratch tree without one.
+    fn hoist_binary(&self) -> PathBuf {
+        let inside = self.root.path(HOIST);
+        if inside.is_file() || self.root.is_slash() {
+            return inside;
+        }
+        std::env::current_exe().unwrap_or(inside)
+    }
+
     fn finish(&mut self, pid: i32, deadline: Instant) -> Finished {
         let grace = self.grace();
         process::run_to_deadline(&mut self.reaper, pid, deadline, grace)
@@ -86,6 +167,10 @@ impl<'a> Supervisor<'a> {
         // binaries, file capabilities) can raise its privileges.
         rustix::thread::set_no_new_privs(true)
             .map_err(|e| sandbox_err(&std::io::Error::from(e)))?;
+        // A root grader shares root's uid with this process in chroot
+        // isolation: it must not be able to trace it.
+        confine::not_dumpable().map_err(|e| sandbox_err(&e))?;
+        self.refuse_gaps_when_strict()?;
         // Before anything starts: a run whose leftovers could not be
         // ended must not begin.
         if let Scope::Unknown { why } = &self.scope {
@@ -211,23 +296,21 @@ impl<'a> Supervisor<'a> {
         let log = self.log("install.log")?;
         let mut env = self.root_env(task);
         env.push(("HOIST_WORKDIR", workdir.as_os_str().to_owned()));
-        // The jail (see jail.rs) where the kernel allows it; else say so.
-        let mut covers = match jail::Covers::mount(&self.root.path("/")) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                note(&log, &format!("hoist: install.sh runs without the jail ({e}): it can read /tests and /tasks"));
-                None
-            }
-        };
+        // Landlock keeps the script from /tests, /tasks and /opt/gateway in
+        // every mode; where the supervisor may mount (namespaces), the jail
+        // (see jail.rs) covers them as well.
+        let mut covers = jail::Covers::mount(&self.root.path("/")).ok();
+        let policy = self.policy(Phase::Install);
         let (program, args) = match &covers {
             Some(_) => (
-                PathBuf::from("/proc/self/exe"),
+                self.hoist_binary(),
                 vec![
-                    OsString::from("__install-jail"),
+                    OsString::from(jail::STAGE),
+                    OsString::from(serde_json::to_string(&policy).unwrap_or_default()),
                     script.clone().into_os_string(),
                 ],
             ),
-            None => (script.clone(), Vec::new()),
+            None => self.confined(Phase::Install, &script, Vec::new()),
         };
         let spec = Spec {
             program,
@@ -302,6 +385,8 @@ impl<'a> Supervisor<'a> {
         let mut env = vec![
             ("PATH", PATH.into()),
             ("HOME", "/root".into()),
+            // The one place it may write (see confine::GATEWAY_WRITABLE).
+            ("TMPDIR", self.root.os(GATEWAY_DIR)),
             (
                 "HOIST_GATEWAY_PORT",
                 self.ctx.gateway_port.to_string().into(),
@@ -310,9 +395,12 @@ impl<'a> Supervisor<'a> {
         if self.ctx.recordings {
             env.push(("HOIST_RECORDINGS", self.root.os("/recordings")));
         }
+        ensure_root_dir(&self.root.path(GATEWAY_DIR), 0o700)
+            .map_err(|e| message(Stage::Gateway, format!("cannot create {GATEWAY_DIR}: {e}")))?;
+        let (program, args) = self.confined(Phase::Gateway, &program, Vec::new());
         let spec = Spec {
             program,
-            args: Vec::new(),
+            args,
             env,
             cwd: self.root.path("/"),
             log: &log,
@@ -386,9 +474,14 @@ impl<'a> Supervisor<'a> {
             None => String::new(),
         };
         let instruction = self.root.os(INSTRUCTION);
+        let (program, args) = self.confined(
+            Phase::Agent,
+            &self.root.path(AGENT_RUN),
+            vec![instruction.clone()],
+        );
         let spec = Spec {
-            program: self.root.path(AGENT_RUN),
-            args: vec![instruction.clone()],
+            program,
+            args,
             env: agent_env(
                 &task.id,
                 instruction,
@@ -435,13 +528,18 @@ impl<'a> Supervisor<'a> {
         let mut env = self.root_env(task);
         env.push(("HOIST_GRADE_OUT", report.as_os_str().to_owned()));
         let program = &task.grade.command[0];
-        let spec = Spec {
-            program: if program.starts_with('/') {
+        let (confined, args) = self.confined(
+            Phase::Grader,
+            &if program.starts_with('/') {
                 self.root.path(program)
             } else {
                 program.into()
             },
-            args: task.grade.command[1..].iter().map(OsString::from).collect(),
+            task.grade.command[1..].iter().map(OsString::from).collect(),
+        );
+        let spec = Spec {
+            program: confined,
+            args,
             env,
             cwd: workdir.to_path_buf(),
             log: &log,

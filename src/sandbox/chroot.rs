@@ -20,6 +20,8 @@ use crate::rootfs::mount::open_dir_beneath;
 /// `__sandbox` in chroot mode: prepare the tree, run the supervisor
 /// chrooted, copy `/output/task` out.
 pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
+    // Root phases in the chroot share root's uid with this stage.
+    crate::confine::not_dumpable().map_err(io_err("making the stage non-dumpable"))?;
     // Where the seccomp profile allows it (rootless hoist, as root of its
     // user namespace), a mount namespace of this stage's own, for binding
     // device nodes it may not create; it ends with the run. First: the

@@ -37,6 +37,8 @@ pub use ns::{netns_holder_stage, probe_proc, stage as ns_stage};
 pub enum Isolation {
     /// The strongest that works here.
     Auto,
+    /// As `auto`, and refuse to run with anything in `not_isolated`.
+    Strict,
     Namespaces,
     Chroot,
 }
@@ -54,29 +56,24 @@ impl Isolation {
     pub fn as_str(self) -> &'static str {
         match self {
             Isolation::Auto => "auto",
+            Isolation::Strict => "strict",
             Isolation::Namespaces => "namespaces",
             Isolation::Chroot => "chroot",
         }
     }
 
-    /// What this isolation does not provide, for `run.json`.
-    pub fn not_isolated(self, network: Network) -> Vec<&'static str> {
-        let mut v = match self {
-            Isolation::Chroot => vec![
-                "pid: agent processes share the container's pid namespace: the agent can signal other uid-1000 processes there (another run's agent); hoist ends only the run's own",
-                "network: the container's network is shared; --network none cannot be enforced",
-                "mounts: no fresh /proc; /dev holds only the nodes hoist could create",
-                "ipc and uts: shared with the container",
-            ],
-            _ => vec![],
-        };
-        if network == Network::Host {
-            v.push("network: --network host shares the host's network");
-        }
-        v
+    /// What a run with this isolation does not get on this kernel, for
+    /// `run.json` `not_isolated`: the confinement the kernel cannot give
+    /// (see [`crate::confine::Support::gaps`]), given what the isolation
+    /// shares. chroot shares the pid, network and ipc namespaces; Landlock
+    /// scopes, TCP rules and hoist's seccomp filter make up for them as far
+    /// as the kernel's ABI goes.
+    pub fn not_isolated(self, network: Network) -> Vec<String> {
+        let chroot = self == Isolation::Chroot;
+        crate::confine::Support::probe(crate::confine::abi_pin_from_env())
+            .gaps(chroot || network == Network::Host, chroot)
     }
 }
-
 /// Everything the sandbox stages need, written to a file by the host.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SandboxConfig {
@@ -301,9 +298,6 @@ fn probe_key(self_exe: &Path) -> Option<String> {
     ));
     Some(key.join("\n"))
 }
-
-/// What a sandbox without a user namespace does not isolate, for run.json.
-pub const NO_USER_NAMESPACE: &str = "root: no user namespace here, so root in the sandbox (the supervisor, install.sh, the gateway, the grader) holds the host's capabilities";
 
 /// `hoist __sandbox-probe [userns]`: enter the namespaces a run needs (a
 /// user namespace first, with `userns`) and mount a tmpfs; exit 0 when all

@@ -184,6 +184,8 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
     if cfg.user_namespace {
         enter_user_namespace()?;
     }
+    // After the host wrote our maps; see crate::confine::not_dumpable.
+    crate::confine::not_dumpable().map_err(io_err("making the stage non-dumpable"))?;
     unshare_all(cfg.network)?;
     let rootfs = &cfg.rootfs;
     // pivot_root needs the new root to be a mount point.
