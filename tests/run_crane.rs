@@ -267,6 +267,103 @@ fn probe_agent_is_denied_everything() {
 }
 
 #[test]
+fn probe_agent_and_its_install_sh_are_denied_in_chroot_isolation() {
+    let Some(s) = samples() else { return };
+    adopt_orphans();
+    let (out, r) = run_ok(&[
+        "--isolation",
+        "chroot",
+        "--benchmark",
+        &s.r("pyfix"),
+        "--agent",
+        &s.r("agent-probe"),
+        "--task",
+        &s.pyfix_tasks[0],
+    ]);
+    assert_eq!(r["infra_error"], Value::Null, "{r}");
+    assert_eq!(r["isolation"], "chroot");
+    // chroot shares the network namespace: the probe sees the host's
+    // interface names, but Landlock's TCP rules and hoist's seccomp filter
+    // keep it from connecting anywhere (the net-* attempts are denied).
+    let attempts = assert_probe_denied_but(out.path(), &["net-interfaces"]);
+    for net in [
+        "net-tcp-1.1.1.1-53",
+        "net-udp-dns-8.8.8.8",
+        "net-raw-socket",
+    ] {
+        let a = attempts.iter().find(|a| a["attempt"] == net).expect(net);
+        assert_eq!(a["denied"], true, "{a}");
+    }
+    let left = processes_of(1000, "");
+    assert!(left.is_empty(), "left running: {left:?}");
+}
+
+/// A run on this kernel with Landlock pinned to an older ABI, as a CI
+/// runner on Linux 6.5 (ABI 3) would have it.
+fn run_pinned(abi: &str, args: &[&str]) -> (tempfile::TempDir, Output) {
+    let out = tempfile::tempdir().unwrap();
+    let o = run(hoist(&store())
+        .env("HOIST_LANDLOCK_ABI", abi)
+        .arg("run")
+        .args(args)
+        .arg("--out")
+        .arg(out.path()));
+    (out, o)
+}
+
+#[test]
+fn an_older_landlock_abi_is_recorded_in_not_isolated_and_refused_by_strict() {
+    let Some(s) = samples() else { return };
+    let pyfix = s.r("pyfix");
+    let oracle = s.r("agent-oracle");
+    let task = &s.pyfix_tasks[0];
+    let base = ["--benchmark", &pyfix, "--agent", &oracle, "--task", task];
+    let chroot = [&base[..], &["--isolation", "chroot"]].concat();
+    let (out, o) = run_pinned("3", &chroot);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run_json: Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("run.json")).unwrap()).unwrap();
+    let gaps: Vec<&str> = run_json["not_isolated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap())
+        .collect();
+    assert_eq!(gaps.len(), 2, "{gaps:?}");
+    assert!(
+        gaps[0].starts_with("network: Landlock ABI 3 has no TCP rules"),
+        "{gaps:?}"
+    );
+    assert!(
+        gaps[1].starts_with("signals and abstract unix sockets: Landlock ABI 3"),
+        "{gaps:?}"
+    );
+    assert_eq!(result(out.path())["resolved"], true);
+
+    // The run's own namespaces make up for what ABI 3 lacks...
+    let strict = [&base[..], &["--isolation", "strict"]].concat();
+    let (out, o) = run_pinned("3", &strict);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(result(out.path())["isolation"], "namespaces");
+    // ...but not for a shared network, and nothing makes up for no
+    // Landlock at all: strict refuses before anything runs.
+    let host_net = [&strict[..], &["--network", "host"]].concat();
+    for (abi, args, gap) in [
+        ("3", &host_net, "network: Landlock ABI 3"),
+        ("0", &strict, "landlock: not available"),
+    ] {
+        let (out, o) = run_pinned(abi, args);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("--isolation strict") && err.contains(gap),
+            "{err}"
+        );
+        assert!(!out.path().join("task/result.json").exists());
+    }
+}
+
+#[test]
 fn timeout_kills_the_agent_tree_and_still_grades() {
     let Some(s) = samples() else { return };
     adopt_orphans();

@@ -299,7 +299,11 @@ impl<'a> Supervisor<'a> {
         // Landlock keeps the script from /tests, /tasks and /opt/gateway in
         // every mode; where the supervisor may mount (namespaces), the jail
         // (see jail.rs) covers them as well.
-        let mut covers = jail::Covers::mount(&self.root.path("/")).ok();
+        // chroot isolation has no /proc to map the jail's user namespace
+        // through: Landlock alone jails the script there.
+        let mut covers = (self.ctx.isolation != super::Isolation::Chroot)
+            .then(|| jail::Covers::mount(&self.root.path("/")).ok())
+            .flatten();
         let policy = self.policy(Phase::Install);
         let (program, args) = match &covers {
             Some(_) => (
