@@ -31,6 +31,13 @@
 //! the runner's "host"). Every test takes `/tmp/hoist-attack.lock` for its
 //! whole length, so no two use them at once.
 //!
+//! In `namespaces` and `chroot`, hoist is started with one descriptor of
+//! the host's left open (the sentinel directory, not close-on-exec), so
+//! `open-fds` does not depend on what the test harness happens to leak. The runner
+//! container runs with `--network host`, as tests/runner_image.rs runs it
+//! (to reach a registry on the host's loopback): the runner's network is
+//! the host's.
+//!
 //! Needs root and the samples (`HOIST_SAMPLES_OCI` with the agent-hostile-*
 //! tags); `runner` and `container` also need Docker (`HOIST_TEST_DOCKER=1`)
 //! and the static hoist. Skips with the reason otherwise.
@@ -698,11 +705,18 @@ fn run_crane(e: &Env, setting: Setting, attack: Attack) -> Ran {
         "namespaces"
     };
     let oci = e.oci.display().to_string();
+    // A descriptor of the host's that hoist inherits (not close-on-exec),
+    // of the sentinel directory: none may reach a phase in the sandbox
+    // (`open-fds`, which creates a marker through it), whatever hoist's
+    // caller left open. Open until the run ends.
+    let inherited = std::fs::File::open(HOST_DIR).unwrap();
+    rustix::io::fcntl_setfd(&inherited, rustix::io::FdFlags::empty()).unwrap();
     let output = run(hoist(&store_of(setting))
         .args(["run", "--mode", "crane", "--isolation", isolation])
         .args(run_args(e, attack, &|t| format!("oci:{oci}:{t}")))
         .arg("--out")
         .arg(&out));
+    drop(inherited);
     Ran {
         _tmp: tmp,
         out,

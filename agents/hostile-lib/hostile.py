@@ -267,8 +267,10 @@ def ptrace_others(r, name, targets):
              f"none of {len(targets)} processes: {ptrace_seize(targets[0])[1]}")
 
 
-def open_fds(r, name):
-    """Descriptors this process was given beyond 0, 1 and 2 (call first)."""
+def open_fds(r, name, role):
+    """Descriptors this process was given beyond 0, 1 and 2 (call first).
+    A directory among them is a way out of any root: list it, and where it
+    is the test's sentinel directory, leave a marker through it."""
     found = []
     for fd in range(3, 1024):
         try:
@@ -279,6 +281,16 @@ def open_fds(r, name):
             what = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             what = f"mode {st.st_mode:o} dev {st.st_dev} ino {st.st_ino}"
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                names = sorted(os.listdir(fd))
+                what += f", a directory holding {names[:8]}"
+                if "sentinel" in names:
+                    marker = os.open(f"fd-escape-{role}", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+                    os.close(marker)
+                    what += f", where it created fd-escape-{role}"
+            except OSError as e:
+                what += f" ({err(e)})"
         found.append(f"fd {fd}: {what}")
     r.report(name, not found, "; ".join(found) if found else "only 0, 1 and 2 are open")
 
@@ -931,7 +943,7 @@ def install_main():
     """/opt/agent/install.sh of agent-hostile-install, as root."""
     r = Reporter("install")
     watchdog(r, 90)
-    r.run("open-fds", open_fds)  # first: before this process opens anything
+    r.run("open-fds", open_fds, "install")  # first: before this process opens anything
     r.run("read-hidden", read_hidden)
     r.run("copy-for-agent", copy_for_agent)
     r.run("chmod-hidden", chmod_hidden)
@@ -954,7 +966,7 @@ def agent_install_main():
     install.sh prepared reach it?"""
     r = Reporter("agent-after-install")
     watchdog(r, 60)
-    r.run("open-fds", open_fds)
+    r.run("open-fds", open_fds, "agent-after-install")
     r.run("read-hidden", read_hidden)
     r.run("leak-home", leak_in, "/home/agent/leak")
     r.run("leak-tmp", leak_in, "/tmp/leak")
@@ -969,7 +981,7 @@ def run_main():
     """/opt/agent/run of agent-hostile-run, as the agent."""
     r = Reporter("agent")
     watchdog(r, 90)
-    r.run("open-fds", open_fds)
+    r.run("open-fds", open_fds, "agent")
     probe_processes(r, "agent")
     r.run("tcp-portscan", tcp_portscan)
     r.run("abstract-unix-listed", abstract_listed)
