@@ -33,10 +33,14 @@
 //!
 //! In `namespaces` and `chroot`, hoist is started with one descriptor of
 //! the host's left open (the sentinel directory, not close-on-exec), so
-//! `open-fds` does not depend on what the test harness happens to leak. The runner
-//! container runs with `--network host`, as tests/runner_image.rs runs it
-//! (to reach a registry on the host's loopback): the runner's network is
-//! the host's.
+//! `open-fds` does not depend on what the test harness happens to leak.
+//! The runner container runs with `--network host`, as
+//! tests/runner_image.rs runs it (to reach a registry on the host's
+//! loopback): the runner's network is the host's.
+//!
+//! The whole file takes about 2.5 minutes here (2 cores): 4-6 s a test in
+//! namespaces, 9-13 s in chroot (the rootfs is copied), 14-25 s in the
+//! runner and container mode.
 //!
 //! Needs root and the samples (`HOIST_SAMPLES_OCI` with the agent-hostile-*
 //! tags); `runner` and `container` also need Docker (`HOIST_TEST_DOCKER=1`)
