@@ -19,6 +19,9 @@ reads REPO/{benchmarks,agents,models} and writes into OUTDIR:
   agent-noop.tar       /opt/agent/run
   agent-scripted.tar   /opt/agent/run
   agent-probe.tar      /opt/agent/run
+  agent-hostile-install.tar  /opt/agent/{run, install.sh, hostile.py}
+  agent-hostile-run.tar      /opt/agent/{run, hostile.py}
+  agent-hostile-grader.tar   /opt/agent/{run, hostile.py}
   gateway-replay.tar   /opt/gateway/{run, recordings/*.json} (root only)
   images.json          what build-samples assembles: [{"tag", "axis", "base": bool,
                        "layers": [tar names], "tasks": [ids]}] in build order
@@ -327,8 +330,14 @@ def main(argv):
         layer.file("etc/oracle-leak", "agent-oracle: this file lies outside /opt/agent; "
                    "it must never appear in a fused rootfs.\n", 0o644)
 
+    def hostile_extra(layer):
+        # The attacks the three hostile agents share (agents/hostile-lib).
+        layer.file("opt/agent/hostile.py", read(os.path.join(agents, "hostile-lib", "hostile.py")),
+                   0o644)
+
     for name, extra in (("oracle", oracle_extra), ("noop", None), ("scripted", None),
-                        ("probe", None), ("sleeper", None)):
+                        ("probe", None), ("sleeper", None), ("hostile-install", hostile_extra),
+                        ("hostile-run", hostile_extra), ("hostile-grader", hostile_extra)):
         agent_layer(os.path.join(agents, name, "run"), os.path.join(outdir, f"agent-{name}.tar"),
                     extra)
         images.append({"tag": f"agent-{name}", "axis": "agent", "base": False,
