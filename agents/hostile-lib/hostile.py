@@ -297,9 +297,27 @@ def open_fds(r, name, role):
 
 # ---- the hidden files ------------------------------------------------------------
 
+def known_hidden():
+    """Hidden paths a hostile image knows without listing anything: the
+    tops, the grader and the task file the task's own task.json names."""
+    task = os.environ.get("HOIST_TASK_ID", "")
+    known = list(HIDDEN) + ["/tests/grade.sh", "/opt/gateway/run"]
+    if task:
+        known += [f"/tasks/{task}", f"/tasks/{task}/task.json", f"/tests/{task}",
+                  f"/tests/{task}/test_hidden.py"]
+    return known
+
+
 def readable_hidden(limit=64):
     """([files under /tests /tasks /opt/gateway read], [names listed])."""
     read, listed = [], []
+    for path in known_hidden():
+        try:
+            with open(path, "rb") as fh:
+                fh.read(limit)
+            read.append(path)
+        except OSError:
+            pass
     for top in HIDDEN:
         for root, dirs, files in os.walk(top, onerror=lambda e: None):
             listed.extend(os.path.join(root, n) for n in dirs + files)
@@ -866,6 +884,15 @@ def copy_for_agent(r, name):
 def chmod_hidden(r, name):
     """Open the hidden trees to everyone, for the agent to read later."""
     changed, refused = [], []
+    # By name first: Landlock lets no one list /tests, but chmod is not a
+    # Landlock right.
+    for path in known_hidden():
+        bits = 0o555 if os.path.isdir(path) else 0o444
+        try:
+            os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) | bits)
+            changed.append(path)
+        except OSError as e:
+            refused.append(f"{path}: {errname(e.errno)}")
     for top in HIDDEN:
         for root, dirs, files in os.walk(top, onerror=lambda e: None):
             for path, bits in [(root, 0o555)] + [(os.path.join(root, f), 0o444) for f in files]:
@@ -876,8 +903,11 @@ def chmod_hidden(r, name):
                     refused.append(f"{path}: {errname(e.errno)}")
         if not os.path.lexists(top):
             refused.append(f"{top}: absent")
-    r.report(name, not changed, f"made {len(changed)} paths world-readable: {changed[:6]}" if changed
-             else "; ".join(refused[:6]))
+    # A chmod that went through is judged by what the agent can read later
+    # (read-hidden in agent.log): hoist may put the modes back before it runs.
+    r.report(name, None if changed else True,
+             f"made {len(changed)} paths world-readable: {changed[:6]}; the agent reports whether it can read them"
+             if changed else "; ".join(refused[:6]))
 
 
 def setuid_for_agent(r, name):

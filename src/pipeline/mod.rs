@@ -22,6 +22,7 @@
 pub mod clock;
 pub mod context;
 pub mod grade;
+pub mod guard;
 mod health;
 pub mod jail;
 pub mod killuid;

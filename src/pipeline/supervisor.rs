@@ -3,13 +3,14 @@
 //! ends the run; [`Supervisor::cleanup`] runs whatever way it ended.
 
 use std::ffi::OsString;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::grade::read_grade_report;
+use super::guard::Guard;
 use super::health;
 use super::jail;
 use super::killuid::{self, kill_user_processes, KillError, Scope};
@@ -197,9 +198,11 @@ impl<'a> Supervisor<'a> {
         let timeout = self.ctx.agent_timeout_sec.unwrap_or(task.agent_timeout_sec);
         let started = Instant::now();
         let deadline = started + Duration::from_secs(timeout);
+        let guard = self.guard_hidden()?;
         let installed = self.install(&task, &workdir, deadline)?;
         // Root processes install.sh left behind must not see the agent run.
         killuid::sweep(&self.scope, &mut self.reaper, KILL_TIMEOUT);
+        self.restore_hidden(guard)?;
         self.start_gateway()?;
         self.write_instruction(&task)?;
         if installed {
@@ -344,6 +347,46 @@ impl<'a> Supervisor<'a> {
             c.remove();
         }
         result
+    }
+
+    /// What install.sh could change about /tests, /tasks and
+    /// /opt/gateway that Landlock does not cover (see guard.rs), recorded
+    /// before it runs; `None` without an install.sh.
+    fn guard_hidden(&self) -> Result<Option<Guard>, InfraError> {
+        if std::fs::symlink_metadata(self.root.path(AGENT_INSTALL)).is_err() {
+            return Ok(None);
+        }
+        Guard::record(self.root, &jail::COVERED)
+            .map(Some)
+            .map_err(|e| {
+                message(
+                    Stage::Sandbox,
+                    format!("recording the hidden paths' permissions: {e}"),
+                )
+            })
+    }
+
+    /// Put back what install.sh changed of the hidden paths' owners, modes
+    /// and ACLs, once nothing of it runs; say so in install.log.
+    fn restore_hidden(&self, guard: Option<Guard>) -> Result<(), InfraError> {
+        let Some(guard) = guard else { return Ok(()) };
+        let restored = guard.restore().map_err(|e| {
+            message(
+                Stage::Sandbox,
+                format!("restoring the hidden paths' permissions: {e}"),
+            )
+        })?;
+        if !restored.is_empty() {
+            use std::os::unix::fs::OpenOptionsExt;
+            let log = OpenOptions::new()
+                .append(true)
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+                .open(self.out.join("install.log"));
+            if let Ok(log) = log {
+                note(&log, &format!("hoist: install.sh changed the owner, mode or ACL of {} hidden paths; put back before anything else ran", restored.len()));
+            }
+        }
+        Ok(())
     }
 
     fn finish_install(
