@@ -19,6 +19,7 @@ reads REPO/{benchmarks,agents,models} and writes into OUTDIR:
   agent-noop.tar       /opt/agent/run
   agent-scripted.tar   /opt/agent/run
   agent-probe.tar      /opt/agent/run
+  agent-hostile-output.tar  /opt/agent/{run, install.sh}
   gateway-replay.tar   /opt/gateway/{run, recordings/*.json} (root only)
   images.json          what build-samples assembles: [{"tag", "axis", "base": bool,
                        "layers": [tar names], "tasks": [ids]}] in build order
@@ -328,7 +329,7 @@ def main(argv):
                    "it must never appear in a fused rootfs.\n", 0o644)
 
     for name, extra in (("oracle", oracle_extra), ("noop", None), ("scripted", None),
-                        ("probe", None), ("sleeper", None)):
+                        ("probe", None), ("sleeper", None), ("hostile-output", None)):
         agent_layer(os.path.join(agents, name, "run"), os.path.join(outdir, f"agent-{name}.tar"),
                     extra)
         images.append({"tag": f"agent-{name}", "axis": "agent", "base": False,
