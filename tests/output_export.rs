@@ -3,12 +3,14 @@
 //! setuid-root shell, a setgid file, symlinks to host files (at
 //! `/output/run.json` and beside `result.json`), a fifo, a device node, a
 //! hard link and a nested directory in `/output`. In crane mode with
-//! namespaces and with chroot isolation, and in container mode, the run
-//! still completes, and its `--out` holds only plain files owned by the
-//! test's uid; the host files the links point to are unchanged.
+//! namespaces and with chroot isolation, in the runner image under
+//! Docker's default profile (chroot) and in container mode, the run still
+//! completes, and its `--out` holds only plain files owned by the test's
+//! uid; the host files the links point to are unchanged.
 //!
-//! Needs root and the samples (with the `agent-hostile-output` tag);
-//! container mode also needs Docker (`HOIST_TEST_DOCKER`).
+//! Needs root and the samples (with the `agent-hostile-output` tag); the
+//! runner and container mode also need Docker (`HOIST_TEST_DOCKER`), the
+//! runner the static hoist.
 
 mod support;
 
@@ -82,7 +84,11 @@ fn host_target() {
 fn assert_target_unchanged() {
     let m = std::fs::symlink_metadata(TARGET).unwrap();
     assert!(m.file_type().is_file(), "{TARGET} is no longer a file");
-    assert_eq!(std::fs::read(TARGET).unwrap(), TARGET_CONTENT, "{TARGET}");
+    assert_eq!(
+        String::from_utf8_lossy(&std::fs::read(TARGET).unwrap()),
+        String::from_utf8_lossy(TARGET_CONTENT),
+        "{TARGET} was written through a link (remove it once that is fixed)"
+    );
 }
 
 /// One JSON object per line of `out/task/NAME`.
@@ -112,18 +118,23 @@ enum Setting {
     Namespaces,
     Chroot,
     Container,
+    /// crane mode in the runner image under Docker's default profile:
+    /// chroot isolation, where install.sh runs (unjailed: the supervisor
+    /// may not mount there).
+    Runner,
 }
 
 /// What hoist prints into install.log when it cannot start install.sh.
 const NOT_EXECUTED: &str = "hoist: cannot execute /opt/agent/install.sh";
 
-/// Run the hostile agent (`cmd` without `--out`); check the run completed,
-/// the host side is clean, and what the host copied and left behind.
-fn check_hostile_run(mut cmd: Command, setting: Setting) {
+/// Run the hostile agent (`command(OUT)` runs it with `--out` OUT); check
+/// the run completed, the host side is clean, and what the host copied
+/// and left behind.
+fn check_hostile_run(setting: Setting, command: impl FnOnce(&Path) -> Command) {
     host_target();
     let passwd = std::fs::read("/etc/passwd").unwrap();
     let out = tempfile::tempdir().unwrap();
-    let o: Output = run(cmd.arg("--out").arg(out.path()));
+    let o: Output = run(&mut command(out.path()));
     let out = out.path();
     assert!(
         o.status.success(),
@@ -154,8 +165,9 @@ fn check_hostile_run(mut cmd: Command, setting: Setting) {
     let install = json_lines(out, "install.log");
     let root_made = planted(&install, 0);
     let mut must = ALWAYS.to_vec();
-    if setting == Setting::Container {
-        // Docker gives root CAP_MKNOD, and /etc and /output share a layer.
+    if matches!(setting, Setting::Container | Setting::Runner) {
+        // Docker gives root CAP_MKNOD, and /etc and /output are on one
+        // filesystem (the container's layer, the rootfs copy).
         must.extend(["device", "hardlink"]);
     }
     for p in must {
@@ -239,48 +251,91 @@ const ALWAYS: &[&str] = &[
     "nested",
 ];
 
-fn crane(s: &Samples, isolation: &str) -> Command {
+fn crane(s: &Samples, isolation: &str, out: &Path) -> Command {
     let mut c = hoist(&store("output-export-store"));
     c.args(["run", "--benchmark", &s.r("pyfix"), "--agent"])
         .arg(s.r("agent-hostile-output"))
-        .args(["--task", &s.task, "--isolation", isolation]);
+        .args(["--task", &s.task, "--isolation", isolation, "--out"])
+        .arg(out);
     c
 }
 
 #[test]
 fn crane_namespaces_keeps_hostile_output_off_the_host() {
     let Some(s) = samples() else { return };
-    check_hostile_run(crane(&s, "namespaces"), Setting::Namespaces);
+    check_hostile_run(Setting::Namespaces, |out| crane(&s, "namespaces", out));
 }
 
 #[test]
 fn crane_chroot_keeps_hostile_output_off_the_host() {
     let Some(s) = samples() else { return };
-    check_hostile_run(crane(&s, "chroot"), Setting::Chroot);
+    check_hostile_run(Setting::Chroot, |out| crane(&s, "chroot", out));
 }
 
-const DOCKER: &str = "/usr/bin/docker";
-
-#[test]
-fn container_mode_keeps_hostile_output_off_the_host() {
-    let Some(s) = samples() else { return };
-    if env_or_skip("HOIST_TEST_DOCKER").is_none() {
-        return;
-    }
-    let docker = if Path::new(DOCKER).exists() {
-        DOCKER
+/// The docker CLI when Docker is there to test with, else `None` after
+/// printing why.
+fn docker() -> Option<&'static str> {
+    env_or_skip("HOIST_TEST_DOCKER")?;
+    // Debian's client: a /usr/local/bin/docker may shadow it on PATH.
+    let docker = if Path::new("/usr/bin/docker").exists() {
+        "/usr/bin/docker"
     } else {
         "docker"
     };
     if !run(Command::new(docker).arg("info")).status.success() {
         skip("HOIST_TEST_DOCKER is set but `docker info` fails; run scripts/dockerd start");
-        return;
+        return None;
     }
-    let mut c = hoist(&store("output-export-container-store"));
-    c.env("HOIST_DOCKER", docker)
-        .args(["run", "--mode", "container", "--benchmark", &s.r("pyfix")])
-        .arg("--agent")
-        .arg(s.r("agent-hostile-output"))
-        .args(["--task", &s.task]);
-    check_hostile_run(c, Setting::Container);
+    Some(docker)
+}
+
+#[test]
+fn container_mode_keeps_hostile_output_off_the_host() {
+    let Some(s) = samples() else { return };
+    let Some(docker) = docker() else { return };
+    check_hostile_run(Setting::Container, |out| {
+        let mut c = hoist(&store("output-export-container-store"));
+        c.env("HOIST_DOCKER", docker)
+            .args(["run", "--mode", "container", "--benchmark", &s.r("pyfix")])
+            .arg("--agent")
+            .arg(s.r("agent-hostile-output"))
+            .args(["--task", &s.task, "--out"])
+            .arg(out);
+        c
+    });
+}
+
+/// A runner image of this file's own (tests/runner_image.rs builds and
+/// uses `hoist-runner:dev`; another tag keeps the two apart).
+const RUNNER: &str = "hoist-runner:output-export";
+
+#[test]
+fn runner_chroot_keeps_hostile_output_off_the_host() {
+    let Some(s) = samples() else { return };
+    let Some(docker) = docker() else { return };
+    let Some(bin) = static_hoist() else {
+        skip("no static hoist: run scripts/build-static");
+        return;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-runner-image");
+    ok(Command::new(script)
+        .arg("--binary")
+        .arg(bin)
+        .args(["--tag", RUNNER]));
+    let store = store("output-export-runner-store");
+    std::fs::create_dir_all(&store).unwrap();
+    check_hostile_run(Setting::Runner, |out| {
+        let mut c = Command::new(docker);
+        c.args(["run", "--rm", "-v"])
+            .arg(format!("{}:/out", out.display()))
+            .arg("-v")
+            .arg(format!("{}:/store", store.display()))
+            .arg("-v")
+            .arg(format!("{}:/samples:ro", s.oci))
+            .args([RUNNER, "run", "--mode", "crane"])
+            .args(["--benchmark", "oci:/samples:pyfix"])
+            .args(["--agent", "oci:/samples:agent-hostile-output"])
+            .args(["--task", &s.task, "--out", "/out"]);
+        c
+    });
 }
