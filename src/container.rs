@@ -640,7 +640,17 @@ fn copy_out(
         })?;
     let what = format!("docker cp {source}");
     let extracted = match child.stdout.take() {
-        Some(stdout) => export::extract_tar(stdout, "task", task_dir, &what),
+        Some(mut stdout) => {
+            let r = export::extract_tar(&mut stdout, "task", task_dir, &what);
+            if r.as_ref().is_ok_and(|r| !r.limit_reached) {
+                // The tar ends before the stream does (its last zero block,
+                // padding): read that, so docker cp is not cut off mid-write.
+                // What is left to read cannot matter, so errors are ignored.
+                let mut rest = std::io::Read::take(&mut stdout, 1 << 20);
+                let _ = std::io::copy(&mut rest, &mut std::io::sink());
+            }
+            r
+        }
         None => Ok(ExportReport::default()),
     };
     // Past the byte limit the rest of the stream is not read: end it. It

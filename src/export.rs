@@ -386,7 +386,7 @@ fn copy_out_limited(
     files.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     let mut left = limit;
     for (size, name, seen) in files {
-        if report.limit_reached || size > left {
+        if size > left {
             report.limit_reached = true;
             report.skip(&name, SkipReason::OverLimit);
             continue;
@@ -458,9 +458,13 @@ fn open_source(dir: &OwnedFd, name: &OsStr, seen: &Stat) -> io::Result<Option<Ow
 /// Extract the regular files of `top/` from a tar stream (what `docker cp
 /// CONTAINER:/output/task -` writes) into `dest`, by the same rules as
 /// [`copy_out`]: plain names directly under `top`, one link, 0644, and
-/// the byte limit. Every regular entry's size counts against the limit,
-/// copied or not, so a stream of skipped files cannot run on forever.
-/// `what` names the stream in errors.
+/// the byte limit: a file that does not fit in what is left of it is
+/// skipped, and the next ones still copied (the stream's order is not
+/// by size, and `result.json` should not be lost to a big log before
+/// it). So that a stream of skipped entries cannot run on for ever, at
+/// most [`STREAM_FACTOR`] times the limit is read from it, headers and
+/// skipped data included; past that the rest is left unread (the caller
+/// stops the stream). `what` names the stream in errors.
 pub fn extract_tar(
     stream: impl Read,
     top: &str,
@@ -469,6 +473,9 @@ pub fn extract_tar(
 ) -> Result<ExportReport, ExportError> {
     extract_tar_limited(stream, top, dest, what, max_bytes()?)
 }
+
+/// How many times the byte limit [`extract_tar`] reads at most.
+pub const STREAM_FACTOR: u64 = 4;
 
 fn extract_tar_limited(
     stream: impl Read,
@@ -484,8 +491,18 @@ fn extract_tar_limited(
     let mut archive = tar::Archive::new(stream);
     let mut report = ExportReport::default();
     let mut left = limit;
+    let mut stream_left = limit.saturating_mul(STREAM_FACTOR);
     for entry in archive.entries().map_err(tar_err)? {
         let mut entry = entry.map_err(tar_err)?;
+        // The header (at least one 512-byte block) and the data.
+        let read = entry.size().saturating_add(512);
+        if read > stream_left {
+            report.limit_reached = true;
+            let path = entry.path().map_err(tar_err)?.into_owned();
+            report.skip(path.as_os_str(), SkipReason::OverLimit);
+            break;
+        }
+        stream_left -= read;
         let path = entry.path().map_err(tar_err)?.into_owned();
         let mut parts = path.components();
         let first = parts.next().map(|c| c.as_os_str().to_os_string());
@@ -512,26 +529,26 @@ fn extract_tar_limited(
             (rest.components().count() != 1 || plain_name(name).is_none())
                 .then_some(SkipReason::Name)
         });
-        if reason.is_none() && size > left {
-            report.limit_reached = true;
-        }
-        if report.limit_reached {
-            report.skip(name, SkipReason::OverLimit);
-            // The rest of the stream is not read: the caller stops it.
-            break;
-        }
-        left = left.saturating_sub(size);
         if let Some(reason) = reason {
             report.skip(name, reason);
+            continue;
+        }
+        if size > left {
+            report.limit_reached = true;
+            report.skip(name, SkipReason::OverLimit);
             continue;
         }
         let plain = plain_name(name).unwrap_or_default().to_string();
         match dest.install(&plain, &mut entry, size)? {
             Some(n) => {
+                left -= n;
                 report.bytes += n;
                 report.copied.push(plain);
             }
-            None => report.skip(name, SkipReason::OverLimit),
+            None => {
+                report.limit_reached = true;
+                report.skip(name, SkipReason::OverLimit);
+            }
         }
     }
     Ok(report)
@@ -864,41 +881,25 @@ mod tests {
             }
             b.append_data(&mut hd, path, data).unwrap();
         };
-        h("task", tar::EntryType::Directory, 0o755, b"", "");
-        h(
-            "task/result.json",
-            tar::EntryType::Regular,
-            0o644,
-            b"{}",
-            "",
-        );
-        h("task/sh", tar::EntryType::Regular, 0o4755, b"ELF", "");
-        h(
-            "task/evil",
-            tar::EntryType::Symlink,
-            0o777,
-            b"",
-            "/etc/passwd",
-        );
-        h(
-            "task/hard",
-            tar::EntryType::Link,
-            0o644,
-            b"",
-            "task/result.json",
-        );
-        h("task/fifo", tar::EntryType::Fifo, 0o644, b"", "");
-        h("task/null", tar::EntryType::Char, 0o666, b"", "");
-        h("task/sub", tar::EntryType::Directory, 0o755, b"", "");
-        h("task/sub/f", tar::EntryType::Regular, 0o644, b"x", "");
-        h("other/f", tar::EntryType::Regular, 0o644, b"x", "");
-        h(
-            "task/big.log",
-            tar::EntryType::Regular,
-            0o644,
-            &[b'b'; 3000],
-            "",
-        );
+        use tar::EntryType as T;
+        let big = [b'b'; 3000];
+        let entries: [(&str, T, u32, &[u8], &str); 12] = [
+            ("task", T::Directory, 0o755, b"", ""),
+            ("task/big.log", T::Regular, 0o644, &big, ""),
+            ("task/result.json", T::Regular, 0o644, b"{}", ""),
+            ("task/sh", T::Regular, 0o4755, b"ELF", ""),
+            ("task/evil", T::Symlink, 0o777, b"", "/etc/passwd"),
+            ("task/hard", T::Link, 0o644, b"", "task/result.json"),
+            ("task/fifo", T::Fifo, 0o644, b"", ""),
+            ("task/null", T::Char, 0o666, b"", ""),
+            ("task/sub", T::Directory, 0o755, b"", ""),
+            ("task/sub/f", T::Regular, 0o644, b"x", ""),
+            ("other/f", T::Regular, 0o644, b"x", ""),
+            ("task/.hidden", T::Regular, 0o644, b"x", ""),
+        ];
+        for (path, kind, mode, data, link) in entries {
+            h(path, kind, mode, data, link);
+        }
         b.into_inner().unwrap()
     }
 
@@ -916,6 +917,7 @@ mod tests {
             ("sub", SkipReason::Directory),
             ("sub/f", SkipReason::Name),
             ("other/f", SkipReason::Name),
+            (".hidden", SkipReason::Name),
         ] {
             assert_eq!(skipped(&r, n), Some(why), "{n}: {r:?}");
         }
@@ -923,13 +925,27 @@ mod tests {
     }
 
     #[test]
-    fn tar_extraction_stops_at_the_limit() {
+    fn tar_extraction_skips_what_is_past_the_limit_and_goes_on() {
         let out = tempfile::tempdir().unwrap();
         let d = OutDir::open(out.path()).unwrap();
-        let r = extract_tar_limited(&hostile_tar()[..], "task", &d, "test", 1000).unwrap();
+        let r = extract_tar_limited(&hostile_tar()[..], "task", &d, "test", 2500).unwrap();
         assert!(r.limit_reached);
         assert_eq!(skipped(&r, "big.log"), Some(SkipReason::OverLimit));
+        // After it in the stream, and small: still copied.
         only_plain_files(out.path(), &["result.json", "sh"]);
+        assert_eq!(r.bytes, 5);
+    }
+
+    #[test]
+    fn tar_extraction_reads_at_most_a_few_times_the_limit() {
+        // 4 x 700 bytes of stream cannot reach past big.log's 3000.
+        let out = tempfile::tempdir().unwrap();
+        let d = OutDir::open(out.path()).unwrap();
+        let r = extract_tar_limited(&hostile_tar()[..], "task", &d, "test", 700).unwrap();
+        assert!(r.limit_reached);
+        assert_eq!(skipped(&r, "task/big.log"), Some(SkipReason::OverLimit));
+        assert_eq!(r.skipped.len(), 1, "{r:?}");
+        only_plain_files(out.path(), &[]);
     }
 
     #[test]

@@ -67,14 +67,13 @@ fn store(name: &str) -> PathBuf {
 }
 
 /// Create the target file, or check an earlier test's: its content is
-/// fixed, so tests running at once agree on it.
+/// fixed, and it is linked into place whole, so tests running at once
+/// agree on it.
 fn host_target() {
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(TARGET)
-    {
-        Ok(mut f) => f.write_all(TARGET_CONTENT).unwrap(),
+    let mut tmp = tempfile::NamedTempFile::new_in("/tmp").unwrap();
+    tmp.write_all(TARGET_CONTENT).unwrap();
+    match std::fs::hard_link(tmp.path(), TARGET) {
+        Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => panic!("{TARGET}: {e}"),
     }
