@@ -22,6 +22,7 @@ reads REPO/{benchmarks,agents,models} and writes into OUTDIR:
   agent-hostile-install.tar  /opt/agent/{run, install.sh, hostile.py}
   agent-hostile-run.tar      /opt/agent/{run, hostile.py}
   agent-hostile-grader.tar   /opt/agent/{run, hostile.py}
+  agent-hostile-output.tar  /opt/agent/{run, install.sh}
   gateway-replay.tar   /opt/gateway/{run, recordings/*.json} (root only)
   images.json          what build-samples assembles: [{"tag", "axis", "base": bool,
                        "layers": [tar names], "tasks": [ids]}] in build order
@@ -337,7 +338,8 @@ def main(argv):
 
     for name, extra in (("oracle", oracle_extra), ("noop", None), ("scripted", None),
                         ("probe", None), ("sleeper", None), ("hostile-install", hostile_extra),
-                        ("hostile-run", hostile_extra), ("hostile-grader", hostile_extra)):
+                        ("hostile-run", hostile_extra), ("hostile-grader", hostile_extra),
+                        ("hostile-output", None)):
         agent_layer(os.path.join(agents, name, "run"), os.path.join(outdir, f"agent-{name}.tar"),
                     extra)
         images.append({"tag": f"agent-{name}", "axis": "agent", "base": False,

@@ -9,11 +9,15 @@
 //!
 //! Then [`run`] starts the supervisor in it with the docker CLI, by image
 //! ID, so the image recorded in `run.json` is the image that ran:
-//! `--network none` unless asked otherwise, `/output` and the run context
-//! bind-mounted, and the same surroundings crane mode's namespaces give
-//! (tmpfs `/tmp` and `/run`, no new privileges, 1024 pids, hostname
-//! `hoist`, 4096 open files). The supervisor enforces the task's timeouts; a backstop kills
-//! the container if it hangs. The container is removed in every case:
+//! `--network none` unless asked otherwise, the run context (and
+//! `--recordings`) bind-mounted read-only, and the same surroundings crane
+//! mode's namespaces give (tmpfs `/tmp` and `/run`, no new privileges, 1024
+//! pids, hostname `hoist`, 4096 open files). No host directory is mounted
+//! read-write: the supervisor writes `/output/task` inside the container,
+//! and when it has ended `docker cp` streams that directory out as a tar,
+//! from which [`crate::export`] takes the regular files into `OUT/task`.
+//! The supervisor enforces the task's timeouts; a backstop kills the
+//! container if it hangs. The container is removed in every case:
 //! success, failure, timeout, SIGINT, SIGTERM or SIGHUP.
 
 use std::collections::BTreeMap;
@@ -26,6 +30,7 @@ use serde_json::{json, Value};
 
 use crate::bake::{self, BakeError, BakeInputs, Baked};
 use crate::digest::Digest;
+use crate::export::{self, ExportError, ExportReport, OutDir};
 use crate::pipeline::clock::rfc3339;
 use crate::pipeline::context::{self as ctx, RunContext};
 use crate::pull::Pulled;
@@ -61,6 +66,8 @@ pub enum ContainerError {
     Bake(#[from] BakeError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -74,7 +81,7 @@ pub enum ContainerError {
         found: String,
     },
     #[error(
-        "docker run failed (exit {code}) before the supervisor started; Docker's message is above"
+        "docker start failed (exit {code}) before the supervisor started; Docker's message is above"
     )]
     RunFailed { code: i32 },
     #[error(
@@ -432,30 +439,40 @@ fn context(req: &ContainerRequest<'_>, prepare_ms: u64) -> RunContext {
     }
 }
 
-/// The `docker run` arguments (after `docker`), pure. The limits are the
-/// ones crane mode's sandbox sets, so both modes bound a run alike.
+/// The label naming the `--out` a container's results go to (for people
+/// and tests looking for the container of a run; nothing reads it back).
+pub const OUT_LABEL: &str = "io.github.hoist.out";
+
+/// The `docker create` arguments (after `docker`), pure. The limits are
+/// the ones crane mode's sandbox sets, so both modes bound a run alike.
+/// Nothing of the host is mounted writable: `/output` is the container's
+/// own, copied out after the run; the context and the recordings are
+/// bound read-only (a read-only bind carries nothing back, and needs no
+/// `docker cp` into the container before it starts). `out` only labels
+/// the container.
 // Each argument is one group of flags; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
 pub fn run_args(
     name: &str,
     network: Network,
     limits: &Limits,
-    output: &Path,
+    out: &Path,
     context: &Path,
     recordings: Option<&Path>,
     image_id: &str,
     task: Option<&str>,
 ) -> Vec<String> {
     let mut a: Vec<String> = [
-        "run",
-        "--rm",
+        "create",
         "--name",
         name,
         "--label",
         "io.github.hoist.run=1",
+        "--label",
     ]
     .map(String::from)
     .to_vec();
+    a.push(format!("{OUT_LABEL}={}", out.display()));
     match network {
         Network::None => a.extend(["--network", "none", "--hostname", "hoist"].map(String::from)),
         // Docker refuses a hostname with the host's network.
@@ -492,8 +509,6 @@ pub fn run_args(
         ]
         .map(String::from),
     );
-    a.push("-v".into());
-    a.push(format!("{}:/output", output.display()));
     a.push("-v".into());
     a.push(format!("{}:{}:ro", context.display(), ctx::CONTEXT_PATH));
     if let Some(r) = recordings {
@@ -546,13 +561,10 @@ pub fn run(
         &Isolation::Namespaces.not_isolated(req.network),
     )
     .map_err(|e| ContainerError::Strict(e.to_string()))?;
-    let task_dir = req.out.join("task");
-    std::fs::create_dir_all(&task_dir).map_err(io(&task_dir))?;
-    let result_path = task_dir.join("result.json");
-    if result_path.exists() {
-        std::fs::remove_file(&result_path).map_err(io(&result_path))?;
-    }
-    let output = std::fs::canonicalize(&req.out).map_err(io(&req.out))?;
+    let out = OutDir::open(&req.out)?;
+    let task_dir = out.subdir("task")?;
+    task_dir.remove("result.json")?;
+    let out_label = std::fs::canonicalize(&req.out).map_err(io(&req.out))?;
     let work = work_dir(store, "container-")?;
     let context_path = work.path().join("context.json");
     let prepare_ms = image.elapsed.as_millis() as u64;
@@ -565,7 +577,7 @@ pub fn run(
         &name,
         req.network,
         &limits(req),
-        &output,
+        &out_label,
         &context_path,
         req.recordings.as_deref(),
         &image.image.id,
@@ -577,18 +589,25 @@ pub fn run(
         req.agent_timeout_sec.unwrap_or(4 * 3600) * 2 + req.grade_timeout_sec.unwrap_or(3600) + 300,
     );
     let t = Instant::now();
+    // Made before the container, so that one half created is removed too.
     let cleanup = Cleanup {
         docker,
         name: name.clone(),
     };
-    let ended = supervise(docker, &args, backstop)?;
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    docker.output(&argv)?;
+    let start = ["start", "-a", name.as_str()].map(String::from);
+    let ended = supervise(docker, &start, backstop)?;
     let container_ms = t.elapsed().as_millis() as u64;
     match ended {
         Ended::Timeout => {
             // Kill first so the supervisor's processes stop at once; the
-            // cleanup then removes what is left.
+            // logs are still copied out, then the cleanup removes it.
             if let Err(e) = docker.output(&["kill", &name]) {
                 tracing::debug!(error = %e, "docker kill after the backstop");
+            }
+            if let Err(e) = copy_out(docker, &name, &task_dir) {
+                tracing::warn!(error = %e, "could not copy the container's output");
             }
             drop(cleanup);
             Err(ContainerError::Timeout(backstop))
@@ -598,10 +617,12 @@ pub fn run(
             Err(ContainerError::Interrupted(s))
         }
         Ended::Exited(code) => {
+            let output = copy_out(docker, &name, &task_dir);
             drop(cleanup);
+            let output = output?;
             // 125: the docker CLI or daemon failed; 126/127: the entry
             // point could not be run. Neither reached the supervisor.
-            if matches!(code, 125..=127) && !result_path.exists() {
+            if matches!(code, 125..=127) && !output.copied.iter().any(|n| n == "result.json") {
                 return Err(ContainerError::RunFailed { code });
             }
             let timing = Timing {
@@ -610,9 +631,62 @@ pub fn run(
                 prepare_ms,
                 container_ms,
             };
-            finish(req, image, &name, timing, code, &result_path)
+            let dirs = (&out, &task_dir);
+            finish(req, image, &name, timing, code, dirs, output)
         }
     }
+}
+
+/// `docker cp NAME:/output/task -` into `task_dir`, through
+/// [`export::extract_tar`]: only plain regular files, 0644, bounded. A
+/// container that never made `/output/task` gives an empty report.
+fn copy_out(
+    docker: &Docker,
+    name: &str,
+    task_dir: &OutDir,
+) -> Result<ExportReport, ContainerError> {
+    let source = format!("{name}:{}", crate::pipeline::OUTPUT_DIR);
+    let mut child = Command::new(&docker.program)
+        .args(["cp", &source, "-"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| ContainerError::NoDocker {
+            program: docker.program.clone(),
+            source,
+        })?;
+    let what = format!("docker cp {source}");
+    let extracted = match child.stdout.take() {
+        Some(mut stdout) => {
+            let r = export::extract_tar(&mut stdout, "task", task_dir, &what);
+            if r.as_ref().is_ok_and(|r| !r.limit_reached) {
+                // The tar ends before the stream does (its last zero block,
+                // padding): read that, so docker cp is not cut off mid-write.
+                // What is left to read cannot matter, so errors are ignored.
+                let mut rest = std::io::Read::take(&mut stdout, 1 << 20);
+                let _ = std::io::copy(&mut rest, &mut std::io::sink());
+            }
+            r
+        }
+        None => Ok(ExportReport::default()),
+    };
+    // Past the byte limit the rest of the stream is not read: end it. It
+    // may have ended already, which wait reports.
+    if extracted.as_ref().is_ok_and(|r| r.limit_reached) {
+        let _ = child.kill();
+    }
+    let status = child.wait_with_output().map_err(io(Path::new(&what)))?;
+    let report = extracted?;
+    if !status.status.success() && !report.limit_reached {
+        // No /output/task: the supervisor never started. Said, not fatal:
+        // the missing result.json is the error the caller reports.
+        tracing::warn!(error = %last_line(&status.stderr), "{what} failed");
+    }
+    if !report.skipped.is_empty() {
+        tracing::warn!(skipped = ?report.skipped, "entries of the container's /output/task were not copied");
+    }
+    Ok(report)
 }
 
 /// Start `docker ARGS` and wait for it, a signal or the backstop.
@@ -682,7 +756,8 @@ fn finish(
     container: &str,
     t: Timing,
     exit_code: i32,
-    result_path: &Path,
+    (out, task_dir): (&OutDir, &OutDir),
+    output: ExportReport,
 ) -> Result<(Value, Value), ContainerError> {
     let record = RunRecord {
         schema: "hoist.run/v1",
@@ -711,6 +786,7 @@ fn finish(
             total: req.pull_ms + t.prepare_ms + t.started.elapsed().as_millis() as u64,
         },
         supervisor_exit_code: exit_code,
+        output,
     };
     let mut run_json = serde_json::to_value(&record).unwrap_or_default();
     if let Some(obj) = run_json.as_object_mut() {
@@ -727,21 +803,26 @@ fn finish(
             json!(image.manifest_digest.as_ref().map(|d| d.to_string())),
         );
     }
-    let path = req.out.join("run.json");
     // Serialising a JSON value cannot fail.
     let pretty = serde_json::to_vec_pretty(&run_json).unwrap_or_default();
-    std::fs::write(&path, pretty).map_err(io(&path))?;
-    let bytes = std::fs::read(result_path).map_err(|_| ContainerError::NoResult {
-        exit_code,
-        path: result_path.to_path_buf(),
-        dir: req.out.join("task"),
-    })?;
+    export::write_file(out, "run.json", &pretty)?;
+    let result_path = task_dir.path().join("result.json");
+    let bytes = task_dir
+        .read("result.json", MAX_RESULT_BYTES)?
+        .ok_or_else(|| ContainerError::NoResult {
+            exit_code,
+            path: result_path.clone(),
+            dir: task_dir.path().to_path_buf(),
+        })?;
     let result: Value = serde_json::from_slice(&bytes).map_err(|e| ContainerError::Io {
         path: result_path.to_path_buf(),
         source: std::io::Error::other(e),
     })?;
     Ok((result, run_json))
 }
+
+/// result.json is small (DESIGN §4); anything this big is not one.
+const MAX_RESULT_BYTES: u64 = 16 << 20;
 
 fn host_info() -> HostInfo {
     let u = rustix::system::uname();
@@ -757,7 +838,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn docker_run_arguments() {
+    fn docker_create_arguments() {
         let a = run_args(
             "hoist-1",
             Network::None,
@@ -769,12 +850,35 @@ mod tests {
             Some("t1"),
         );
         let s = a.join(" ");
-        assert!(s.starts_with("run --rm --name hoist-1 "), "{s}");
+        assert!(
+            s.starts_with(
+                "create --name hoist-1 --label io.github.hoist.run=1 --label io.github.hoist.out=/out "
+            ),
+            "{s}"
+        );
+        // Removed by hoist after `docker cp`, not by Docker when it exits.
+        assert!(!s.contains("--rm"), "{s}");
         assert!(s.contains("--network none --hostname hoist"), "{s}");
         assert!(s.contains("--pids-limit 1024"), "{s}");
         assert!(s.contains("--ulimit nofile=4096:4096"), "{s}");
         assert!(!s.contains("--memory"), "{s}");
-        assert!(s.contains("-v /out:/output"), "{s}");
+        // No host directory is mounted writable: /output is the
+        // container's own; only the two read-only binds remain.
+        let binds: Vec<&str> = a
+            .iter()
+            .zip(a.iter().skip(1))
+            .filter(|(flag, _)| ["-v", "--volume", "--mount"].contains(&flag.as_str()))
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(
+            binds,
+            [
+                "/w/context.json:/.hoist/context.json:ro",
+                "/rec:/recordings:ro"
+            ],
+            "{s}"
+        );
+        assert!(!s.contains(":/output"), "{s}");
         assert!(
             s.contains("-v /w/context.json:/.hoist/context.json:ro"),
             "{s}"

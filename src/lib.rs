@@ -18,6 +18,7 @@ pub mod container;
 pub mod digest;
 pub mod doctor;
 pub mod exit;
+pub mod export;
 pub mod lock;
 pub mod manifest;
 pub mod pipeline;

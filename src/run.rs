@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
+use crate::export::{self, ExportError, ExportReport, OutDir};
 use crate::lock::{LockError, LockFile};
 use crate::pipeline::clock::rfc3339;
 use crate::pipeline::context::{self as ctx, RunContext};
@@ -49,6 +50,8 @@ pub enum RunError {
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -107,6 +110,9 @@ pub struct RunRecord {
     pub started_at: String,
     pub durations_ms: Durations,
     pub supervisor_exit_code: i32,
+    /// What the host copied out of the sandbox into `OUT/task`, and what
+    /// it left behind (links, devices, ...) and why.
+    pub output: ExportReport,
 }
 
 #[derive(Debug, Serialize)]
@@ -180,18 +186,18 @@ pub fn run(
         req.rootfs
     };
 
-    std::fs::create_dir_all(&req.out).map_err(io(&req.out))?;
-    let task_dir = req.out.join("task");
-    std::fs::create_dir_all(&task_dir).map_err(io(&task_dir))?;
-    let result_path = task_dir.join("result.json");
-    if result_path.exists() {
-        std::fs::remove_file(&result_path).map_err(io(&result_path))?;
-    }
+    let out = OutDir::open(&req.out)?;
+    let task_dir = out.subdir("task")?;
+    task_dir.remove("result.json")?;
     let work = tempfile::Builder::new()
         .prefix("run-")
         .tempdir_in(store_work_dir(store)?)
         .map_err(io(store.root()))?;
     let rootfs_dir = work.path().join("rootfs");
+    // The sandbox's /output: never --out (DESIGN, threat model). With
+    // namespaces, a directory of the run's own (0700, in the 0700 work
+    // dir) bound there; in chroot, the rootfs copy's own /output.
+    let private = private_output(work.path(), isolation, &rootfs_dir)?;
 
     let t = Instant::now();
     let axes = Axes {
@@ -209,12 +215,27 @@ pub fn run(
         &m,
         (isolation, user_namespace),
         materialize_ms,
-        work.path(),
+        (work.path(), &private.dir),
     );
+    // Whatever the sandbox returned, and before the rootfs (chroot's
+    // /output) is taken down: the logs explain a failure too.
+    let exported = export::copy_out(&private.base, private.rel, &task_dir);
     if let Err(e) = rootfs::teardown(&m) {
         tracing::warn!(error = %e, "could not take down the rootfs");
     }
-    let (exit_code, sandbox_ms, limits) = result?;
+    let ((exit_code, sandbox_ms, limits), output) = match (result, exported) {
+        (Ok(ran), Ok(report)) => (ran, report),
+        (Err(e), exported) => {
+            if let Err(x) = exported {
+                tracing::warn!(error = %x, "could not copy the sandbox's output");
+            }
+            return Err(e);
+        }
+        (Ok(_), Err(x)) => return Err(x.into()),
+    };
+    if !output.skipped.is_empty() {
+        tracing::warn!(skipped = ?output.skipped, "entries of the sandbox's /output/task were not copied");
+    }
 
     let record = RunRecord {
         schema: "hoist.run/v1",
@@ -240,18 +261,21 @@ pub fn run(
             total: req.pull_ms + started.elapsed().as_millis() as u64,
         },
         supervisor_exit_code: exit_code,
+        output,
     };
-    let run_json = req.out.join("run.json");
-    std::fs::write(
-        &run_json,
-        serde_json::to_vec_pretty(&record).unwrap_or_default(),
-    )
-    .map_err(io(&run_json))?;
-    let bytes = std::fs::read(&result_path).map_err(|_| RunError::NoResult {
-        exit_code,
-        path: result_path.clone(),
-        dir: task_dir.clone(),
-    })?;
+    export::write_file(
+        &out,
+        "run.json",
+        &serde_json::to_vec_pretty(&record).unwrap_or_default(),
+    )?;
+    let result_path = task_dir.path().join("result.json");
+    let bytes = task_dir
+        .read("result.json", MAX_RESULT_BYTES)?
+        .ok_or_else(|| RunError::NoResult {
+            exit_code,
+            path: result_path.clone(),
+            dir: task_dir.path().to_path_buf(),
+        })?;
     let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| RunError::Io {
         path: result_path.clone(),
         source: std::io::Error::other(e),
@@ -280,7 +304,7 @@ fn run_in(
     m: &Materialized,
     (isolation, user_namespace): (Isolation, bool),
     materialize_ms: u64,
-    work: &Path,
+    (work, output): (&Path, &Path),
 ) -> Result<(i32, u64, RunLimits), RunError> {
     let context = RunContext {
         images: serde_json::from_value(images.clone()).unwrap_or_default(),
@@ -310,12 +334,11 @@ fn run_in(
         &context_path,
         &serde_json::to_vec_pretty(&context).unwrap_or_default(),
     )?;
-    let output = std::fs::canonicalize(&req.out).map_err(io(&req.out))?;
     let cfg = SandboxConfig {
         isolation,
         network: req.network,
         rootfs: m.root.clone(),
-        output,
+        output: output.to_path_buf(),
         recordings: req.recordings.clone(),
         hoist_binary: req.hoist_binary.clone(),
         context: context_path,
@@ -337,6 +360,46 @@ fn run_in(
         outcome.elapsed.as_millis() as u64,
         outcome.limits,
     ))
+}
+
+/// result.json is small (DESIGN §4); anything this big is not one.
+const MAX_RESULT_BYTES: u64 = 16 << 20;
+
+/// Where the sandbox's `/output` is on the host: `dir` (what it sees as
+/// `/output`), and the trusted directory `base` it is copied out of, with
+/// the output's `task` at `rel` beneath it, resolved without links.
+struct PrivateOutput {
+    dir: PathBuf,
+    base: PathBuf,
+    rel: &'static str,
+}
+
+fn private_output(
+    work: &Path,
+    isolation: Isolation,
+    rootfs: &Path,
+) -> Result<PrivateOutput, RunError> {
+    if isolation == Isolation::Chroot {
+        // The chroot stage makes /output a real directory of the copy
+        // (refusing a symlink the image put there); root in the sandbox may
+        // change what is beneath, so it is read relative to the rootfs.
+        return Ok(PrivateOutput {
+            dir: rootfs.join("output"),
+            base: rootfs.to_path_buf(),
+            rel: "output/task",
+        });
+    }
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = work.join("output");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io(&dir))?;
+    Ok(PrivateOutput {
+        base: dir.clone(),
+        dir,
+        rel: "task",
+    })
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RunError> {

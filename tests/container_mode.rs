@@ -241,29 +241,22 @@ fn agent_timeout_is_enforced_and_the_container_removed() {
     eprintln!("sleeper with a 2 s timeout: {:.1?}", t.elapsed());
 }
 
-/// The hoist container whose /output is `out`, once one runs.
+/// The hoist container whose results go to `out` (its
+/// `io.github.hoist.out` label), once one runs.
 fn container_with_output(out: &Path, within: Duration) -> Option<String> {
     let out = std::fs::canonicalize(out).unwrap();
+    let label = format!("label={}={}", hoist::container::OUT_LABEL, out.display());
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         let names = stdout(&run(docker().args([
             "ps",
             "--filter",
-            "label=io.github.hoist.run",
+            &label,
             "--format",
             "{{.Names}}",
         ])));
-        for name in names.lines() {
-            let mounts = stdout(&run(docker().args([
-                "container",
-                "inspect",
-                "--format",
-                "{{range .Mounts}}{{.Source}} {{end}}",
-                name,
-            ])));
-            if mounts.split_whitespace().any(|m| Path::new(m) == out) {
-                return Some(name.to_string());
-            }
+        if let Some(name) = names.lines().next() {
+            return Some(name.to_string());
         }
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -1,9 +1,10 @@
 //! The chroot isolation, for a runner inside a container whose seccomp
 //! profile forbids `unshare` and `mount`. The rootfs is a plain directory
 //! (a copy); `/dev` gets the nodes hoist may create (Docker grants
-//! CAP_MKNOD), the hoist binary and context are copied in, `/output` is a
-//! directory of the rootfs copied out afterwards. What this cannot isolate
-//! is listed by `Isolation::not_isolated`.
+//! CAP_MKNOD), the hoist binary and context are copied in, `/output` is the
+//! copy's own directory, which the host copies out of once this stage has
+//! ended (`crate::export`; nothing here writes into `--out`). What this
+//! cannot isolate is listed by `Isolation::not_isolated`.
 
 use std::fs::{self, File};
 use std::os::fd::AsFd;
@@ -18,7 +19,7 @@ use crate::pipeline::procfs::Procfs;
 use crate::rootfs::mount::open_dir_beneath;
 
 /// `__sandbox` in chroot mode: prepare the tree, run the supervisor
-/// chrooted, copy `/output/task` out.
+/// chrooted. The host copies `/output/task` out afterwards.
 pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
     // Root phases in the chroot share root's uid with this stage.
     crate::confine::not_dumpable().map_err(io_err("making the stage non-dumpable"))?;
@@ -98,18 +99,6 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
         .args(supervisor_args(cfg))
         .status()
         .map_err(io_err("starting the chrooted supervisor"))?;
-    let inner = fd_path(&open_dir_beneath(r, "output/task").map_err(io_err("/output/task"))?)?;
-    let outer = cfg.output.join("task");
-    fs::create_dir_all(&outer).map_err(io_err(format!("{}", outer.display())))?;
-    for e in fs::read_dir(&inner)
-        .map_err(io_err("/output/task"))?
-        .flatten()
-    {
-        // Only regular files: the supervisor writes nothing else there.
-        if fs::symlink_metadata(e.path()).is_ok_and(|m| m.is_file()) {
-            copy_file(&e.path(), &outer.join(e.file_name()), 0o644)?;
-        }
-    }
     Ok(status.code().unwrap_or(1))
 }
 

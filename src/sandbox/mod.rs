@@ -81,7 +81,11 @@ pub struct SandboxConfig {
     pub network: Network,
     /// The fused rootfs (an overlay mount or a plain directory).
     pub rootfs: PathBuf,
-    /// Host directory bound at `/output`.
+    /// The run's private directory the sandbox sees as `/output`: with
+    /// namespaces, a 0700 directory of the run's work dir bound there;
+    /// in chroot, the rootfs copy's own `/output` (nothing is bound). Never
+    /// the user's `--out`: the host copies the regular files of its `task/`
+    /// into `OUT/task` when the sandbox has ended (`crate::export`).
     pub output: PathBuf,
     /// Host directory bound read-only at `/recordings`.
     pub recordings: Option<PathBuf>,

@@ -250,6 +250,9 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
         "/run",
     )?;
 
+    // The run's private directory, never the host's --out: root in here
+    // is root on whatever is bound, so the host copies the results out
+    // itself once the sandbox has ended (crate::export).
     let output = mounts::dir(r, "output")?;
     mounts::bind(
         &cfg.output,

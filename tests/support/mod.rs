@@ -235,3 +235,42 @@ pub fn assert_probe_denied_but(out: &Path, reported: &[&str]) -> Vec<serde_json:
     }
     attempts
 }
+
+/// What a run left in its `--out` cannot hurt the host: only regular files
+/// and directories, none setuid, setgid or sticky, no symlink, fifo,
+/// socket or device, no file with a second link, everything owned by the
+/// uid running the test, and `run.json` a regular file.
+pub fn assert_host_clean_output(out: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    let mut stack = vec![out.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let t = m.file_type();
+        assert!(
+            t.is_file() || t.is_dir(),
+            "{} is neither a regular file nor a directory ({t:?})",
+            p.display()
+        );
+        assert_eq!(
+            m.mode() & 0o7000,
+            0,
+            "{} has a setuid, setgid or sticky bit ({:o})",
+            p.display(),
+            m.mode()
+        );
+        assert_eq!(m.uid(), me, "{} is owned by uid {}", p.display(), m.uid());
+        if t.is_file() {
+            assert_eq!(m.nlink(), 1, "{} has {} links", p.display(), m.nlink());
+        } else {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    let run_json = std::fs::symlink_metadata(out.join("run.json")).expect("run.json written");
+    assert!(
+        run_json.file_type().is_file(),
+        "run.json is not a regular file"
+    );
+}
