@@ -78,7 +78,7 @@ pub enum Action {
     Removed,
     /// A live run may have the entry mounted as an overlay lower layer:
     /// it is renamed out of the cache's way (no new run uses it) and
-    /// removed by the next verify or gc that finds no live run.
+    /// removed by the next verify that finds no live run.
     MovedAside {
         to: PathBuf,
     },
