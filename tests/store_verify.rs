@@ -418,3 +418,27 @@ fn a_run_leaves_the_store_verifying_clean() {
     assert_eq!(result["resolved"], true, "{result:#}");
     assert_store_verifies(store);
 }
+
+/// A symlink planted in place of a cached layer is not a cache hit: the
+/// next materialize unpacks the layer again instead of mounting what the
+/// link points to, even before any verify.
+#[test]
+fn a_symlink_in_place_of_a_cached_layer_is_never_mounted() {
+    let Some(oci) = samples_oci() else { return };
+    let store = tempfile::tempdir().unwrap();
+    let store = store.path();
+    let before = materialized_digest(store, &oci);
+    let layer = layers(store).remove(0);
+    let elsewhere = store.join("elsewhere");
+    fs::rename(&layer, &elsewhere).unwrap();
+    fs::write(elsewhere.join("planted"), b"x").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &layer).unwrap();
+    assert_eq!(materialized_digest(store, &oci), before);
+    let m = fs::symlink_metadata(&layer).unwrap();
+    assert!(m.is_dir() && !layer.join("planted").exists());
+    assert!(
+        elsewhere.join("planted").exists(),
+        "the link's target is left alone"
+    );
+    assert_store_verifies(store);
+}

@@ -105,6 +105,13 @@ pub(crate) fn cache_name(dir: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// A cache entry is a directory itself, never a symlink to one: the cache
+/// sits in a store others may write, and a link would make overlayfs read
+/// whatever it points to.
+fn is_real_dir(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
 /// The lock an entry is made under (`<key>.lock`).
 pub(crate) fn entry_lock_path(entry: &Path) -> PathBuf {
     entry.with_extension("lock")
@@ -140,15 +147,18 @@ pub fn ensure_layer(
 ) -> Result<(PathBuf, Fidelity), RootfsError> {
     let base = layers_dir(store).join(desc.digest.algorithm().as_str());
     let target = base.join(desc.digest.hex());
-    if target.is_dir() {
+    if is_real_dir(&target) {
         let f = read_fidelity(&target);
         return Ok((target, f));
     }
     let _lock = lock_file(&entry_lock_path(&target))?;
-    if target.is_dir() {
+    if is_real_dir(&target) {
         let f = read_fidelity(&target);
         return Ok((target, f));
     }
+    // Not an entry hoist made (a symlink or file in its place): out of
+    // the way, or the rename below would fail or follow it.
+    remove_tree(&target)?;
     let tmp = base.join(format!("{}.tmp", desc.digest.hex()));
     // Holding the lock, a temp directory can only be a crashed run's.
     remove_tree(&tmp)?;
@@ -212,15 +222,18 @@ pub fn ensure_subtree(
     let key = Digest::sha256_of(format!("{manifest_digest}\n{path}").as_bytes());
     let base = subtrees_dir(store);
     let target = base.join(key.hex());
-    if target.is_dir() {
+    if is_real_dir(&target) {
         let f = read_fidelity(&target);
         return Ok((target, f));
     }
     let _lock = lock_file(&entry_lock_path(&target))?;
-    if target.is_dir() {
+    if is_real_dir(&target) {
         let f = read_fidelity(&target);
         return Ok((target, f));
     }
+    // Not an entry hoist made (a symlink or file in its place): out of
+    // the way, or the rename below would fail or follow it.
+    remove_tree(&target)?;
     let tmp = base.join(format!("{}.tmp", key.hex()));
     let staged = base.join(format!("{}.staged", key.hex()));
     remove_tree(&staged)?;
