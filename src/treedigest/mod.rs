@@ -37,6 +37,10 @@ pub struct Entry {
     pub rdev: Option<(u32, u32)>,
     /// Sorted xattr names and values (overlay's own xattrs excluded).
     pub xattrs: BTreeMap<String, Vec<u8>>,
+    /// Modification time (seconds, nanoseconds): only in the stored view
+    /// ([`read_stored_tree`]), since the contract leaves times out but an
+    /// overlay shows its lower layers' (`make` and friends act on them).
+    pub mtime: Option<(i64, i64)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,6 +138,9 @@ impl Tree {
                 }
                 _ => {}
             }
+            if let Some((sec, nsec)) = e.mtime {
+                let _ = write!(out, " mtime={sec}.{nsec:09}");
+            }
             if let Some(first) = self.links.get(path) {
                 let _ = write!(out, " hardlink={}", escape(first));
             }
@@ -185,7 +192,7 @@ pub const ROOT_KEY: &[u8] = b".";
 /// `user.hoist.owner` records included, since overlayfs and hoist act on
 /// them), owners as stored (not as `user.hoist.owner` says), and the root
 /// directory itself as [`ROOT_KEY`] (an overlay shows its top layer's root
-/// metadata). [`read_dir_tree`] leaves all three out on purpose: they
+/// metadata), and modification times. [`read_dir_tree`] leaves all three out on purpose: they
 /// describe how an image is stored, not the image.
 pub fn read_stored_tree(root: &Path) -> Result<Tree, TreeError> {
     let io_err = |source| TreeError::Io {
@@ -307,6 +314,7 @@ fn read_entry(path: &Path, meta: &fs::Metadata, view: View) -> io::Result<Entry>
         link: None,
         rdev: None,
         xattrs: read_xattrs(path, view)?,
+        mtime: (view == View::Stored).then(|| (meta.mtime(), meta.mtime_nsec())),
     };
     if view == View::Image {
         if let Some((uid, gid)) = recorded_owner(path) {
@@ -420,7 +428,7 @@ mod tests {
         let (image0, stored0) = digests();
         let listing = read_stored_tree(r).unwrap().listing();
         assert!(listing.starts_with(". d "), "{listing}");
-        let changes: [&dyn Fn(); 3] = [
+        let changes: [&dyn Fn(); 4] = [
             &|| {
                 rustix::fs::setxattr(
                     r.join("d"),
@@ -440,6 +448,10 @@ mod tests {
                 .unwrap()
             },
             &|| fs::set_permissions(r, fs::Permissions::from_mode(0o711)).unwrap(),
+            &|| {
+                let f = fs::File::options().write(true).open(r.join("d/f")).unwrap();
+                f.set_modified(std::time::UNIX_EPOCH).unwrap();
+            },
         ];
         let mut stored = stored0;
         for change in changes {

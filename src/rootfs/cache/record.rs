@@ -9,8 +9,10 @@
 //! and does not list the root directory (whose mode and owner an overlay
 //! shows). A tamperer could change any of those and keep the image digest.
 //!
-//! What is left out, and why it cannot change what a run sees:
-//! - mtimes and atimes (not part of the contract, DESIGN §2);
+//! Modification times are in (an overlay shows its layers' and tools act
+//! on them), though the contract leaves them out (DESIGN §2). What is left
+//! out, and why it cannot change what a run sees:
+//! - atimes and ctimes, which reading and renaming change;
 //! - `security.selinux`, which the host's policy stamps and relabels;
 //! - `trusted.*` in the caches of unprivileged flavours, which their
 //!   writer cannot see and their `userxattr` overlay mounts never read.
@@ -204,6 +206,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_vec()))
                 .collect::<BTreeMap<_, _>>(),
+            mtime: None,
         }
     }
 
