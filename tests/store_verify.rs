@@ -238,6 +238,14 @@ const TAMPERS: &[Tamper] = &[
         },
     },
     Tamper {
+        what: "remove a subtree's record (as an older hoist left its entries)",
+        apply: |store| {
+            let sub = subtrees(store).remove(1);
+            fs::remove_file(sub.with_extension("treedigest")).unwrap();
+            ("subtree", key(&sub), "no_record")
+        },
+    },
+    Tamper {
         what: "replace a file by a symlink in a cached layer",
         apply: |store| {
             let (layer, file) = layer_file(store);

@@ -116,7 +116,10 @@ fn verify_entry(
     report: &mut VerifyReport,
 ) {
     let _lock = match lock_file(&entry_lock_path(entry)) {
-        Ok(l) => l,
+        Ok(l) => {
+            keep_lock_usable(&l, entry);
+            l
+        }
         Err(e) => {
             report.not_checked.push(NotChecked {
                 path: entry.to_path_buf(),
@@ -144,6 +147,26 @@ fn verify_entry(
             path: entry.to_path_buf(),
             why: format!("{kind} {digest} must be dropped but could not be: {e}"),
         }),
+    }
+}
+
+/// Real root checking a rootless user's cache may have just created the
+/// entry's lock file: give it to the owner of the cache directory, or that
+/// user's hoist could no longer open it to unpack the entry.
+fn keep_lock_usable(lock: &fs::File, entry: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(mine), Some(Ok(dir))) = (lock.metadata(), entry.parent().map(fs::metadata)) else {
+        return;
+    };
+    if (mine.uid(), mine.gid()) == (dir.uid(), dir.gid()) {
+        return;
+    }
+    let owner = (
+        rustix::fs::Uid::from_raw(dir.uid()),
+        rustix::fs::Gid::from_raw(dir.gid()),
+    );
+    if let Err(e) = rustix::fs::fchown(lock, Some(owner.0), Some(owner.1)) {
+        tracing::warn!(path = %entry_lock_path(entry).display(), error = %e, "could not give a lock file to its cache's owner");
     }
 }
 
