@@ -50,7 +50,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -473,64 +473,24 @@ impl Bystander {
     }
 }
 
-/// Nothing in `out` but directories and regular files without setuid or
-/// setgid bits: no link, fifo, socket or device node reaches the host
-/// (DESIGN, threat model). Until tests/support has
-/// `assert_host_clean_output`, this is that check.
-fn check_out_plain_files(out: &Path, failures: &mut Vec<String>) {
-    let mut stack = vec![out.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            failures.push(format!("host: cannot list {}", dir.display()));
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            let Ok(m) = std::fs::symlink_metadata(&p) else {
-                continue;
-            };
-            let t = m.file_type();
-            let what = if t.is_symlink() {
-                Some(format!(
-                    "a symlink to {}",
-                    std::fs::read_link(&p)
-                        .map(|l| l.display().to_string())
-                        .unwrap_or_default()
-                ))
-            } else if t.is_fifo() {
-                Some("a fifo".into())
-            } else if t.is_socket() {
-                Some("a socket".into())
-            } else if t.is_char_device() || t.is_block_device() {
-                Some(format!("a device node {:#x}", m.rdev()))
-            } else if t.is_file() && m.mode() & 0o6000 != 0 {
-                Some(format!("mode {:o} owner {}", m.mode() & 0o7777, m.uid()))
-            } else {
-                None
-            };
-            if let Some(what) = what {
-                failures.push(format!("host: --out holds {}: {what}", p.display()));
-            }
-            if t.is_dir() {
-                stack.push(p);
-            }
-        }
-    }
-}
-
-/// The store: every blob hashes to its name, and no marker of the hostile
-/// grader anywhere in it (the layer cache included). Markers found are
-/// removed, so that one escape does not fail the tests after it.
-fn check_store(store: &Path, failures: &mut Vec<String>) {
-    let blobs = std::panic::catch_unwind(|| assert_store_clean(store));
-    if let Err(e) = blobs {
+/// A panicking check of tests/support, as one more failure of the list.
+fn caught(failures: &mut Vec<String>, what: &str, check: impl FnOnce() + std::panic::UnwindSafe) {
+    if let Err(e) = std::panic::catch_unwind(check) {
         let msg = e
             .downcast_ref::<String>()
             .cloned()
             .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_default();
-        failures.push(format!("host: the store's blobs: {msg}"));
+        failures.push(format!("host: {what}: {msg}"));
     }
+}
+
+/// The store: `hoist store verify` finds every blob and cached layer as
+/// it was made, and no marker of the hostile grader is anywhere in it (the
+/// layer cache included). Markers found are removed, so that one escape
+/// does not fail the tests after it.
+fn check_store(store: &Path, failures: &mut Vec<String>) {
+    caught(failures, "the store", || assert_store_verifies(store));
     let mut stack = vec![store.to_path_buf()];
     let mut depth = BTreeMap::new();
     depth.insert(store.to_path_buf(), 0usize);
@@ -901,7 +861,9 @@ fn attack_in(setting: Setting, attack: Attack) {
     check_attempts(&label, attack, &task, &not_isolated, &mut failures);
 
     // The host afterwards.
-    check_out_plain_files(&ran.out, &mut failures);
+    caught(&mut failures, "--out", || {
+        assert_host_clean_output(&ran.out)
+    });
     listeners.check(&mut failures);
     check_host_dir(&mut failures);
     check_store(&store_of(setting), &mut failures);

@@ -10,6 +10,7 @@ mod materialize;
 mod progress;
 mod pull;
 mod run;
+mod store;
 mod task_exec;
 mod tree_digest;
 
@@ -99,6 +100,8 @@ enum Command {
     TreeDigest(tree_digest::TreeDigestArgs),
     /// Remove runs, layers and blobs no image or live run references.
     Gc(gc::GcArgs),
+    /// Check the store: `hoist store verify`.
+    Store(store::StoreArgs),
     /// Run one task: pull, fuse, sandbox, grade; writes OUT/task/result.json.
     Run(run::RunArgs),
     /// Pin every axis reference to its digest in hoist.lock.
@@ -164,6 +167,7 @@ pub fn main() -> ExitStatus {
         Command::Materialize(a) => materialize::run(&cli.global, a),
         Command::TreeDigest(a) => tree_digest::run(&cli.global, a),
         Command::Gc(a) => gc::run(&cli.global, a),
+        Command::Store(a) => store::run(&cli.global, a),
         Command::Run(a) => run::run_cmd(&cli.global, a),
         Command::Lock(a) => lock::run(&cli.global, a),
         Command::Bake(a) => bake::run(&cli.global, a),
@@ -185,7 +189,11 @@ pub fn main() -> ExitStatus {
 /// Still single-threaded here, as entering one requires.
 fn enter_user_namespace_if_unprivileged(command: &Command) -> anyhow::Result<()> {
     let needs = match command {
-        Command::Materialize(_) | Command::Run(_) | Command::Gc(_) | Command::Bake(_) => true,
+        Command::Materialize(_)
+        | Command::Run(_)
+        | Command::Gc(_)
+        | Command::Store(_)
+        | Command::Bake(_) => true,
         Command::TreeDigest(a) => a.is_directory(),
         _ => false,
     };

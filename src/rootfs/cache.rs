@@ -7,6 +7,14 @@
 //! unpacks into a temp directory and renames it into place, the others wait
 //! and then find it done. A directory is visible under its final name only
 //! when complete.
+//!
+//! Beside each entry, written before the rename that makes it visible:
+//! `<key>.json` (what the unpack could not reproduce) and
+//! `<key>.treedigest` (its tree digest, [`record`]), so an entry is never
+//! seen without them. A crash between the two renames leaves records
+//! without an entry, which the next unpack of that key overwrites.
+
+pub(crate) mod record;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -89,8 +97,28 @@ pub(crate) fn subtrees_dir(store: &Store) -> PathBuf {
     store.root().join(format!("subtrees{}", flavour()))
 }
 
+/// The name of a cache directory (`layers`, `subtrees-userns-…`): the
+/// flavour its entries were made in.
+pub(crate) fn cache_name(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A cache entry is a directory itself, never a symlink to one: the cache
+/// sits in a store others may write, and a link would make overlayfs read
+/// whatever it points to.
+fn is_real_dir(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+}
+
+/// The lock an entry is made under (`<key>.lock`).
+pub(crate) fn entry_lock_path(entry: &Path) -> PathBuf {
+    entry.with_extension("lock")
+}
+
 /// The fidelity record kept beside a cache entry (`<key>.json`).
-fn stats_path(entry: &Path) -> PathBuf {
+pub(crate) fn stats_path(entry: &Path) -> PathBuf {
     entry.with_extension("json")
 }
 
@@ -119,15 +147,18 @@ pub fn ensure_layer(
 ) -> Result<(PathBuf, Fidelity), RootfsError> {
     let base = layers_dir(store).join(desc.digest.algorithm().as_str());
     let target = base.join(desc.digest.hex());
-    if target.is_dir() {
+    if is_real_dir(&target) {
         let f = read_fidelity(&target);
         return Ok((target, f));
     }
-    let _lock = lock_file(&base.join(format!("{}.lock", desc.digest.hex())))?;
-    if target.is_dir() {
+    let _lock = lock_file(&entry_lock_path(&target))?;
+    if is_real_dir(&target) {
         let f = read_fidelity(&target);
         return Ok((target, f));
     }
+    // Not an entry hoist made (a symlink or file in its place): out of
+    // the way, or the rename below would fail or follow it.
+    remove_tree(&target)?;
     let tmp = base.join(format!("{}.tmp", desc.digest.hex()));
     // Holding the lock, a temp directory can only be a crashed run's.
     remove_tree(&tmp)?;
@@ -144,9 +175,14 @@ pub fn ensure_layer(
             return Err(e);
         }
     };
-    // The record first: an entry is only ever seen with its record.
+    // The records first: an entry is only ever seen with its records.
     let fidelity = stats.not_reproduced;
-    write_fidelity(&target, fidelity)?;
+    let recorded = write_fidelity(&target, fidelity)
+        .and_then(|()| record::write(&tmp, &target, &cache_name(&layers_dir(store))));
+    if let Err(e) = recorded {
+        remove_tree(&tmp)?;
+        return Err(e);
+    }
     fs::rename(&tmp, &target).map_err(io(&target))?;
     Ok((target, fidelity))
 }
@@ -186,20 +222,28 @@ pub fn ensure_subtree(
     let key = Digest::sha256_of(format!("{manifest_digest}\n{path}").as_bytes());
     let base = subtrees_dir(store);
     let target = base.join(key.hex());
-    if target.is_dir() {
+    if is_real_dir(&target) {
         let f = read_fidelity(&target);
         return Ok((target, f));
     }
-    let _lock = lock_file(&base.join(format!("{}.lock", key.hex())))?;
-    if target.is_dir() {
+    let _lock = lock_file(&entry_lock_path(&target))?;
+    if is_real_dir(&target) {
         let f = read_fidelity(&target);
         return Ok((target, f));
     }
+    // Not an entry hoist made (a symlink or file in its place): out of
+    // the way, or the rename below would fail or follow it.
+    remove_tree(&target)?;
     let tmp = base.join(format!("{}.tmp", key.hex()));
     let staged = base.join(format!("{}.staged", key.hex()));
     remove_tree(&staged)?;
     let fidelity = extract_subtree(store, layers, diff_ids, path, reference, &tmp, &staged)?;
-    write_fidelity(&target, fidelity)?;
+    let recorded = write_fidelity(&target, fidelity)
+        .and_then(|()| record::write(&staged, &target, &cache_name(&base)));
+    if let Err(e) = recorded {
+        remove_tree(&staged)?;
+        return Err(e);
+    }
     fs::rename(&staged, &target).map_err(io(&target))?;
     Ok((target, fidelity))
 }

@@ -89,6 +89,37 @@ fn alive(pid: u32) -> bool {
         .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
 }
 
+/// A run is over when its process died, or, for a kept rootfs, when the
+/// rootfs is no longer mounted.
+fn owner_gone(owner: &Owner, mounted: bool) -> bool {
+    if owner.keep {
+        !mounted
+    } else {
+        !alive(owner.pid)
+    }
+}
+
+/// The run directories whose run may still be live: every one but those
+/// whose owner is provably gone. One without a readable `owner.json` is
+/// being created (or a crash's, which only `hoist gc` and materialize
+/// reap), so it counts as live. Only reads: `hoist store verify` uses it
+/// to decide whether a cache entry may be mounted now.
+pub(crate) fn live_runs(store: &Store) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(runs_dir(store)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|dir| {
+            let owner: Option<Owner> = fs::read(dir.join("owner.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            owner.is_none_or(|o| !owner_gone(&o, mount::is_mount_point(&o.target)))
+        })
+        .collect()
+}
+
 /// Take down runs whose owner died (and kept rootfs no longer mounted).
 /// Returns how many were removed. Failures are logged, not fatal: a
 /// leftover costs disk, not correctness.
@@ -110,12 +141,7 @@ pub fn reap_dead_runs(store: &Store) -> usize {
             continue;
         };
         let mounted = mount::is_mount_point(&owner.target);
-        let dead = if owner.keep {
-            !mounted
-        } else {
-            !alive(owner.pid)
-        };
-        if !dead {
+        if !owner_gone(&owner, mounted) {
             continue;
         }
         if mounted {

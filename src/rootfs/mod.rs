@@ -16,6 +16,7 @@
 mod cache;
 pub mod gc;
 pub mod mount;
+pub mod verify;
 
 use std::fs::{self, File};
 use std::os::fd::AsFd;

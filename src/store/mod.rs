@@ -9,9 +9,13 @@
 //!
 //! Several processes may share a store: one lock per blob means a blob is
 //! downloaded once and the others wait, then find it present.
+//!
+//! `hoist store verify` ([`verify`]) re-hashes every blob: the store is a
+//! directory on a disk others may write.
 
 mod ingest;
 mod layout;
+pub mod verify;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};

@@ -189,6 +189,7 @@ fn implicit_dir() -> Entry {
         link: None,
         rdev: None,
         xattrs: BTreeMap::new(),
+        mtime: None,
     }
 }
 
@@ -248,6 +249,7 @@ fn read_entry<R: Read>(entry: &mut tar::Entry<'_, R>, raw: &[u8]) -> Result<Add,
         link: None,
         rdev: None,
         xattrs,
+        mtime: None,
     };
     match ty {
         tar::EntryType::Link => {

@@ -37,6 +37,10 @@ pub struct Entry {
     pub rdev: Option<(u32, u32)>,
     /// Sorted xattr names and values (overlay's own xattrs excluded).
     pub xattrs: BTreeMap<String, Vec<u8>>,
+    /// Modification time (seconds, nanoseconds): only in the stored view
+    /// ([`read_stored_tree`]), since the contract leaves times out but an
+    /// overlay shows its lower layers' (`make` and friends act on them).
+    pub mtime: Option<(i64, i64)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,6 +138,9 @@ impl Tree {
                 }
                 _ => {}
             }
+            if let Some((sec, nsec)) = e.mtime {
+                let _ = write!(out, " mtime={sec}.{nsec:09}");
+            }
             if let Some(first) = self.links.get(path) {
                 let _ = write!(out, " hardlink={}", escape(first));
             }
@@ -173,6 +180,48 @@ fn escape(b: &[u8]) -> String {
 
 /// Read a tree from disk without following any symlink.
 pub fn read_dir_tree(root: &Path) -> Result<Tree, TreeError> {
+    walk(root, View::Image)
+}
+
+/// The key of the root directory itself in [`read_stored_tree`]'s tree.
+pub const ROOT_KEY: &[u8] = b".";
+
+/// Read a tree exactly as it is stored, for checking a storage backend
+/// rather than comparing images: every xattr (overlayfs's
+/// `trusted.overlay.*`/`user.overlay.*` markers and hoist's
+/// `user.hoist.owner` records included, since overlayfs and hoist act on
+/// them), owners as stored (not as `user.hoist.owner` says), and the root
+/// directory itself as [`ROOT_KEY`] (an overlay shows its top layer's root
+/// metadata), and modification times. [`read_dir_tree`] leaves all three out on purpose: they
+/// describe how an image is stored, not the image.
+pub fn read_stored_tree(root: &Path) -> Result<Tree, TreeError> {
+    let io_err = |source| TreeError::Io {
+        path: root.to_path_buf(),
+        source,
+    };
+    // Checked before the walk, which would list what a symlink points to.
+    let meta = fs::symlink_metadata(root).map_err(io_err)?;
+    if !meta.is_dir() {
+        return Err(io_err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "not a directory (a symlink or a file in its place)",
+        )));
+    }
+    let mut tree = walk(root, View::Stored)?;
+    let entry = read_entry(root, &meta, View::Stored).map_err(io_err)?;
+    tree.entries.insert(ROOT_KEY.to_vec(), entry);
+    Ok(tree)
+}
+
+/// Whether a tree is read as an image ([`read_dir_tree`]) or as stored
+/// ([`read_stored_tree`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum View {
+    Image,
+    Stored,
+}
+
+fn walk(root: &Path, view: View) -> Result<Tree, TreeError> {
     let mut tree = Tree::default();
     let mut inodes: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     let mut stack = vec![(root.to_path_buf(), Vec::new())];
@@ -195,7 +244,7 @@ pub fn read_dir_tree(root: &Path) -> Result<Tree, TreeError> {
             }
             key.extend_from_slice(name.as_bytes());
             let meta = fs::symlink_metadata(&path).map_err(io_err(&path))?;
-            let entry = read_entry(&path, &meta).map_err(io_err(&path))?;
+            let entry = read_entry(&path, &meta, view).map_err(io_err(&path))?;
             if entry.kind != Kind::Dir && meta.nlink() > 1 {
                 let first = inodes
                     .entry((meta.dev(), meta.ino()))
@@ -238,7 +287,7 @@ pub fn normalise_links(tree: &mut Tree) {
     tree.links = links;
 }
 
-fn read_entry(path: &Path, meta: &fs::Metadata) -> io::Result<Entry> {
+fn read_entry(path: &Path, meta: &fs::Metadata, view: View) -> io::Result<Entry> {
     let ft = meta.file_type();
     let kind = if ft.is_file() {
         Kind::File
@@ -264,10 +313,13 @@ fn read_entry(path: &Path, meta: &fs::Metadata) -> io::Result<Entry> {
         content: None,
         link: None,
         rdev: None,
-        xattrs: read_xattrs(path)?,
+        xattrs: read_xattrs(path, view)?,
+        mtime: (view == View::Stored).then(|| (meta.mtime(), meta.mtime_nsec())),
     };
-    if let Some((uid, gid)) = recorded_owner(path) {
-        (e.uid, e.gid) = (uid, gid);
+    if view == View::Image {
+        if let Some((uid, gid)) = recorded_owner(path) {
+            (e.uid, e.gid) = (uid, gid);
+        }
     }
     match kind {
         Kind::File => {
@@ -298,7 +350,7 @@ fn hash_file(path: &Path) -> io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-fn read_xattrs(path: &Path) -> io::Result<BTreeMap<String, Vec<u8>>> {
+fn read_xattrs(path: &Path, view: View) -> io::Result<BTreeMap<String, Vec<u8>>> {
     let mut out = BTreeMap::new();
     let mut names = vec![0u8; 4096];
     let n = match rustix::fs::llistxattr(path, &mut names) {
@@ -312,7 +364,7 @@ fn read_xattrs(path: &Path) -> io::Result<BTreeMap<String, Vec<u8>>> {
     };
     for raw in names[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
         let name = String::from_utf8_lossy(raw).into_owned();
-        if is_ignored_xattr(&name) {
+        if view == View::Image && is_ignored_xattr(&name) {
             continue;
         }
         let mut value = vec![0u8; 65536];
@@ -357,6 +409,68 @@ mod tests {
         fs::set_permissions(t.path().join("f"), fs::Permissions::from_mode(0o600)).unwrap();
         let after = read_dir_tree(t.path()).unwrap().digest();
         assert_ne!(before, after);
+    }
+
+    /// What overlayfs and hoist act on is in the stored view, and only
+    /// there: opaque markers, ownership records, the root's own mode.
+    #[test]
+    fn stored_view_covers_what_the_image_view_normalises() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        fs::create_dir(r.join("d")).unwrap();
+        fs::write(r.join("d/f"), b"x").unwrap();
+        let digests = || {
+            (
+                read_dir_tree(r).unwrap().digest(),
+                read_stored_tree(r).unwrap().digest(),
+            )
+        };
+        let (image0, stored0) = digests();
+        let listing = read_stored_tree(r).unwrap().listing();
+        assert!(listing.starts_with(". d "), "{listing}");
+        let changes: [&dyn Fn(); 4] = [
+            &|| {
+                rustix::fs::setxattr(
+                    r.join("d"),
+                    "user.overlay.opaque",
+                    b"y",
+                    rustix::fs::XattrFlags::empty(),
+                )
+                .unwrap()
+            },
+            &|| {
+                rustix::fs::setxattr(
+                    r.join("d/f"),
+                    OWNER_XATTR,
+                    b"0:0",
+                    rustix::fs::XattrFlags::empty(),
+                )
+                .unwrap()
+            },
+            &|| fs::set_permissions(r, fs::Permissions::from_mode(0o711)).unwrap(),
+            &|| {
+                let f = fs::File::options().write(true).open(r.join("d/f")).unwrap();
+                f.set_modified(std::time::UNIX_EPOCH).unwrap();
+            },
+        ];
+        let mut stored = stored0;
+        for change in changes {
+            change();
+            let (image, now) = digests();
+            assert_ne!(now, stored, "the stored view missed a change");
+            stored = now;
+            // user.hoist.owner "0:0" is what a root-owned file reads as.
+            if rustix::process::geteuid().is_root() {
+                assert_eq!(image, image0, "the image view normalises this");
+            }
+        }
+    }
+
+    #[test]
+    fn stored_view_refuses_a_symlinked_root() {
+        let t = tempfile::tempdir().unwrap();
+        symlink("/", t.path().join("l")).unwrap();
+        assert!(read_stored_tree(&t.path().join("l")).is_err());
     }
 
     #[test]

@@ -274,3 +274,17 @@ pub fn assert_host_clean_output(out: &Path) {
         "run.json is not a regular file"
     );
 }
+
+/// `hoist store verify` on `store` exits 0: every blob hashes to its name
+/// and every cached layer and subtree has the tree digest recorded when it
+/// was unpacked. For the host-side checks after a (hostile) run.
+pub fn assert_store_verifies(store: &Path) {
+    let o = run(hoist(store).args(["store", "verify"]));
+    assert!(
+        o.status.success(),
+        "hoist store verify found the store {} changed:\nstdout:\n{}\nstderr:\n{}",
+        store.display(),
+        stdout(&o),
+        stderr(&o)
+    );
+}

@@ -1,0 +1,57 @@
+//! `hoist store verify`
+
+use clap::{Args, Subcommand};
+use hoist::exit::ExitStatus;
+
+use super::Global;
+
+#[derive(Args)]
+pub struct StoreArgs {
+    #[command(subcommand)]
+    command: StoreCommand,
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Re-hash every blob and compare every cached layer and subtree with
+    /// the tree digest recorded when it was unpacked; drop what differs.
+    /// Exit 0 when everything verified, 1 when anything was dropped or
+    /// could not be checked.
+    Verify,
+}
+
+pub fn run(global: &Global, args: &StoreArgs) -> anyhow::Result<ExitStatus> {
+    match args.command {
+        StoreCommand::Verify => verify(global),
+    }
+}
+
+fn verify(global: &Global) -> anyhow::Result<ExitStatus> {
+    let store = global.store()?;
+    let report = hoist::rootfs::verify::verify(&store)?;
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for d in &report.dropped {
+            println!("{d}");
+        }
+        for n in &report.not_checked {
+            println!("not checked: {}: {}", n.path.display(), n.why);
+        }
+        if !global.quiet {
+            println!(
+                "verified {} blobs, {} layers, {} subtrees: {} dropped, {} not checked",
+                report.blobs,
+                report.layers,
+                report.subtrees,
+                report.dropped.len(),
+                report.not_checked.len()
+            );
+        }
+    }
+    Ok(if report.clean() {
+        ExitStatus::Success
+    } else {
+        ExitStatus::Failure
+    })
+}
