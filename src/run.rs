@@ -150,7 +150,7 @@ pub fn resolve_isolation(
     hoist_binary: &Path,
     store: &Store,
 ) -> Result<(Isolation, bool), RunError> {
-    let probed = sandbox::probe_cached(hoist_binary, &store.root().join("probe.json"));
+    let probed = sandbox::probe_cached(hoist_binary, store);
     let works = probed.namespaces.is_ok();
     let isolation = match requested {
         Isolation::Auto | Isolation::Strict if works => Isolation::Namespaces,

@@ -19,6 +19,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use rustix::thread::UnshareFlags;
 use serde::Serialize;
@@ -209,7 +210,7 @@ pub fn enter(self_exe: &Path) -> Result<&'static Rootless, RootlessError> {
     // Mounts made from here on (a run's overlay) are this process's own.
     sys::unshare(UnshareFlags::NEWNS)
         .map_err(|e| RootlessError::Map(format!("entering a mount namespace: {e}")))?;
-    crate::sandbox::mounts::make_private()
+    crate::confine::mounts::make_private()
         .map_err(|e| RootlessError::Map(format!("making mounts private: {e}")))?;
     let state = Rootless {
         host_uid: uid,
@@ -259,8 +260,66 @@ pub fn map_stage(args: &[std::ffi::OsString]) -> i32 {
     0
 }
 
+/// Wait (up to 10 s, while `alive` says so) until process `pid` has left
+/// our user namespace, then map in its new one every id ours maps, each to
+/// itself. Only a process with CAP_SETUID in the parent namespace may map
+/// a range; the sandbox stage and the install jail wait for it.
+pub fn map_ids_when_unshared(
+    pid: i32,
+    alive: &mut dyn FnMut() -> std::io::Result<bool>,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let ns_of = |p: &str| std::fs::metadata(format!("/proc/{p}/ns/user")).map(|m| m.ino());
+    let own = ns_of("self")?;
+    let start = Instant::now();
+    while ns_of(&pid.to_string())? == own {
+        if !alive()? {
+            return Err(std::io::Error::other(
+                "it ended before entering its user namespace",
+            ));
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            return Err(std::io::Error::other(
+                "it did not enter a user namespace within 10 s",
+            ));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    for map in ["uid_map", "gid_map"] {
+        let own = std::fs::read_to_string(format!("/proc/self/{map}"))?;
+        std::fs::write(format!("/proc/{pid}/{map}"), identity_of(&own))?;
+    }
+    Ok(())
+}
+
+/// Each id our namespace maps, mapped to itself: one line per extent of
+/// our own map, since a child's extent must lie within one of the
+/// parent's (rootless hoist's map is root, then the subordinate ranges).
+fn identity_of(own_map: &str) -> String {
+    own_map
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (f.len() == 3).then(|| format!("{} {} {}\n", f[0], f[0], f[2]))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn identity_follows_each_extent_of_our_map() {
+        assert_eq!(identity_of("0 0 4294967295\n"), "0 0 4294967295\n");
+        assert_eq!(
+            identity_of("         0       1001          1\n         1     100000      65536\n"),
+            "0 0 1\n1 1 65536\n"
+        );
+        assert_eq!(identity_of(""), "");
+    }
+
     use super::*;
 
     #[test]

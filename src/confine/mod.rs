@@ -26,10 +26,19 @@
 //! [`not_dumpable`] is for hoist's own processes outside the phases (the
 //! host side, the sandbox stages, the supervisor): a root grader that could
 //! trace the supervisor would own the run.
+//!
+//! Beneath both the host-side sandbox and the supervisor, this module also
+//! holds the process and mount helpers both use: [`mounts`] (mounts attached
+//! beneath a rootfs), [`procfs`] (a pid namespace's processes, read through
+//! a procfs handle) and [`wait`] (waiting on a pidfd), so that neither of
+//! them imports the other.
 
 pub mod caps;
+pub mod mounts;
+pub mod procfs;
 pub mod ruleset;
 pub mod seccomp;
+pub mod wait;
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use rustix::mount::{MountAttrFlags, UnmountFlags};
 use rustix::thread::UnshareFlags;
 
+use crate::confine::mounts;
 use crate::rootfs::mount::open_dir_beneath;
-use crate::sandbox::{map_ids_when_unshared, mounts};
+use crate::userns::map_ids_when_unshared;
 
 /// What install.sh must not see.
 pub const COVERED: [&str; 3] = ["/tests", "/tasks", "/opt/gateway"];

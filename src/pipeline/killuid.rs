@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Signal, Uid};
 
 use super::process::{self, Backoff, Reaper};
-use super::procfs::{descendants, ProcStatus, Procfs};
+use crate::confine::procfs::{descendants, ProcStatus, Procfs};
 
 /// Passes of kill(-1, SIGKILL) made before the processes are looked for.
 const MIN_PASSES: usize = 3;

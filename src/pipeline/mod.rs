@@ -27,7 +27,6 @@ mod health;
 pub mod jail;
 pub mod killuid;
 pub mod process;
-pub mod procfs;
 pub mod root;
 mod supervisor;
 pub mod task;
@@ -110,7 +109,7 @@ pub fn task_exec(opts: &TaskExecOptions) -> Result<TaskResult, TaskExecError> {
     };
     // Opened for this process by the chroot stage; nothing here has
     // touched that number.
-    let procfs = opts.proc_fd.map(procfs::Procfs::inherited);
+    let procfs = opts.proc_fd.map(crate::confine::procfs::Procfs::inherited);
     let scope = killuid::Scope::detect(&root.path("/proc"), procfs);
     let mut sup = Supervisor::new(&root, &ctx, out.clone(), scope);
     sup.rec.task_id = opts.task.clone().unwrap_or_default();

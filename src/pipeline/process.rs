@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, WaitOptions};
 
+use crate::confine::wait::wait_for_exit;
+
 /// How often the waiting loops look again. Short enough that a timeout
 /// ends within a few tens of milliseconds of its deadline.
 pub const POLL: Duration = Duration::from_millis(10);
@@ -241,27 +243,6 @@ pub fn terminate_group(reaper: &mut Reaper, pgid: i32, grace: Duration) -> Exit 
         // Unreaped after SIGKILL (stuck in the kernel): it can run no more
         // user code, so report the kill and go on rather than hang.
         .unwrap_or(Exit::Signal(Signal::KILL.as_raw()))
-}
-
-/// Block until process `pid` (a child not yet reaped) exits or `timeout`
-/// passes, through a pidfd; `false` when no pidfd can be had (Linux before
-/// 5.3, or a seccomp profile that refuses it) and the caller must poll.
-pub fn wait_for_exit(pid: i32, timeout: Duration) -> bool {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    let Some(p) = Pid::from_raw(pid) else {
-        return false;
-    };
-    let Ok(fd) = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()) else {
-        return false;
-    };
-    let timeout = Timespec {
-        tv_sec: timeout.as_secs() as i64,
-        tv_nsec: i64::from(timeout.subsec_nanos()),
-    };
-    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-    // EINTR or a timeout: the caller looks again either way.
-    let _ = poll(&mut fds, Some(&timeout));
-    true
 }
 
 fn signal_group(pgid: i32, sig: Signal) {

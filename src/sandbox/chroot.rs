@@ -14,8 +14,9 @@ use std::process::Command;
 
 use rustix::fs::{FileType, Mode};
 
-use super::{exec_supervisor, io_err, mounts, supervisor_args, SandboxConfig, SandboxError};
-use crate::pipeline::procfs::Procfs;
+use super::{exec_supervisor, io_err, supervisor_args, SandboxConfig, SandboxError};
+use crate::confine::mounts;
+use crate::confine::procfs::Procfs;
 use crate::rootfs::mount::open_dir_beneath;
 
 /// `__sandbox` in chroot mode: prepare the tree, run the supervisor
@@ -59,7 +60,7 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
             // hoist), bind the host's node where mounting is allowed; else
             // the node is missing and the supervisor copes.
             let bound = match &private_mounts {
-                Ok(()) => mounts::host_device(r, &cfg.rootfs, name),
+                Ok(()) => mounts::host_device(r, &cfg.rootfs, name).map_err(SandboxError::from),
                 Err(e) => Err(io_err("unshare (mount namespace)")(e.kind().into())),
             };
             if let Err(b) = bound {

@@ -18,7 +18,6 @@
 
 pub mod cgroup;
 mod chroot;
-pub(crate) mod mounts;
 mod ns;
 
 use std::path::{Path, PathBuf};
@@ -148,6 +147,15 @@ pub enum SandboxError {
     Unsupported(String),
 }
 
+impl From<crate::confine::mounts::MountError> for SandboxError {
+    fn from(e: crate::confine::mounts::MountError) -> SandboxError {
+        SandboxError::Io {
+            what: e.what,
+            source: e.source,
+        }
+    }
+}
+
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
     let what = what.into();
     move |source| SandboxError::Io { what, source }
@@ -212,7 +220,8 @@ pub struct Probed {
 /// namespaces, and the sysctls that govern user namespaces. Each probe
 /// costs a few milliseconds of every run; the answer changes only with
 /// one of those.
-pub fn probe_cached(self_exe: &Path, cache: &Path) -> Probed {
+pub fn probe_cached(self_exe: &Path, store: &crate::store::Store) -> Probed {
+    let cache = &store.root().join("probe.json");
     let key = probe_key(self_exe);
     #[derive(Serialize, Deserialize)]
     struct Entry {
@@ -240,7 +249,7 @@ pub fn probe_cached(self_exe: &Path, cache: &Path) -> Probed {
         };
         // A cache that cannot be written only costs the next run a probe.
         if let Ok(bytes) = serde_json::to_vec(&entry) {
-            let _ = crate::pipeline::root::write_atomic(cache, &bytes);
+            let _ = store.write_atomic(cache, &bytes);
         }
     }
     probed
@@ -410,7 +419,7 @@ fn wait_sandbox(
         }
         // Woken when the stage exits, not up to a poll interval later.
         let pid = i32::try_from(child.id()).unwrap_or(0);
-        if !crate::pipeline::process::wait_for_exit(pid, deadline - elapsed) {
+        if !crate::confine::wait::wait_for_exit(pid, deadline - elapsed) {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -423,7 +432,7 @@ fn wait_sandbox(
 fn map_identity(child: &mut std::process::Child) -> Result<(), SandboxError> {
     use std::io::Write;
     let pid = child.id() as i32;
-    map_ids_when_unshared(pid, &mut || child.try_wait().map(|s| s.is_none()))
+    crate::userns::map_ids_when_unshared(pid, &mut || child.try_wait().map(|s| s.is_none()))
         .map_err(io_err("mapping the sandbox's user namespace"))?;
     if let Some(stdin) = child.stdin.as_mut() {
         stdin
@@ -431,54 +440,6 @@ fn map_identity(child: &mut std::process::Child) -> Result<(), SandboxError> {
             .map_err(io_err("releasing the sandbox stage"))?;
     }
     Ok(())
-}
-
-/// Wait (up to 10 s, while `alive` says so) until process `pid` has left
-/// our user namespace, then map in its new one every id ours maps, each to
-/// itself. Only a process with CAP_SETUID in the parent namespace may map
-/// a range; the sandbox stage and the install jail wait for it.
-pub(crate) fn map_ids_when_unshared(
-    pid: i32,
-    alive: &mut dyn FnMut() -> std::io::Result<bool>,
-) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let ns_of = |p: &str| std::fs::metadata(format!("/proc/{p}/ns/user")).map(|m| m.ino());
-    let own = ns_of("self")?;
-    let start = Instant::now();
-    while ns_of(&pid.to_string())? == own {
-        if !alive()? {
-            return Err(std::io::Error::other(
-                "it ended before entering its user namespace",
-            ));
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            return Err(std::io::Error::other(
-                "it did not enter a user namespace within 10 s",
-            ));
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    for map in ["uid_map", "gid_map"] {
-        let own = std::fs::read_to_string(format!("/proc/self/{map}"))?;
-        std::fs::write(format!("/proc/{pid}/{map}"), identity_of(&own))?;
-    }
-    Ok(())
-}
-
-/// Each id our namespace maps, mapped to itself: one line per extent of
-/// our own map, since a child's extent must lie within one of the
-/// parent's (rootless hoist's map is root, then the subordinate ranges).
-fn identity_of(own_map: &str) -> String {
-    own_map
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<u64> = l
-                .split_whitespace()
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            (f.len() == 3).then(|| format!("{} {} {}\n", f[0], f[0], f[2]))
-        })
-        .collect()
 }
 
 /// `hoist __sandbox CONFIG`: the stage that isolates, then execs the
@@ -570,7 +531,7 @@ pub(crate) fn set_limits(limits: &Limits) -> Result<(), SandboxError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{identity_of, probe_key};
+    use super::probe_key;
 
     #[test]
     fn probe_key_is_stable_and_follows_the_binary() {
@@ -582,15 +543,5 @@ mod tests {
         std::fs::write(&exe, b"another binary").unwrap();
         assert_ne!(probe_key(&exe).unwrap(), first);
         assert_eq!(probe_key(&dir.path().join("missing")), None);
-    }
-
-    #[test]
-    fn identity_follows_each_extent_of_our_map() {
-        assert_eq!(identity_of("0 0 4294967295\n"), "0 0 4294967295\n");
-        assert_eq!(
-            identity_of("         0       1001          1\n         1     100000      65536\n"),
-            "0 0 1\n1 1 65536\n"
-        );
-        assert_eq!(identity_of(""), "");
     }
 }

@@ -13,9 +13,10 @@ use rustix::mount::MountAttrFlags;
 use rustix::thread::UnshareFlags;
 
 use super::{
-    io_err, mounts, set_limits, supervisor_args, supervisor_command, Limits, Network,
-    SandboxConfig, SandboxError,
+    io_err, set_limits, supervisor_args, supervisor_command, Limits, Network, SandboxConfig,
+    SandboxError,
 };
+use crate::confine::mounts;
 use crate::sys;
 
 const NOSUID_NODEV: MountAttrFlags =
@@ -168,6 +169,7 @@ pub fn probe_proc(dir: &Path) -> i32 {
             fd.as_fd(),
             "/proc",
         )
+        .map_err(SandboxError::from)
     });
     match mounted {
         Ok(()) => 0,

@@ -156,7 +156,7 @@ pub fn adopt_orphans() {
 /// run started by this test left running. Needs [`adopt_orphans`] first,
 /// or an orphan would go to init and be missed.
 pub fn processes_of(uid: u32, prefix: &str) -> Vec<String> {
-    use hoist::pipeline::procfs::{descendants, Procfs};
+    use hoist::confine::procfs::{descendants, Procfs};
     let me = rustix::process::getpid();
     // PR_GET_CHILD_SUBREAPER answers a flag (rustix makes it a "pid" 1).
     assert!(

@@ -12,8 +12,22 @@ use rustix::mount::{
     FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags,
 };
 
-use super::{io_err, SandboxError};
 use crate::rootfs::mount::open_dir_beneath;
+
+/// A mount step that failed: what it was doing, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct MountError {
+    pub what: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Wrap an I/O error with what was being done (as the sandbox reports it).
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MountError {
+    let what = what.into();
+    move |source| MountError { what, source }
+}
 
 const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT
     .union(ResolveFlags::NO_SYMLINKS)
@@ -22,7 +36,7 @@ const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT
 /// Make every mount of this process's mount namespace private, recursively,
 /// so that nothing mounted here propagates back to the namespace it was
 /// copied from. Call right after unsharing the mount namespace.
-pub(crate) fn make_private() -> std::io::Result<()> {
+pub fn make_private() -> std::io::Result<()> {
     use rustix::mount::MountPropagationFlags;
     rustix::mount::mount_change(
         "/",
@@ -33,7 +47,7 @@ pub(crate) fn make_private() -> std::io::Result<()> {
 
 /// Bind the host's `/dev/NAME` onto `dev/NAME` of the rootfs opened as
 /// `root` at `rootfs` (a device node the sandbox may not create itself).
-pub fn host_device(root: BorrowedFd<'_>, rootfs: &Path, name: &str) -> Result<(), SandboxError> {
+pub fn host_device(root: BorrowedFd<'_>, rootfs: &Path, name: &str) -> Result<(), MountError> {
     let rel = format!("dev/{name}");
     let at = file(root, &rel)?;
     bind(
@@ -46,13 +60,13 @@ pub fn host_device(root: BorrowedFd<'_>, rootfs: &Path, name: &str) -> Result<()
 }
 
 /// Open (creating if needed) the directory `rel` beneath `root`.
-pub fn dir(root: BorrowedFd<'_>, rel: &str) -> Result<OwnedFd, SandboxError> {
+pub fn dir(root: BorrowedFd<'_>, rel: &str) -> Result<OwnedFd, MountError> {
     open_dir_beneath(root, rel).map_err(io_err(format!("/{rel} in the rootfs")))
 }
 
 /// Open (creating an empty one if needed) the regular file `rel` beneath
 /// `root`, as a mount point for a file bind.
-pub fn file(root: BorrowedFd<'_>, rel: &str) -> Result<OwnedFd, SandboxError> {
+pub fn file(root: BorrowedFd<'_>, rel: &str) -> Result<OwnedFd, MountError> {
     let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
     let pdir = dir(root, parent)?;
     rustix::fs::openat2(
@@ -65,7 +79,7 @@ pub fn file(root: BorrowedFd<'_>, rel: &str) -> Result<OwnedFd, SandboxError> {
     .map_err(|e| io_err(format!("/{rel} in the rootfs"))(e.into()))
 }
 
-fn attach(mnt: OwnedFd, at: BorrowedFd<'_>, what: &str) -> Result<(), SandboxError> {
+fn attach(mnt: OwnedFd, at: BorrowedFd<'_>, what: &str) -> Result<(), MountError> {
     move_mount(
         mnt.as_fd(),
         "",
@@ -83,7 +97,7 @@ pub fn fresh(
     attrs: MountAttrFlags,
     at: BorrowedFd<'_>,
     what: &str,
-) -> Result<(), SandboxError> {
+) -> Result<(), MountError> {
     let err = |e: rustix::io::Errno| io_err(format!("mounting {what}"))(e.into());
     let fs = fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC).map_err(err)?;
     for (k, v) in options {
@@ -107,7 +121,7 @@ pub fn bind(
     at_path: &Path,
     read_only: bool,
     what: &str,
-) -> Result<(), SandboxError> {
+) -> Result<(), MountError> {
     let mnt = open_tree(
         rustix::fs::CWD,
         src,
