@@ -145,6 +145,7 @@ pub fn examine(opts: &Options) -> Report {
     let hints = container_hints_here();
     let mut checks = vec![
         isolation_check(&sandbox, root),
+        confinement_check(),
         userns_check(&opts.self_exe, root),
         overlay,
         capabilities_check(cap_eff(&status), root),
@@ -209,10 +210,7 @@ fn isolation_check(probe: &Result<(), String>, root: bool) -> Check {
             NAME,
             Status::Degraded,
             format!("chroot: namespaces are refused here ({why})"),
-            &format!(
-                "runs use the chroot isolation, which does not isolate: {}",
-                Isolation::Chroot.not_isolated(Network::None).join("; ")
-            ),
+            &chroot_cost(&Isolation::Chroot.not_isolated(Network::None)),
         ),
         Err(why) => Check::not_ok(
             NAME,
@@ -220,6 +218,39 @@ fn isolation_check(probe: &Result<(), String>, root: bool) -> Check {
             format!("none: not root ({why})"),
             "hoist run --mode crane cannot sandbox a task here: as an unprivileged user hoist needs a user namespace of its own (see user_namespaces and subordinate_ids); run as root, or in the runner image",
         ),
+    }
+}
+
+/// What running in chroot isolation costs, given what this kernel cannot
+/// make up for (`not_isolated`).
+fn chroot_cost(gaps: &[String]) -> String {
+    let shared = "runs use the chroot isolation, which shares the container's pid, network and ipc namespaces";
+    if gaps.is_empty() {
+        format!("{shared}; Landlock, hoist's seccomp filter and reduced capabilities make up for them on this kernel (nothing in not_isolated)")
+    } else {
+        format!(
+            "{shared}; this kernel cannot make up for: {}",
+            gaps.join("; ")
+        )
+    }
+}
+
+/// What every phase's confinement gets here (see `crate::confine`).
+fn confinement_check() -> Check {
+    const NAME: &str = "confinement";
+    let s = crate::confine::Support::probe(crate::confine::abi_pin_from_env());
+    let detail = format!(
+        "Landlock ABI {} (kernel {}), seccomp filters {}",
+        s.landlock_abi,
+        s.kernel_landlock_abi,
+        if s.seccomp { "yes" } else { "no" }
+    );
+    // chroot isolation shares the most: what it lacks, every mode lacks.
+    let gaps = s.gaps(true, true);
+    if gaps.is_empty() {
+        Check::ok(NAME, detail)
+    } else {
+        Check::not_ok(NAME, Status::Degraded, detail, &gaps.join("; "))
     }
 }
 
@@ -1204,7 +1235,12 @@ mod tests {
         let c = isolation_check(&Err("unshare: EPERM".into()), true);
         assert_eq!(c.status, Status::Degraded);
         assert!(c.detail.starts_with("chroot"));
-        assert!(c.cost.unwrap().contains("pid:"));
+        assert!(c
+            .cost
+            .unwrap()
+            .contains("shares the container's pid, network and ipc namespaces"));
+        assert!(chroot_cost(&[]).contains("make up for them"));
+        assert!(chroot_cost(&["network: x".into()]).ends_with("cannot make up for: network: x"));
         assert_eq!(
             isolation_check(&Err("x".into()), false).status,
             Status::Missing

@@ -14,6 +14,7 @@ const IMAGE: &str = "hoist-runner:dev";
 
 const CHECKS: &[&str] = &[
     "isolation",
+    "confinement",
     "user_namespaces",
     "overlayfs",
     "capabilities",
@@ -109,6 +110,15 @@ fn reports_this_host() {
     assert_eq!(status(&r, "overlayfs"), "ok", "{r:#}");
     assert_eq!(status(&r, "user_namespaces"), "ok", "{r:#}");
     assert_eq!(status(&r, "seccomp"), "ok", "{r:#}");
+    // Linux 6.18: Landlock ABI 7 and seccomp filters, nothing lacking.
+    assert_eq!(status(&r, "confinement"), "ok", "{r:#}");
+    assert!(
+        check(&r, "confinement")["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("Landlock ABI 7"),
+        "{r:#}"
+    );
     // The disk is the host's, not hoist's: doctor must say what its free
     // space means (unless it sits so near a threshold that the tests
     // running beside this one may carry it across).
