@@ -254,6 +254,19 @@ fn assert_infra(v: &Value, stage: &str, needle: &str) {
     assert_eq!(v["score"], 0.0);
 }
 
+/// Every path beneath `dir`.
+fn walk_names(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk_names(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
 fn mode_uid(p: &Path) -> (u32, u32) {
     let m = std::fs::symlink_metadata(p).unwrap();
     (m.mode() & 0o7777, m.uid())
@@ -683,6 +696,88 @@ fn agent_environment_is_exactly_the_allowed_set() {
     assert_eq!(groups.trim_end(), "Groups:", "supplementary groups kept");
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
     assert_eq!(s.read("/testbed/stdin-content.txt"), "");
+}
+
+#[test]
+fn a_git_workdir_leaves_patch_diff_and_the_agents_index_untouched() {
+    let Some(s) = setup() else { return };
+    let git = |args: &[&str]| {
+        let o = Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "safe.directory=*",
+                "-C",
+            ])
+            .arg(s.p("/testbed"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    std::fs::write(s.p("/testbed/lib.py"), "def f():\n    return 1\n").unwrap();
+    git(&["init", "-q"]);
+    git(&["add", "lib.py"]);
+    git(&["commit", "-q", "-m", "base"]);
+    Command::new("chown")
+        .args(["-R", "1000:1000"])
+        .arg(s.p("/testbed"))
+        .status()
+        .unwrap();
+    let index_before = std::fs::read(s.p("/testbed/.git/index")).unwrap();
+    let objects = || {
+        let mut v: Vec<_> = walk_names(&s.p("/testbed/.git/objects"));
+        v.sort();
+        v
+    };
+    let objects_before = objects();
+    // The throwaway index goes to the run's /tmp (TMPDIR), as in a sandbox.
+    s.mkdir("/tmp", 0o1777);
+    s.agent(concat!(
+        "#!/bin/sh\n",
+        "printf 'def f():\\n    return 2\\n' > lib.py\n",
+        "echo new > added.txt\n",
+        "echo fixed > fix.txt\n",
+    ));
+    let (v, _) = run_ok(&s, &[]);
+    assert_eq!(v["infra_error"], Value::Null, "{v:#}");
+    let patch = s.read("/output/task/patch.diff");
+    let log = s.read("/output/task/patch.log");
+    assert!(
+        patch.contains("-    return 1\n+    return 2"),
+        "{patch}\npatch.log: {log}"
+    );
+    assert!(
+        patch.contains("+++ b/added.txt"),
+        "untracked files are in the patch: {patch}"
+    );
+    assert_eq!(
+        std::fs::read(s.p("/testbed/.git/index")).unwrap(),
+        index_before,
+        "the agent's index was changed"
+    );
+    assert_eq!(
+        objects(),
+        objects_before,
+        "objects written into the agent's repository"
+    );
+    assert_eq!(mode_uid(&s.p("/output/task/patch.diff")), (0o644, 0));
+}
+
+#[test]
+fn a_workdir_that_is_no_repository_leaves_no_patch() {
+    let Some(s) = setup() else { return };
+    s.agent("#!/bin/sh\necho fixed > fix.txt\n");
+    let (v, _) = run_ok(&s, &[]);
+    assert_eq!(v["resolved"], true);
+    assert!(!s.p("/output/task/patch.diff").exists());
 }
 
 #[test]

@@ -112,6 +112,22 @@ fn oracle_resolves_every_sample_task() {
     for f in ["agent.log", "grade.log", "result.json"] {
         assert!(out.path().join("task").join(f).is_file(), "{f} missing");
     }
+    // The workdir is a git repository: the agent's change is saved as the
+    // patch the oracle applied (benchmarks/pyfix/tasks/ID/fix.diff).
+    let patch = std::fs::read_to_string(out.path().join("task/patch.diff")).unwrap();
+    let fix = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("benchmarks/pyfix/tasks/{task}/fix.diff")),
+    )
+    .unwrap();
+    let added = |d: &str| -> Vec<String> {
+        d.lines()
+            .filter(|l| l.starts_with('+') && !l.starts_with("+++"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(!added(&fix).is_empty());
+    assert_eq!(added(&patch), added(&fix), "patch.diff:\n{patch}");
     let run_json: Value =
         serde_json::from_slice(&std::fs::read(out.path().join("run.json")).unwrap()).unwrap();
     assert_eq!(run_json["isolation"], "namespaces");

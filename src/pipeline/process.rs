@@ -167,8 +167,10 @@ pub struct Spec<'a> {
     /// The whole environment of the child; nothing is inherited.
     pub env: Vec<(&'static str, OsString)>,
     pub cwd: PathBuf,
-    /// Receives both stdout and stderr.
+    /// Receives stderr, and stdout unless `stdout` is given.
     pub log: &'a File,
+    /// Receives stdout, when it is not the log (the patch of the workdir).
+    pub stdout: Option<&'a File>,
     pub stdin: Stdio,
     /// Run as this uid and gid, with no supplementary groups.
     pub user: Option<(u32, u32)>,
@@ -183,7 +185,7 @@ pub fn spawn(spec: Spec<'_>, reaper: &mut Reaper) -> std::io::Result<i32> {
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&spec.cwd)
         .stdin(spec.stdin)
-        .stdout(spec.log.try_clone()?)
+        .stdout(spec.stdout.unwrap_or(spec.log).try_clone()?)
         .stderr(spec.log.try_clone()?)
         .process_group(0);
     if let Some((uid, gid)) = spec.user {

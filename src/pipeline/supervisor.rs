@@ -41,6 +41,30 @@ const HOIST: &str = "/.hoist/hoist";
 const GATEWAY_READY: Duration = Duration::from_secs(30);
 /// How long one `/health` request may take.
 const HEALTH_PROBE: Duration = Duration::from_secs(1);
+/// How long `git diff` of the workdir may take.
+const PATCH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The workdir's changes since HEAD, untracked files included, through a
+/// throwaway index and object directory, so the agent's repository stays
+/// exactly as it left it (the grader sees it so). No pager, no
+/// external diff or textconv driver, no hooks, no fsmonitor; a repository
+/// without commits diffs against the empty tree.
+const GIT_PATCH: &str = r#"set -e
+g() { git -c core.fsmonitor=false -c core.hooksPath=/dev/null -c safe.directory='*' -c core.pager=cat "$@"; }
+common=$(g rev-parse --path-format=absolute --git-common-dir)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+idx=$(g rev-parse --path-format=absolute --git-path index)
+if [ -f "$idx" ]; then cp "$idx" "$tmp/index"; fi
+# New objects go to the throwaway directory; the repository's are read.
+export GIT_INDEX_FILE="$tmp/index" GIT_OBJECT_DIRECTORY="$tmp/objects" \
+    GIT_ALTERNATE_OBJECT_DIRECTORIES="$common/objects" GIT_PAGER=cat GIT_OPTIONAL_LOCKS=0
+mkdir "$tmp/objects"
+g add -A
+if base=$(g rev-parse --verify -q HEAD); then :; else base=$(g hash-object -t tree /dev/null); fi
+g diff --cached --binary --no-ext-diff --no-textconv --no-color "$base"
+"#;
+
 /// How long the agent's processes have to vanish after SIGKILL.
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -130,7 +154,7 @@ impl<'a> Supervisor<'a> {
             p.host = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc", "/proc"]
                 .map(|d| host(d, false))
                 .into_iter()
-                .chain([host("/dev/null", true)])
+                .chain(["/dev/null", "/dev/zero", "/dev/urandom"].map(|d| host(d, true)))
                 .collect();
         }
         p
@@ -210,6 +234,7 @@ impl<'a> Supervisor<'a> {
         }
         self.rec.agent_ms = millis(started.elapsed());
         self.end_agent_phase()?;
+        self.save_patch(&task, &workdir)?;
         self.grade(&task, &workdir)
     }
 
@@ -325,6 +350,7 @@ impl<'a> Supervisor<'a> {
             env,
             cwd: self.root.path("/"),
             log: &log,
+            stdout: None,
             stdin: self.stdin()?,
             user: None,
         };
@@ -451,6 +477,7 @@ impl<'a> Supervisor<'a> {
             env,
             cwd: self.root.path("/"),
             log: &log,
+            stdout: None,
             stdin: self.stdin()?,
             user: None,
         };
@@ -537,6 +564,7 @@ impl<'a> Supervisor<'a> {
             ),
             cwd: workdir.to_path_buf(),
             log: &log,
+            stdout: None,
             stdin: self.stdin()?,
             user: Some((AGENT_UID, AGENT_GID)),
         };
@@ -557,6 +585,61 @@ impl<'a> Supervisor<'a> {
     /// Step 6: nothing of the agent runs while grading, nor the gateway.
     fn end_agent_phase(&mut self) -> Result<(), InfraError> {
         self.end_agent_and_gateway().map_err(|e| sandbox_err(&e))
+    }
+
+    /// Step 6, continued: where the workdir is a git repository, its
+    /// changes since the last commit (untracked files included, the
+    /// agent's own index untouched) as `/output/task/patch.diff`, the form
+    /// SWE-bench predictions take. git reads the agent's `.git/config`, so
+    /// it runs as the agent would: uid 1000, confined as the agent phase,
+    /// with external diff drivers, text conversion, hooks and fsmonitor off,
+    /// under [`PATCH_TIMEOUT`]; whatever it leaves is ended with the
+    /// agent's processes. Its errors go to `patch.log`; a failure leaves no
+    /// `patch.diff` and is not an infra error: the grader decides.
+    fn save_patch(&mut self, task: &TaskSpec, workdir: &Path) -> Result<(), InfraError> {
+        if std::fs::symlink_metadata(workdir.join(".git")).is_err() {
+            return Ok(());
+        }
+        let diff = self.log("patch.diff")?;
+        let log = self.log("patch.log")?;
+        let shell = PathBuf::from("/bin/sh");
+        let (program, args) = self.confined(
+            Phase::Agent,
+            &shell,
+            vec![OsString::from("-c"), OsString::from(GIT_PATCH)],
+        );
+        let mut env = agent_env(
+            &task.id,
+            self.root.os(INSTRUCTION),
+            workdir.as_os_str().to_owned(),
+            String::new(),
+        );
+        env.push(("GIT_CONFIG_NOSYSTEM", "1".into()));
+        env.push(("TMPDIR", self.root.os("/tmp")));
+        let spec = Spec {
+            program,
+            args,
+            env,
+            cwd: workdir.to_path_buf(),
+            log: &log,
+            stdout: Some(&diff),
+            stdin: self.stdin()?,
+            user: Some((AGENT_UID, AGENT_GID)),
+        };
+        let ended = match process::spawn(spec, &mut self.reaper) {
+            Ok(pid) => {
+                let f = self.finish(pid, Instant::now() + PATCH_TIMEOUT);
+                (f.code() == 0)
+                    .then_some(())
+                    .ok_or_else(|| format!("git exited with {}", f.code()))
+            }
+            Err(e) => Err(format!("cannot start /bin/sh: {e}")),
+        };
+        if let Err(why) = ended {
+            note(&log, &format!("hoist: no patch.diff: {why}"));
+            remove_if_present(&self.out.join("patch.diff")).map_err(|e| sandbox_err(&e))?;
+        }
+        self.end_agent_phase()
     }
 
     /// Step 7: the grader, as root in the workdir, and its report.
@@ -590,6 +673,7 @@ impl<'a> Supervisor<'a> {
             env,
             cwd: workdir.to_path_buf(),
             log: &log,
+            stdout: None,
             stdin: self.stdin()?,
             user: None,
         };
