@@ -19,6 +19,7 @@
 //!   under the root (`--root`, `/` in the sandbox), including the
 //!   program of an absolute grade command.
 
+pub mod changes;
 pub mod clock;
 pub mod context;
 pub mod grade;

@@ -19,7 +19,7 @@
 
 mod apply;
 mod error;
-mod fsops;
+pub(crate) mod fsops;
 mod media;
 mod meta;
 pub(crate) mod path;
