@@ -84,14 +84,11 @@ pub enum ContainerError {
         "docker start failed (exit {code}) before the supervisor started; Docker's message is above"
     )]
     RunFailed { code: i32 },
-    #[error(
-        "the container ended (exit {exit_code}) without writing {path}; see the logs in {dir}"
-    )]
-    NoResult {
-        exit_code: i32,
-        path: PathBuf,
-        dir: PathBuf,
-    },
+    /// Reading the sessions' hand-over and result (shared with crane mode).
+    #[error(transparent)]
+    Run(#[from] Box<crate::run::RunError>),
+    #[error("{0}")]
+    NoChanges(String),
     #[error("the container did not finish within {0:?}; it was killed and removed")]
     Timeout(Duration),
     #[error("interrupted by {0}; the container was removed")]
@@ -417,7 +414,7 @@ fn images_json(axes: &Axes<'_>) -> Value {
 
 /// The run context: the axes' references and digests, exactly as crane
 /// mode records them, so the two modes' result.json compare equal.
-fn context(req: &ContainerRequest<'_>, prepare_ms: u64) -> RunContext {
+fn context(req: &ContainerRequest<'_>, prepare_ms: u64, session: ctx::Session) -> RunContext {
     RunContext {
         // Both sides are the same three records: this cannot fail.
         images: serde_json::from_value(images_json(&req.axes)).unwrap_or_default(),
@@ -428,13 +425,14 @@ fn context(req: &ContainerRequest<'_>, prepare_ms: u64) -> RunContext {
             Network::None => ctx::Network::None,
             Network::Host => ctx::Network::Host,
         },
-        recordings: req.recordings.is_some(),
+        recordings: req.recordings.is_some() && session == ctx::Session::Agent,
         materialize_ms: prepare_ms,
         agent_timeout_sec: req.agent_timeout_sec,
         grade_timeout_sec: req.grade_timeout_sec,
         gateway_port: ctx::gateway_port(req.network == Network::Host),
         landlock_abi_max: crate::confine::abi_pin_from_env(),
         strict: req.strict,
+        session,
         ..RunContext::default()
     }
 }
@@ -446,19 +444,17 @@ pub const OUT_LABEL: &str = "io.github.hoist.out";
 /// The `docker create` arguments (after `docker`), pure. The limits are
 /// the ones crane mode's sandbox sets, so both modes bound a run alike.
 /// Nothing of the host is mounted writable: `/output` is the container's
-/// own, copied out after the run; the context and the recordings are
-/// bound read-only (a read-only bind carries nothing back, and needs no
-/// `docker cp` into the container before it starts). `out` only labels
-/// the container.
-// Each argument is one group of flags; a struct would only rename them.
-#[allow(clippy::too_many_arguments)]
+/// own, copied out after the run; `read_only` (host path, path inside:
+/// the context, the recordings, the grading session's changes) are bound
+/// read-only (a read-only bind carries nothing back, and needs no `docker
+/// cp` into the container before it starts). `out` only labels the
+/// container.
 pub fn run_args(
     name: &str,
     network: Network,
     limits: &Limits,
     out: &Path,
-    context: &Path,
-    recordings: Option<&Path>,
+    read_only: &[(&Path, &str)],
     image_id: &str,
     task: Option<&str>,
 ) -> Vec<String> {
@@ -509,11 +505,9 @@ pub fn run_args(
         ]
         .map(String::from),
     );
-    a.push("-v".into());
-    a.push(format!("{}:{}:ro", context.display(), ctx::CONTEXT_PATH));
-    if let Some(r) = recordings {
+    for (host, inside) in read_only {
         a.push("-v".into());
-        a.push(format!("{}:/recordings:ro", r.display()));
+        a.push(format!("{}:{inside}:ro", host.display()));
     }
     a.push(image_id.into());
     a.extend(["task-exec", "--context", ctx::CONTEXT_PATH].map(String::from));
@@ -563,76 +557,167 @@ pub fn run(
     .map_err(|e| ContainerError::Strict(e.to_string()))?;
     let out = OutDir::open(&req.out)?;
     let task_dir = out.subdir("task")?;
-    task_dir.remove("result.json")?;
+    for stale in ["result.json", "agent.json", "changes.tar"] {
+        task_dir.remove(stale)?;
+    }
     let out_label = std::fs::canonicalize(&req.out).map_err(io(&req.out))?;
     let work = work_dir(store, "container-")?;
-    let context_path = work.path().join("context.json");
     let prepare_ms = image.elapsed.as_millis() as u64;
-    // Serialising a plain struct cannot fail.
-    let bytes = serde_json::to_vec_pretty(&context(req, prepare_ms)).unwrap_or_default();
-    std::fs::write(&context_path, bytes).map_err(io(&context_path))?;
-
-    let name = format!("hoist-{:016x}", rand::random::<u64>());
-    let args = run_args(
-        &name,
-        req.network,
-        &limits(req),
-        &out_label,
-        &context_path,
-        req.recordings.as_deref(),
-        &image.image.id,
-        req.task.as_deref(),
-    );
-    // The supervisor enforces the task's timeouts; this backstop only
-    // catches one that hangs (the same bound as crane mode's).
-    let backstop = Duration::from_secs(
-        req.agent_timeout_sec.unwrap_or(4 * 3600) * 2 + req.grade_timeout_sec.unwrap_or(3600) + 300,
-    );
-    let t = Instant::now();
-    // Made before the container, so that one half created is removed too.
-    let cleanup = Cleanup {
+    let plan = Plan {
         docker,
-        name: name.clone(),
+        req,
+        image,
+        work: work.path(),
+        out_label: &out_label,
+        task_dir: &task_dir,
     };
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    docker.output(&argv)?;
-    let start = ["start", "-a", name.as_str()].map(String::from);
-    let ended = supervise(docker, &start, backstop)?;
-    let container_ms = t.elapsed().as_millis() as u64;
-    match ended {
-        Ended::Timeout => {
-            // Kill first so the supervisor's processes stop at once; the
-            // logs are still copied out, then the cleanup removes it.
-            if let Err(e) = docker.output(&["kill", &name]) {
-                tracing::debug!(error = %e, "docker kill after the backstop");
-            }
-            if let Err(e) = copy_out(docker, &name, &task_dir) {
-                tracing::warn!(error = %e, "could not copy the container's output");
-            }
-            drop(cleanup);
-            Err(ContainerError::Timeout(backstop))
+    // Session 1: install.sh, the gateway and the agent. Session 2 (DESIGN
+    // §3 step 7), unless the first ended the run: grading in a fresh
+    // container of the same image, with only the agent's changes.
+    let first = plan.session("agent", ctx::Session::Agent, prepare_ms, None)?;
+    let mut sessions = vec![first];
+    let phase = crate::run::agent_phase(&task_dir, sessions[0].exit_code).map_err(Box::new)?;
+    if let Some(phase) = phase {
+        let changes = work.path().join("changes.tar");
+        copy_changes(&task_dir, &changes)?;
+        let second = plan.session(
+            "grade",
+            ctx::Session::Grade(phase),
+            prepare_ms,
+            Some(&changes),
+        )?;
+        sessions.push(second);
+    }
+    let timing = Timing {
+        started,
+        started_at,
+        prepare_ms,
+    };
+    finish(req, image, timing, &sessions, (&out, &task_dir))
+}
+
+/// The agent session's `changes.tar`, copied from `OUT/task` (opened
+/// without following a link) to the run's private `dest`.
+fn copy_changes(task_dir: &OutDir, dest: &Path) -> Result<(), ContainerError> {
+    let mut src = task_dir
+        .open_file("changes.tar")?
+        .ok_or_else(|| ContainerError::NoChanges(format!(
+            "the agent session left no changes.tar in {} (was it over HOIST_OUTPUT_MAX_BYTES? see run.json output.skipped); the task cannot be graded",
+            task_dir.path().display()
+        )))?;
+    let mut dst = std::fs::File::create(dest).map_err(io(dest))?;
+    std::io::copy(&mut src, &mut dst).map_err(io(dest))?;
+    Ok(())
+}
+
+/// What both containers of a run share.
+struct Plan<'a> {
+    docker: &'a Docker,
+    req: &'a ContainerRequest<'a>,
+    image: &'a Prepared,
+    work: &'a Path,
+    out_label: &'a Path,
+    task_dir: &'a OutDir,
+}
+
+/// One container of a run, as it went.
+struct Session {
+    name: &'static str,
+    container: String,
+    container_ms: u64,
+    exit_code: i32,
+    output: ExportReport,
+}
+
+impl Plan<'_> {
+    /// Create a container of the image for `session`, start it, copy its
+    /// `/output/task` into `OUT/task`, remove it.
+    fn session(
+        &self,
+        name: &'static str,
+        session: ctx::Session,
+        prepare_ms: u64,
+        changes: Option<&Path>,
+    ) -> Result<Session, ContainerError> {
+        let (docker, req) = (self.docker, self.req);
+        let agent = session == ctx::Session::Agent;
+        let context_path = self.work.join(format!("context-{name}.json"));
+        // Serialising a plain struct cannot fail.
+        let bytes =
+            serde_json::to_vec_pretty(&context(req, prepare_ms, session)).unwrap_or_default();
+        std::fs::write(&context_path, bytes).map_err(io(&context_path))?;
+        let mut read_only = vec![(context_path.as_path(), ctx::CONTEXT_PATH)];
+        if let (Some(r), true) = (req.recordings.as_deref(), agent) {
+            read_only.push((r, "/recordings"));
         }
-        Ended::Signal(s) => {
-            drop(cleanup);
-            Err(ContainerError::Interrupted(s))
+        if let Some(c) = changes {
+            read_only.push((c, ctx::CHANGES_PATH));
         }
-        Ended::Exited(code) => {
-            let output = copy_out(docker, &name, &task_dir);
-            drop(cleanup);
-            let output = output?;
-            // 125: the docker CLI or daemon failed; 126/127: the entry
-            // point could not be run. Neither reached the supervisor.
-            if matches!(code, 125..=127) && !output.copied.iter().any(|n| n == "result.json") {
-                return Err(ContainerError::RunFailed { code });
+        let container = format!("hoist-{:016x}", rand::random::<u64>());
+        let args = run_args(
+            &container,
+            req.network,
+            &limits(req),
+            self.out_label,
+            &read_only,
+            &self.image.image.id,
+            req.task.as_deref(),
+        );
+        // The supervisor enforces the task's timeouts; this backstop only
+        // catches one that hangs (the same bound as crane mode's).
+        let backstop = Duration::from_secs(
+            req.agent_timeout_sec.unwrap_or(4 * 3600) * 2
+                + req.grade_timeout_sec.unwrap_or(3600)
+                + 300,
+        );
+        let t = Instant::now();
+        // Made before the container, so that one half created is removed too.
+        let cleanup = Cleanup {
+            docker,
+            name: container.clone(),
+        };
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        docker.output(&argv)?;
+        let start = ["start", "-a", container.as_str()].map(String::from);
+        let ended = supervise(docker, &start, backstop)?;
+        let container_ms = t.elapsed().as_millis() as u64;
+        match ended {
+            Ended::Timeout => {
+                // Kill first so the supervisor's processes stop at once; the
+                // logs are still copied out, then the cleanup removes it.
+                if let Err(e) = docker.output(&["kill", &container]) {
+                    tracing::debug!(error = %e, "docker kill after the backstop");
+                }
+                if let Err(e) = copy_out(docker, &container, self.task_dir) {
+                    tracing::warn!(error = %e, "could not copy the container's output");
+                }
+                drop(cleanup);
+                Err(ContainerError::Timeout(backstop))
             }
-            let timing = Timing {
-                started,
-                started_at,
-                prepare_ms,
-                container_ms,
-            };
-            let dirs = (&out, &task_dir);
-            finish(req, image, &name, timing, code, dirs, output)
+            Ended::Signal(s) => {
+                drop(cleanup);
+                Err(ContainerError::Interrupted(s))
+            }
+            Ended::Exited(code) => {
+                let output = copy_out(docker, &container, self.task_dir);
+                drop(cleanup);
+                let output = output?;
+                // 125: the docker CLI or daemon failed; 126/127: the entry
+                // point could not be run. Neither reached the supervisor.
+                let handed_over = ["result.json", "agent.json"]
+                    .iter()
+                    .any(|f| output.copied.iter().any(|n| n == f));
+                if matches!(code, 125..=127) && !handed_over {
+                    return Err(ContainerError::RunFailed { code });
+                }
+                Ok(Session {
+                    name,
+                    container,
+                    container_ms,
+                    exit_code: code,
+                    output,
+                })
+            }
         }
     }
 }
@@ -746,19 +831,24 @@ struct Timing {
     started: Instant,
     started_at: String,
     prepare_ms: u64,
-    container_ms: u64,
 }
 
 /// Write run.json; read result.json.
 fn finish(
     req: &ContainerRequest<'_>,
     image: &Prepared,
-    container: &str,
     t: Timing,
-    exit_code: i32,
+    sessions: &[Session],
     (out, task_dir): (&OutDir, &OutDir),
-    output: ExportReport,
 ) -> Result<(Value, Value), ContainerError> {
+    let last = sessions.last().expect("one session at least");
+    let mut output = ExportReport::default();
+    for s in sessions {
+        output.copied.extend(s.output.copied.iter().cloned());
+        output.skipped.extend(s.output.skipped.iter().cloned());
+        output.bytes += s.output.bytes;
+        output.limit_reached |= s.output.limit_reached;
+    }
     let record = RunRecord {
         schema: "hoist.run/v1",
         command_line: req.command_line.clone(),
@@ -782,16 +872,29 @@ fn finish(
         durations_ms: Durations {
             pull: req.pull_ms,
             materialize: t.prepare_ms,
-            sandbox: t.container_ms,
+            sandbox: sessions.iter().map(|s| s.container_ms).sum(),
             total: req.pull_ms + t.prepare_ms + t.started.elapsed().as_millis() as u64,
         },
-        supervisor_exit_code: exit_code,
+        supervisor_exit_code: last.exit_code,
+        sessions: sessions
+            .iter()
+            .map(|s| crate::run::SessionRecord {
+                session: s.name,
+                rootfs: None,
+                materialize_ms: 0,
+                sandbox_ms: s.container_ms,
+                supervisor_exit_code: s.exit_code,
+            })
+            .collect(),
         output,
     };
     let mut run_json = serde_json::to_value(&record).unwrap_or_default();
     if let Some(obj) = run_json.as_object_mut() {
         obj.insert("rootfs".into(), json!("docker"));
-        obj.insert("docker_container".into(), json!(container));
+        obj.insert(
+            "docker_containers".into(),
+            json!(sessions.iter().map(|s| &s.container).collect::<Vec<_>>()),
+        );
         obj.insert("docker_image".into(), json!(image.reference));
         obj.insert("docker_image_id".into(), json!(image.image.id));
         obj.insert(
@@ -806,23 +909,9 @@ fn finish(
     // Serialising a JSON value cannot fail.
     let pretty = serde_json::to_vec_pretty(&run_json).unwrap_or_default();
     export::write_file(out, "run.json", &pretty)?;
-    let result_path = task_dir.path().join("result.json");
-    let bytes = task_dir
-        .read("result.json", MAX_RESULT_BYTES)?
-        .ok_or_else(|| ContainerError::NoResult {
-            exit_code,
-            path: result_path.clone(),
-            dir: task_dir.path().to_path_buf(),
-        })?;
-    let result: Value = serde_json::from_slice(&bytes).map_err(|e| ContainerError::Io {
-        path: result_path.to_path_buf(),
-        source: std::io::Error::other(e),
-    })?;
+    let result = crate::run::read_result(task_dir, last.exit_code).map_err(Box::new)?;
     Ok((result, run_json))
 }
-
-/// result.json is small (DESIGN §4); anything this big is not one.
-const MAX_RESULT_BYTES: u64 = 16 << 20;
 
 fn host_info() -> HostInfo {
     let u = rustix::system::uname();
@@ -844,8 +933,10 @@ mod tests {
             Network::None,
             &Limits::default(),
             Path::new("/out"),
-            Path::new("/w/context.json"),
-            Some(Path::new("/rec")),
+            &[
+                (Path::new("/w/context.json"), ctx::CONTEXT_PATH),
+                (Path::new("/rec"), "/recordings"),
+            ],
             "sha256:abc",
             Some("t1"),
         );
@@ -897,8 +988,7 @@ mod tests {
             Network::Host,
             &limited,
             Path::new("/o"),
-            Path::new("/c"),
-            None,
+            &[(Path::new("/c"), ctx::CONTEXT_PATH)],
             "i",
             None,
         )

@@ -237,25 +237,31 @@ impl OutDir {
         }
     }
 
-    /// Read the file `name` (opened without following a link), at most
-    /// `max` bytes; `Ok(None)` when it is not there.
-    pub fn read(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>, ExportError> {
+    /// Open the file `name` for reading without following a link (nor
+    /// blocking on a fifo); `Ok(None)` when it is not there.
+    pub fn open_file(&self, name: &str) -> Result<Option<std::fs::File>, ExportError> {
         check_plain(name)?;
-        let path = self.path.join(name);
         let flags = OFlags::RDONLY
             .union(OFlags::NOFOLLOW)
             .union(OFlags::NONBLOCK)
             .union(OFlags::CLOEXEC);
-        let fd = match rustix::fs::openat(&self.fd, name, flags, Mode::empty()) {
-            Ok(fd) => fd,
-            Err(Errno::NOENT) => return Ok(None),
-            Err(e) => return Err(errno_at(&path)(e)),
+        match rustix::fs::openat(&self.fd, name, flags, Mode::empty()) {
+            Ok(fd) => Ok(Some(std::fs::File::from(fd))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(errno_at(&self.path.join(name))(e)),
+        }
+    }
+
+    /// Read the file `name` (opened without following a link), at most
+    /// `max` bytes; `Ok(None)` when it is not there.
+    pub fn read(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>, ExportError> {
+        let Some(file) = self.open_file(name)? else {
+            return Ok(None);
         };
         let mut bytes = Vec::new();
-        std::fs::File::from(fd)
-            .take(max)
+        file.take(max)
             .read_to_end(&mut bytes)
-            .map_err(io_at(&path))?;
+            .map_err(io_at(&self.path.join(name)))?;
         Ok(Some(bytes))
     }
 

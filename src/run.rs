@@ -21,8 +21,8 @@ use crate::store::Store;
 /// What the caller decided; the images are already pulled.
 pub struct RunRequest<'a> {
     pub benchmark: &'a Pulled,
-    pub agent: &'a Pulled,
-    pub gateway: Option<&'a Pulled>,
+    /// What runs before grading.
+    pub agents: Agents<'a>,
     pub task: Option<String>,
     pub out: PathBuf,
     pub isolation: Isolation,
@@ -40,6 +40,27 @@ pub struct RunRequest<'a> {
     pub lock_file: Option<PathBuf>,
     pub command_line: Vec<String>,
     pub pull_ms: u64,
+}
+
+/// What runs before grading.
+pub enum Agents<'a> {
+    /// `hoist run`: the agent (and the gateway) in the first session.
+    Run {
+        agent: &'a Pulled,
+        gateway: Option<&'a Pulled>,
+    },
+    /// `hoist grade OUT`: no agent; the grading session of a saved run.
+    Regrade(Regrade),
+}
+
+/// `hoist grade OUT`: what a saved run hands to its grading session.
+pub struct Regrade {
+    /// The saved `OUT/task/agent.json`.
+    pub phase: ctx::AgentPhase,
+    /// The saved run's `OUT/task`, which holds its `changes.tar`.
+    pub saved: PathBuf,
+    /// The saved run.json's `images`: result.json names the same three.
+    pub images: serde_json::Value,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +84,8 @@ pub enum RunError {
         path: PathBuf,
         dir: PathBuf,
     },
+    #[error("the agent session left no changes.tar in {dir} (was it over HOIST_OUTPUT_MAX_BYTES? see run.json output.skipped); the task cannot be graded")]
+    NoChanges { dir: PathBuf },
     #[error("namespaces isolation is not available here (the probe could not unshare and mount); use --isolation chroot or auto")]
     NoNamespaces,
     #[error("--isolation strict: this host cannot confine the run fully ({isolation} isolation): {}", gaps.join("; "))]
@@ -110,6 +133,9 @@ pub struct RunRecord {
     pub started_at: String,
     pub durations_ms: Durations,
     pub supervisor_exit_code: i32,
+    /// The sandbox sessions, in order: the agent's, then grading in a
+    /// fresh rootfs (DESIGN §3 step 7) unless the first ended the run.
+    pub sessions: Vec<SessionRecord>,
     /// What the host copied out of the sandbox into `OUT/task`, and what
     /// it left behind (links, devices, ...) and why.
     pub output: ExportReport,
@@ -188,51 +214,82 @@ pub fn run(
 
     let out = OutDir::open(&req.out)?;
     let task_dir = out.subdir("task")?;
-    task_dir.remove("result.json")?;
+    // A regrade may write into the run it grades: its hand-over stays.
+    let stale: &[&str] = match req.agents {
+        Agents::Run { .. } => &["result.json", "agent.json", "changes.tar"],
+        Agents::Regrade(_) => &["result.json"],
+    };
+    for name in stale {
+        task_dir.remove(name)?;
+    }
     let work = tempfile::Builder::new()
         .prefix("run-")
         .tempdir_in(store_work_dir(store)?)
         .map_err(io(store.root()))?;
-    let rootfs_dir = work.path().join("rootfs");
-    // The sandbox's /output: never --out (DESIGN, threat model). With
-    // namespaces, a directory of the run's own (0700, in the 0700 work
-    // dir) bound there; in chroot, the rootfs copy's own /output.
-    let private = private_output(work.path(), isolation, &rootfs_dir)?;
-
-    let t = Instant::now();
-    let axes = Axes {
-        benchmark: req.benchmark,
-        agent: Some(req.agent),
-        gateway: req.gateway,
+    let images = match &req.agents {
+        Agents::Run { agent, gateway } => crate::pull::images_json(req.benchmark, agent, *gateway),
+        Agents::Regrade(r) => r.images.clone(),
     };
-    let m = rootfs::materialize(store, &axes, &rootfs_dir, rootfs_mode, false)?;
-    let materialize_ms = t.elapsed().as_millis() as u64;
-
-    let images = crate::pull::images_json(req.benchmark, req.agent, req.gateway);
-    let result = run_in(
+    let plan = Plan {
+        store,
         req,
-        &images,
-        &m,
-        (isolation, user_namespace),
-        materialize_ms,
-        (work.path(), &private.dir),
-    );
-    // Whatever the sandbox returned, and before the rootfs (chroot's
-    // /output) is taken down: the logs explain a failure too.
-    let exported = export::copy_out(&private.base, private.rel, &task_dir);
-    if let Err(e) = rootfs::teardown(&m) {
-        tracing::warn!(error = %e, "could not take down the rootfs");
-    }
-    let ((exit_code, sandbox_ms, limits), output) = match (result, exported) {
-        (Ok(ran), Ok(report)) => (ran, report),
-        (Err(e), exported) => {
-            if let Err(x) = exported {
-                tracing::warn!(error = %x, "could not copy the sandbox's output");
-            }
-            return Err(e);
-        }
-        (Ok(_), Err(x)) => return Err(x.into()),
+        images: &images,
+        isolation,
+        user_namespace,
+        rootfs_mode,
+        work: work.path(),
+        task_dir: &task_dir,
     };
+    let mut sessions = Vec::new();
+    let (phase, changes) = match &req.agents {
+        Agents::Run { agent, gateway } => {
+            // Session 1: install.sh, the gateway and the agent, in the
+            // fused tree.
+            let axes = Axes {
+                benchmark: req.benchmark,
+                agent: Some(*agent),
+                gateway: *gateway,
+            };
+            sessions.push(plan.session("agent", &axes, ctx::Session::Agent, 0, None)?);
+            match agent_phase(&task_dir, sessions[0].exit_code)? {
+                Some(phase) => (Some(phase), plan.private_changes(&task_dir)?),
+                None => (None, PathBuf::new()),
+            }
+        }
+        Agents::Regrade(r) => {
+            let saved = OutDir::open(&r.saved)?;
+            (Some(r.phase.clone()), plan.private_changes(&saved)?)
+        }
+    };
+    // Session 2 (DESIGN §3 step 7): unless the first ended the run, grade
+    // in a fresh rootfs of the benchmark alone plus the agent's changes.
+    if let Some(phase) = phase {
+        let axes = Axes {
+            benchmark: req.benchmark,
+            agent: None,
+            gateway: None,
+        };
+        let before = sessions.first().map_or(0, |s| s.materialize_ms);
+        let grade = ctx::Session::Grade(phase);
+        sessions.push(plan.session("grade", &axes, grade, before, Some(&changes))?);
+    }
+    let last = sessions.last().expect("one session at least");
+    let (exit_code, limits) = (last.exit_code, last.limits.clone());
+    let mut output = ExportReport::default();
+    let mut not_reproduced = crate::rootfs::Fidelity::default();
+    let mut durations = Durations {
+        pull: req.pull_ms,
+        total: req.pull_ms + started.elapsed().as_millis() as u64,
+        ..Durations::default()
+    };
+    for s in &sessions {
+        output.copied.extend(s.output.copied.iter().cloned());
+        output.skipped.extend(s.output.skipped.iter().cloned());
+        output.bytes += s.output.bytes;
+        not_reproduced.add(s.not_reproduced);
+        durations.materialize += s.materialize_ms;
+        durations.sandbox += s.sandbox_ms;
+    }
     if !output.skipped.is_empty() {
         tracing::warn!(skipped = ?output.skipped, "entries of the sandbox's /output/task were not copied");
     }
@@ -245,29 +302,58 @@ pub fn run(
         not_isolated,
         user_namespace,
         rootless: crate::userns::entered().cloned(),
-        not_reproduced: m.not_reproduced,
+        not_reproduced,
         limits,
         network: req.network,
-        rootfs: m.mode,
+        rootfs: sessions[0].rootfs,
         images,
         lock_file: req.lock_file.clone(),
         host: host_info(),
         hoist_version: env!("CARGO_PKG_VERSION"),
         started_at,
-        durations_ms: Durations {
-            pull: req.pull_ms,
-            materialize: materialize_ms,
-            sandbox: sandbox_ms,
-            total: req.pull_ms + started.elapsed().as_millis() as u64,
-        },
+        durations_ms: durations,
         supervisor_exit_code: exit_code,
+        sessions: sessions.iter().map(Session::record).collect(),
         output,
+    };
+    // A regrade keeps the run's own record beside its own.
+    let name = match req.agents {
+        Agents::Run { .. } => "run.json",
+        Agents::Regrade(_) => "regrade.json",
     };
     export::write_file(
         &out,
-        "run.json",
+        name,
         &serde_json::to_vec_pretty(&record).unwrap_or_default(),
     )?;
+    let value = read_result(&task_dir, exit_code)?;
+    Ok((value, record))
+}
+
+/// The agent session's hand-over, `OUT/task/agent.json`, when it wrote one
+/// (it writes result.json instead when the run ended there).
+pub fn agent_phase(task_dir: &OutDir, exit_code: i32) -> Result<Option<ctx::AgentPhase>, RunError> {
+    if task_dir.read("result.json", 0)?.is_some() {
+        return Ok(None);
+    }
+    let path = task_dir.path().join("agent.json");
+    let bytes = task_dir
+        .read("agent.json", ctx::MAX_AGENT_PHASE_BYTES)?
+        .ok_or_else(|| RunError::NoResult {
+            exit_code,
+            path: task_dir.path().join("result.json"),
+            dir: task_dir.path().to_path_buf(),
+        })?;
+    ctx::AgentPhase::from_json(&bytes)
+        .map(Some)
+        .map_err(|e| RunError::Io {
+            path,
+            source: std::io::Error::other(e),
+        })
+}
+
+/// `OUT/task/result.json`, parsed.
+pub fn read_result(task_dir: &OutDir, exit_code: i32) -> Result<serde_json::Value, RunError> {
     let result_path = task_dir.path().join("result.json");
     let bytes = task_dir
         .read("result.json", MAX_RESULT_BYTES)?
@@ -276,11 +362,133 @@ pub fn run(
             path: result_path.clone(),
             dir: task_dir.path().to_path_buf(),
         })?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| RunError::Io {
-        path: result_path.clone(),
+    serde_json::from_slice(&bytes).map_err(|e| RunError::Io {
+        path: result_path,
         source: std::io::Error::other(e),
-    })?;
-    Ok((value, record))
+    })
+}
+
+/// What every session of a run shares.
+struct Plan<'a> {
+    store: &'a Store,
+    req: &'a RunRequest<'a>,
+    images: &'a serde_json::Value,
+    isolation: Isolation,
+    user_namespace: bool,
+    rootfs_mode: RootfsMode,
+    /// The run's private work directory in the store.
+    work: &'a Path,
+    task_dir: &'a OutDir,
+}
+
+/// One sandbox session of a run, as it went.
+struct Session {
+    name: &'static str,
+    rootfs: RootfsMode,
+    materialize_ms: u64,
+    sandbox_ms: u64,
+    exit_code: i32,
+    limits: RunLimits,
+    not_reproduced: crate::rootfs::Fidelity,
+    output: ExportReport,
+}
+
+/// One session in `run.json`.
+#[derive(Debug, Serialize)]
+pub struct SessionRecord {
+    pub session: &'static str,
+    /// How crane mode built the session's tree; null in container mode
+    /// (Docker's storage builds it).
+    pub rootfs: Option<RootfsMode>,
+    pub materialize_ms: u64,
+    pub sandbox_ms: u64,
+    pub supervisor_exit_code: i32,
+}
+
+impl Session {
+    fn record(&self) -> SessionRecord {
+        SessionRecord {
+            session: self.name,
+            rootfs: Some(self.rootfs),
+            materialize_ms: self.materialize_ms,
+            sandbox_ms: self.sandbox_ms,
+            supervisor_exit_code: self.exit_code,
+        }
+    }
+}
+
+impl Plan<'_> {
+    /// Materialize `axes` into a fresh tree, run the supervisor's
+    /// `session` in it, copy its `/output/task` into `OUT/task`, take the
+    /// tree down. `materialized_before`: the earlier sessions' time, so
+    /// result.json's `materialize` covers the run.
+    fn session(
+        &self,
+        name: &'static str,
+        axes: &Axes<'_>,
+        session: ctx::Session,
+        materialized_before: u64,
+        changes: Option<&Path>,
+    ) -> Result<Session, RunError> {
+        let dir = self.work.join(name);
+        std::fs::create_dir(&dir).map_err(io(&dir))?;
+        let rootfs_dir = dir.join("rootfs");
+        // The sandbox's /output: never --out (DESIGN, threat model). With
+        // namespaces, a directory of the session's own (0700, in the 0700
+        // work dir) bound there; in chroot, the rootfs copy's own /output.
+        let private = private_output(&dir, self.isolation, &rootfs_dir)?;
+        let t = Instant::now();
+        let m = rootfs::materialize(self.store, axes, &rootfs_dir, self.rootfs_mode, false)?;
+        let materialize_ms = t.elapsed().as_millis() as u64;
+        let result = run_in(
+            self,
+            &m,
+            session,
+            materialized_before + materialize_ms,
+            (&dir, &private.dir),
+            changes,
+        );
+        // Whatever the sandbox returned, and before the rootfs (chroot's
+        // /output) is taken down: the logs explain a failure too.
+        let exported = export::copy_out(&private.base, private.rel, self.task_dir);
+        if let Err(e) = rootfs::teardown(&m) {
+            tracing::warn!(error = %e, "could not take down the rootfs");
+        }
+        match (result, exported) {
+            (Ok((exit_code, sandbox_ms, limits)), Ok(output)) => Ok(Session {
+                name,
+                rootfs: m.mode,
+                materialize_ms,
+                sandbox_ms,
+                exit_code,
+                limits,
+                not_reproduced: m.not_reproduced,
+                output,
+            }),
+            (Err(e), exported) => {
+                if let Err(x) = exported {
+                    tracing::warn!(error = %x, "could not copy the sandbox's output");
+                }
+                Err(e)
+            }
+            (Ok(_), Err(x)) => Err(x.into()),
+        }
+    }
+
+    /// The agent session's `changes.tar`, copied from `dir` (opened
+    /// without following a link) to a private file of the run's, which the
+    /// grading session gets read-only.
+    fn private_changes(&self, dir: &OutDir) -> Result<PathBuf, RunError> {
+        let path = self.work.join("changes.tar");
+        let mut src = dir
+            .open_file("changes.tar")?
+            .ok_or_else(|| RunError::NoChanges {
+                dir: dir.path().to_path_buf(),
+            })?;
+        let mut dst = create_private(&path)?;
+        std::io::copy(&mut src, &mut dst).map_err(io(&path))?;
+        Ok(path)
+    }
 }
 
 /// `--isolation strict` runs only with nothing in `not_isolated`.
@@ -299,15 +507,17 @@ pub fn refuse_gaps_when_strict(
 }
 
 fn run_in(
-    req: &RunRequest<'_>,
-    images: &serde_json::Value,
+    plan: &Plan<'_>,
     m: &Materialized,
-    (isolation, user_namespace): (Isolation, bool),
+    session: ctx::Session,
     materialize_ms: u64,
     (work, output): (&Path, &Path),
+    changes: Option<&Path>,
 ) -> Result<(i32, u64, RunLimits), RunError> {
+    let (req, isolation) = (plan.req, plan.isolation);
+    let agent = session == ctx::Session::Agent;
     let context = RunContext {
-        images: serde_json::from_value(images.clone()).unwrap_or_default(),
+        images: serde_json::from_value(plan.images.clone()).unwrap_or_default(),
         platform: req.benchmark.platform.to_string(),
         mode: ctx::Mode::Crane,
         isolation: match isolation {
@@ -318,7 +528,7 @@ fn run_in(
             Network::None => ctx::Network::None,
             Network::Host => ctx::Network::Host,
         },
-        recordings: req.recordings.is_some(),
+        recordings: agent && req.recordings.is_some(),
         materialize_ms,
         agent_timeout_sec: req.agent_timeout_sec,
         grade_timeout_sec: req.grade_timeout_sec,
@@ -327,6 +537,7 @@ fn run_in(
         ),
         strict: req.isolation == Isolation::Strict,
         landlock_abi_max: crate::confine::abi_pin_from_env(),
+        session,
         ..RunContext::default()
     };
     let context_path = work.join("context.json");
@@ -339,15 +550,16 @@ fn run_in(
         network: req.network,
         rootfs: m.root.clone(),
         output: output.to_path_buf(),
-        recordings: req.recordings.clone(),
+        recordings: req.recordings.clone().filter(|_| agent),
         hoist_binary: req.hoist_binary.clone(),
         context: context_path,
+        changes: changes.map(Path::to_path_buf),
         task: req.task.clone(),
         limits: Limits {
             max_memory: req.memory,
             ..Limits::default()
         },
-        user_namespace,
+        user_namespace: plan.user_namespace,
     };
     // The supervisor enforces the task's timeouts; this backstop only
     // catches a supervisor that hangs.
@@ -404,15 +616,19 @@ fn private_output(
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
     use std::io::Write;
+    create_private(path)?.write_all(bytes).map_err(io(path))
+}
+
+/// A new file only the caller may read (0600), truncated if it was there.
+fn create_private(path: &Path) -> Result<std::fs::File, RunError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .map_err(io(path))?;
-    f.write_all(bytes).map_err(io(path))
+        .map_err(io(path))
 }
 
 fn store_work_dir(store: &Store) -> Result<PathBuf, RunError> {

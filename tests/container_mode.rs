@@ -141,11 +141,14 @@ fn compare_with_crane(args: &[&str]) -> Value {
         "run.json names another image than Docker has"
     );
     assert!(record["docker_repo_digests"].is_array(), "{record}");
-    assert_gone(
-        record["docker_container"]
-            .as_str()
-            .expect("docker_container"),
-    );
+    let containers = record["docker_containers"]
+        .as_array()
+        .expect("docker_containers");
+    // The agent's container, then grading's, from the same image.
+    assert_eq!(containers.len(), 2, "{record}");
+    for c in containers {
+        assert_gone(c.as_str().unwrap());
+    }
 
     let (_k, crane, _) = run_ok("crane", args);
     assert_eq!(
@@ -237,7 +240,9 @@ fn agent_timeout_is_enforced_and_the_container_removed() {
     assert_eq!(r["agent"]["exit_code"], 124, "{r}");
     assert_eq!(r["resolved"], false);
     assert!(r["grade"]["exit_code"].is_number(), "still graded: {r}");
-    assert_gone(record["docker_container"].as_str().unwrap());
+    for c in record["docker_containers"].as_array().unwrap() {
+        assert_gone(c.as_str().unwrap());
+    }
     eprintln!("sleeper with a 2 s timeout: {:.1?}", t.elapsed());
 }
 

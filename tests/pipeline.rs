@@ -894,3 +894,119 @@ fn as_pid1_leftovers_of_install_and_agent_are_gone_before_grading() {
     assert_eq!(v["agent"]["exit_code"], 0);
     assert_eq!(v["resolved"], true, "{}", s.read("/output/task/grade.log"));
 }
+
+/// The grader of the two-session test: it reports, test by test, what
+/// the fresh tree holds.
+const FRESH_GRADER: &str = r#"#!/bin/sh
+t() { if eval "$2"; then s=PASSED; else s=FAILED; fi; printf '"%s": "%s", ' "$1" "$s"; }
+{
+  printf '{"resolved": true, "tests": {'
+  t fixed '[ "$(cat fix.txt)" = fixed ]'
+  t new_nested '[ "$(cat new/dir/file)" = made ]'
+  t deleted_gone '[ ! -e old.txt ]'
+  t kept_kept '[ "$(cat keep.txt)" = keep ]'
+  t link_kept '[ "$(readlink link)" = /etc/passwd ]'
+  t install_workdir_change_kept '[ -f install.txt ]'
+  t no_trojan '[ ! -e ../etc/trojan ]'
+  t no_agent_leftover '[ ! -e ../home/leftover ]'
+  printf '"end": "PASSED"}}'
+} > "$HOIST_GRADE_OUT"
+"#;
+
+/// DESIGN §3 step 7: an agent session leaves `agent.json` and
+/// `changes.tar` (no result.json); a grading session on a second, pristine
+/// tree applies only the workdir's changes and writes the one result,
+/// whose agent part is the first session's. What install.sh (root) or the
+/// agent left outside the workdir is not in the graded tree.
+#[test]
+fn a_grading_session_sees_only_the_agents_workdir_changes() {
+    let Some(a) = setup() else { return };
+    a.exec("/tests/grade.sh", FRESH_GRADER, 0o700);
+    std::fs::write(a.p("/testbed/old.txt"), "old\n").unwrap();
+    std::fs::write(a.p("/testbed/keep.txt"), "keep\n").unwrap();
+    std::fs::write(a.p("/testbed/fix.txt"), "broken\n").unwrap();
+    std::os::unix::fs::chown(a.p("/testbed/fix.txt"), Some(1000), Some(1000)).unwrap();
+    a.mkdir("/home", 0o777);
+    // The pristine tree the grading session gets: a copy made before
+    // anything ran.
+    let fresh = tempfile::Builder::new()
+        .prefix("hoist-pipeline-fresh-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", a.root.display()))
+        .arg(fresh.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    a.exec(
+        "/opt/agent/install.sh",
+        "#!/bin/sh\necho trojan > \"$HOIST_WORKDIR/../etc/trojan\"\ntouch \"$HOIST_WORKDIR/install.txt\"\n",
+        0o755,
+    );
+    a.agent("#!/bin/sh\necho fixed > fix.txt\nrm old.txt\nmkdir -p new/dir && echo made > new/dir/file\nln -s /etc/passwd link\necho left > ../home/leftover\nexit 3\n");
+    a.context(json!({"session": "agent", "materialize_ms": 5}));
+    let r = a.run(&["--task", "t1"]);
+    assert_eq!(r.code, Some(0), "the agent session failed: {}", r.stderr);
+    assert!(r.survivors.is_empty(), "left running: {:?}", r.survivors);
+    assert!(
+        !a.p("/output/task/result.json").exists(),
+        "an agent session that ended well writes no result"
+    );
+    let phase: Value = serde_json::from_str(&a.read("/output/task/agent.json")).unwrap();
+    assert_eq!(phase["schema"], "hoist.agent-phase/v1");
+    assert_eq!(phase["task_id"], "t1");
+    assert_eq!(phase["agent"], json!({"exit_code": 3, "timed_out": false}));
+    assert_eq!(
+        a.read("/etc/trojan").trim(),
+        "trojan",
+        "install.sh ran as root"
+    );
+
+    // The grading session, on the pristine copy.
+    let b = fresh.path();
+    std::fs::create_dir_all(b.join(".hoist")).unwrap();
+    std::fs::copy(
+        a.p("/output/task/changes.tar"),
+        b.join(".hoist/changes.tar"),
+    )
+    .unwrap();
+    std::fs::write(
+        b.join(".hoist/context.json"),
+        json!({"session": {"grade": phase}, "materialize_ms": 9}).to_string(),
+    )
+    .unwrap();
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child", "--"])
+        .arg(env!("CARGO_BIN_EXE_hoist"))
+        .args(["task-exec", "--root"])
+        .arg(b)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(b.join("output/task/result.json")).unwrap()).unwrap();
+    assert_eq!(v["infra_error"], Value::Null, "{v:#}");
+    assert_eq!(v["task_id"], "t1");
+    assert_eq!(
+        v["agent"], phase["agent"],
+        "the agent part is the first session's"
+    );
+    assert_eq!(v["started_at"], phase["started_at"]);
+    assert_eq!(v["durations_ms"]["agent"], phase["agent_ms"]);
+    let tests = v["grade"]["tests"].as_object().unwrap();
+    let failed: Vec<&String> = tests
+        .iter()
+        .filter(|(_, s)| *s != "PASSED")
+        .map(|(k, _)| k)
+        .collect();
+    assert!(failed.is_empty(), "{failed:?} in {v:#}");
+    assert_eq!(tests.len(), 9, "{v:#}");
+    assert!(!b.join("output/task/agent.json").exists());
+}

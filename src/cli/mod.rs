@@ -5,6 +5,7 @@ mod bake;
 mod conformance;
 mod doctor;
 mod gc;
+mod grade;
 mod lock;
 mod materialize;
 mod progress;
@@ -104,6 +105,9 @@ enum Command {
     Store(store::StoreArgs),
     /// Run one task: pull, fuse, sandbox, grade; writes OUT/task/result.json.
     Run(run::RunArgs),
+    /// Grade a saved run again: a fresh rootfs of its benchmark (by the
+    /// digest in OUT/run.json) plus the agent's changes (OUT/task/changes.tar).
+    Grade(grade::GradeArgs),
     /// Pin every axis reference to its digest in hoist.lock.
     Lock(lock::LockArgs),
     /// Write the combination image (benchmark + /opt/agent + /opt/gateway +
@@ -169,6 +173,7 @@ pub fn main() -> ExitStatus {
         Command::Gc(a) => gc::run(&cli.global, a),
         Command::Store(a) => store::run(&cli.global, a),
         Command::Run(a) => run::run_cmd(&cli.global, a),
+        Command::Grade(a) => grade::run_cmd(&cli.global, a),
         Command::Lock(a) => lock::run(&cli.global, a),
         Command::Bake(a) => bake::run(&cli.global, a),
         Command::Conformance(a) => conformance::run(&cli.global, a),
@@ -191,6 +196,7 @@ fn enter_user_namespace_if_unprivileged(command: &Command) -> anyhow::Result<()>
     let needs = match command {
         Command::Materialize(_)
         | Command::Run(_)
+        | Command::Grade(_)
         | Command::Gc(_)
         | Command::Store(_)
         | Command::Bake(_) => true,

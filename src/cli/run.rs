@@ -12,7 +12,7 @@ use hoist::pull::Pulled;
 use hoist::reference::Reference;
 use hoist::registry::Client;
 use hoist::rootfs::RootfsMode;
-use hoist::run::{check_lock, run, RunRequest};
+use hoist::run::{check_lock, run, Agents, RunRequest};
 use hoist::sandbox::cgroup::parse_size;
 use hoist::sandbox::{Isolation, Network};
 use hoist::store::Store;
@@ -99,8 +99,7 @@ pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
     let (benchmark, agent, gateway) = (&pulled[0], &pulled[1], pulled.get(2));
     let req = RunRequest {
         benchmark,
-        agent,
-        gateway,
+        agents: Agents::Run { agent, gateway },
         task: args.task.clone(),
         out: args.out.clone(),
         isolation: args.isolation,
@@ -213,7 +212,7 @@ fn resolve_digest(
 
 /// Print a run's result as crane and container mode both do; the exit
 /// status says whether it completed without an infrastructure error.
-fn print_result(
+pub fn print_result(
     global: &Global,
     result: &serde_json::Value,
     isolation: &str,

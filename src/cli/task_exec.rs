@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use hoist::exit::ExitStatus;
-use hoist::pipeline::{task_exec, TaskExecOptions};
+use hoist::pipeline::{task_exec, TaskExecOptions, Written};
 
 #[derive(Args)]
 pub struct TaskExecArgs {
@@ -23,14 +23,18 @@ pub struct TaskExecArgs {
     proc_fd: Option<i32>,
 }
 
-/// 0 when result.json was written, whatever the verdict; 1 when not.
+/// 0 when result.json (or, ending an agent session, agent.json) was
+/// written, whatever the verdict; 1 when not.
 pub fn run(args: &TaskExecArgs) -> anyhow::Result<ExitStatus> {
-    let result = task_exec(&TaskExecOptions {
+    let written = task_exec(&TaskExecOptions {
         root: args.root.clone(),
         task: args.task.clone(),
         context: args.context.clone(),
         proc_fd: args.proc_fd,
     })?;
+    let Written::Result(result) = written else {
+        return Ok(ExitStatus::Success);
+    };
     if let Some(e) = &result.infra_error {
         let stage = serde_json::to_value(e.stage).unwrap_or_default();
         eprintln!(

@@ -95,7 +95,7 @@ impl Snapshot {
 }
 
 /// What went into the tar.
-#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Written {
     /// Entries written (new or changed), the workdir's own `./` not counted.
     pub changed: u64,
@@ -109,7 +109,7 @@ pub struct Written {
 }
 
 /// An entry [`write_changes`] left out.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Skipped {
     /// Relative to the workdir; bytes that are not UTF-8 shown as U+FFFD.
     pub path: String,

@@ -48,6 +48,71 @@ pub struct RunContext {
     /// Use at most this Landlock ABI (`HOIST_LANDLOCK_ABI`).
     #[serde(default)]
     pub landlock_abi_max: Option<u32>,
+    /// Which part of DESIGN §3 this sandbox runs.
+    #[serde(default)]
+    pub session: Session,
+}
+
+/// A run is two sandbox sessions on two trees (DESIGN §3 step 7): the
+/// agent's, then grading in a fresh rootfs that holds only the agent's
+/// changes to the workdir.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Session {
+    /// Steps 1–6 and 8 and grading in the same tree. Only the supervisor's
+    /// own tests use it, on a scratch root (`--root`); `hoist run` never
+    /// does.
+    #[default]
+    Whole,
+    /// Steps 1–6: install.sh, gateway, agent; then the workdir's changes
+    /// as `/output/task/changes.tar` and the agent's outcome as
+    /// `/output/task/agent.json` ([`AgentPhase`]). A run that fails here
+    /// writes its result.json instead, and no grading session follows.
+    Agent,
+    /// Step 1, the changes at [`CHANGES_PATH`] applied beneath the
+    /// workdir, step 7 and step 8, in a fresh rootfs.
+    Grade(AgentPhase),
+}
+
+/// Where the grading session finds the agent's changes to the workdir
+/// (bound read-only, or copied in).
+pub const CHANGES_PATH: &str = "/.hoist/changes.tar";
+
+/// What the agent session hands to the grading session through the host:
+/// `/output/task/agent.json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentPhase {
+    pub schema: String,
+    pub task_id: String,
+    pub agent: crate::result::AgentOutcome,
+    pub agent_ms: u64,
+    /// When the agent session started (result.json `started_at`).
+    pub started_at: String,
+    /// What `changes.tar` holds.
+    pub changes: super::changes::Written,
+}
+
+/// The value of [`AgentPhase`]'s `schema`.
+pub const AGENT_PHASE_SCHEMA: &str = "hoist.agent-phase/v1";
+
+/// agent.json is a few hundred bytes (plus the skipped paths, bounded by
+/// the workdir); anything larger is not one.
+pub const MAX_AGENT_PHASE_BYTES: u64 = 4 << 20;
+
+impl AgentPhase {
+    /// Parse an agent.json read back from a sandbox: written by hoist's
+    /// supervisor, but read as untrusted bytes all the same.
+    pub fn from_json(bytes: &[u8]) -> Result<AgentPhase, String> {
+        let p: AgentPhase = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if p.schema != AGENT_PHASE_SCHEMA {
+            return Err(format!(
+                "schema {:?}, expected {AGENT_PHASE_SCHEMA:?}",
+                p.schema
+            ));
+        }
+        Ok(p)
+    }
 }
 
 /// The gateway's port where the run's loopback is its own.
@@ -130,6 +195,7 @@ impl Default for RunContext {
             gateway_port: DEFAULT_GATEWAY_PORT,
             strict: false,
             landlock_abi_max: None,
+            session: Session::default(),
         }
     }
 }

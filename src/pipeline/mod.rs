@@ -36,7 +36,7 @@ pub mod users;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-pub use context::{Isolation, Mode, Network, RunContext, CONTEXT_PATH};
+pub use context::{AgentPhase, Isolation, Mode, Network, RunContext, Session, CONTEXT_PATH};
 
 use crate::result::{
     self, AgentOutcome, Durations, GradeOutcome, InfraError, Stage, TaskResult, SCHEMA,
@@ -90,9 +90,23 @@ pub struct Record {
     pub grade_ms: u64,
 }
 
-/// Run the pipeline and write `OUTPUT_DIR/result.json`. Returns the
-/// result written, whatever its verdict.
-pub fn task_exec(opts: &TaskExecOptions) -> Result<TaskResult, TaskExecError> {
+/// What task-exec left in [`OUTPUT_DIR`] for the host.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Written {
+    /// `result.json`: the run's last word (a whole run, a grading session,
+    /// or an agent session that failed).
+    Result(Box<TaskResult>),
+    /// `agent.json` and `changes.tar`: an agent session that ended well;
+    /// the host grades in a fresh rootfs next.
+    AgentPhase(AgentPhase),
+}
+
+/// Run the session the context names and write what it ends with (see
+/// [`Written`]). Only one of `result.json` and `agent.json` is left in
+/// the output: whatever install.sh or the image put there under those
+/// names is replaced or removed, so the host can tell a finished run from
+/// one to grade by which of the two it finds.
+pub fn task_exec(opts: &TaskExecOptions) -> Result<Written, TaskExecError> {
     let started = SystemTime::now();
     let root = Root::new(&opts.root);
     let out = root.path(OUTPUT_DIR);
@@ -114,16 +128,46 @@ pub fn task_exec(opts: &TaskExecOptions) -> Result<TaskResult, TaskExecError> {
     let scope = killuid::Scope::detect(&root.path("/proc"), procfs);
     let mut sup = Supervisor::new(&root, &ctx, out.clone(), scope);
     sup.rec.task_id = opts.task.clone().unwrap_or_default();
+    let mut started_at = clock::rfc3339(started);
+    if let Session::Grade(phase) = &ctx.session {
+        // One result for the two sessions: the agent's part is the first
+        // session's.
+        sup.rec.task_id = phase.task_id.clone();
+        sup.rec.agent = phase.agent.clone();
+        sup.rec.agent_ms = phase.agent_ms;
+        started_at = phase.started_at.clone();
+    }
     let outcome = match ctx_error {
         Some(e) => Err(e),
         None => sup.execute(opts.task.as_deref()),
     };
     sup.cleanup();
-    let result = build_result(&ctx, &sup.rec, outcome.err(), clock::rfc3339(started));
-    let path = out.join("result.json");
-    root::write_atomic(&path, result.to_json().as_bytes())
-        .map_err(|source| TaskExecError::Write { path, source })?;
-    Ok(result)
+    let write = |name: &str, bytes: &[u8]| {
+        let path = out.join(name);
+        root::write_atomic(&path, bytes).map_err(|source| TaskExecError::Write { path, source })
+    };
+    let remove = |name: &str| {
+        let path = out.join(name);
+        root::remove_if_present(&path).map_err(|source| TaskExecError::Write { path, source })
+    };
+    if let (Ok(Some(changes)), Session::Agent) = (&outcome, &ctx.session) {
+        let phase = AgentPhase {
+            schema: context::AGENT_PHASE_SCHEMA.to_string(),
+            task_id: sup.rec.task_id.clone(),
+            agent: sup.rec.agent.clone(),
+            agent_ms: sup.rec.agent_ms,
+            started_at,
+            changes: changes.clone(),
+        };
+        remove("result.json")?;
+        let json = serde_json::to_vec_pretty(&phase).unwrap_or_default();
+        write("agent.json", &json)?;
+        return Ok(Written::AgentPhase(phase));
+    }
+    let result = build_result(&ctx, &sup.rec, outcome.err(), started_at);
+    remove("agent.json")?;
+    write("result.json", result.to_json().as_bytes())?;
+    Ok(Written::Result(Box::new(result)))
 }
 
 /// The result of a run from its parts. An infra error makes the task

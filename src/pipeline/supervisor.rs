@@ -9,6 +9,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::changes::{self, Snapshot, Written};
+use super::context::{Session, CHANGES_PATH};
 use super::grade::read_grade_report;
 use super::guard::Guard;
 use super::health;
@@ -186,8 +188,10 @@ impl<'a> Supervisor<'a> {
         process::run_to_deadline(&mut self.reaper, pid, deadline, grace)
     }
 
-    /// DESIGN §3 steps 1–7. An `Err` ends the run with that infra error.
-    pub fn execute(&mut self, requested: Option<&str>) -> Result<(), InfraError> {
+    /// The session the context names (DESIGN §3; see [`Session`]). An
+    /// `Err` ends the run with that infra error; an agent session returns
+    /// what it wrote to `changes.tar`.
+    pub fn execute(&mut self, requested: Option<&str>) -> Result<Option<Written>, InfraError> {
         // Inherited by every child: nothing the agent brings (setuid
         // binaries, file capabilities) can raise its privileges.
         rustix::thread::set_no_new_privs(true)
@@ -215,10 +219,47 @@ impl<'a> Supervisor<'a> {
                 ));
             }
         }
+        match &self.ctx.session {
+            Session::Whole => {
+                let (task, workdir, _) = self.agent_session(requested, false)?;
+                self.grade(&task, &workdir).map(|()| None)
+            }
+            Session::Agent => {
+                let (task, workdir, before) = self.agent_session(requested, true)?;
+                let before = before.unwrap_or_default();
+                self.save_changes(&task, &workdir, &before).map(Some)
+            }
+            Session::Grade(phase) => {
+                let task = self.load_task(Some(&phase.task_id))?;
+                ensure_agent_user(self.root).map_err(|e| sandbox_err(&e))?;
+                let workdir = self.workdir(&task)?;
+                self.apply_changes(&workdir)?;
+                self.grade(&task, &workdir).map(|()| None)
+            }
+        }
+    }
+
+    /// DESIGN §3 steps 1–6: the task, install.sh, the gateway and the
+    /// agent; then nothing of theirs runs. With `snapshot`, what the
+    /// workdir held before anything untrusted ran, to tell its changes.
+    fn agent_session(
+        &mut self,
+        requested: Option<&str>,
+        snapshot: bool,
+    ) -> Result<(TaskSpec, PathBuf, Option<Snapshot>), InfraError> {
         let task = self.load_task(requested)?;
         self.rec.task_id = task.id.clone();
         ensure_agent_user(self.root).map_err(|e| sandbox_err(&e))?;
         let workdir = self.check_rootfs(&task)?;
+        let before = match snapshot {
+            true => Some(Snapshot::take(&workdir).map_err(|e| {
+                message(
+                    Stage::Sandbox,
+                    format!("cannot read the workdir {}: {e}", task.workdir),
+                )
+            })?),
+            false => None,
+        };
         let timeout = self.ctx.agent_timeout_sec.unwrap_or(task.agent_timeout_sec);
         let started = Instant::now();
         let deadline = started + Duration::from_secs(timeout);
@@ -235,7 +276,7 @@ impl<'a> Supervisor<'a> {
         self.rec.agent_ms = millis(started.elapsed());
         self.end_agent_phase()?;
         self.save_patch(&task, &workdir)?;
-        self.grade(&task, &workdir)
+        Ok((task, workdir, before))
     }
 
     /// Whatever happened: no agent process, gateway or leftover survives
@@ -297,6 +338,11 @@ impl<'a> Supervisor<'a> {
                 ))
             }
         }
+        self.workdir(task)
+    }
+
+    /// The task's workdir in this tree.
+    fn workdir(&self, task: &TaskSpec) -> Result<PathBuf, InfraError> {
         let workdir = self.root.path(&task.workdir);
         if !workdir.is_dir() {
             return Err(message(
@@ -642,6 +688,55 @@ impl<'a> Supervisor<'a> {
         self.end_agent_phase()
     }
 
+    /// Step 6, last: what the agent side changed beneath the workdir since
+    /// [`Snapshot::take`], as `/output/task/changes.tar` (OCI layer
+    /// semantics, whiteouts for deletions), for the grading session's
+    /// fresh rootfs. Nothing of the agent runs any more, so the tree holds
+    /// still while it is read.
+    fn save_changes(
+        &mut self,
+        task: &TaskSpec,
+        workdir: &Path,
+        before: &Snapshot,
+    ) -> Result<Written, InfraError> {
+        let file = self.log("changes.tar")?;
+        let mut out = std::io::BufWriter::new(file);
+        let written = changes::write_changes(before, workdir, &mut out)
+            .and_then(|w| out.flush().map(|()| w))
+            .map_err(|e| {
+                message(
+                    Stage::Sandbox,
+                    format!("cannot save the agent's changes to {}: {e}", task.workdir),
+                )
+            })?;
+        Ok(written)
+    }
+
+    /// Grading session: the agent's changes (the agent session's
+    /// `changes.tar`, read as untrusted bytes) applied beneath the
+    /// workdir of this fresh tree, by the hardened layer unpacker: nothing
+    /// can land outside the workdir or through a link.
+    fn apply_changes(&mut self, workdir: &Path) -> Result<(), InfraError> {
+        let path = self.root.path(CHANGES_PATH);
+        let file = File::open(&path).map_err(|e| {
+            message(
+                Stage::Grade,
+                format!("cannot open the agent's changes {}: {e}", path.display()),
+            )
+        })?;
+        changes::apply_changes(std::io::BufReader::new(file), workdir)
+            .map(|_| ())
+            .map_err(|e| {
+                message(
+                    Stage::Grade,
+                    format!(
+                        "cannot apply the agent's changes to {}: {e}",
+                        workdir.display()
+                    ),
+                )
+            })
+    }
+
     /// Step 7: the grader, as root in the workdir, and its report.
     fn grade(&mut self, task: &TaskSpec, workdir: &Path) -> Result<(), InfraError> {
         let grade_err =
@@ -714,14 +809,20 @@ impl<'a> Supervisor<'a> {
         ]
     }
 
+    /// A fresh root-owned 0644 file in the output. Whatever install.sh
+    /// or the image left at that name (a symlink, a file) is removed
+    /// first, so a planted link can neither be written through nor turn
+    /// the run into an infra error.
     fn log(&self, name: &str) -> Result<File, InfraError> {
         let path = self.out.join(name);
-        create_root_file(&path).map_err(|e| {
-            message(
-                Stage::Sandbox,
-                format!("cannot create {}: {e}", path.display()),
-            )
-        })
+        remove_if_present(&path)
+            .and_then(|()| create_root_file(&path))
+            .map_err(|e| {
+                message(
+                    Stage::Sandbox,
+                    format!("cannot create {}: {e}", path.display()),
+                )
+            })
     }
 
     fn stdin(&self) -> Result<std::process::Stdio, InfraError> {

@@ -83,6 +83,9 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
     let hoist_dir = fd_path(&open_dir_beneath(r, ".hoist").map_err(io_err("/.hoist"))?)?;
     copy_file(&cfg.hoist_binary, &hoist_dir.join("hoist"), 0o755)?;
     copy_file(&cfg.context, &hoist_dir.join("context.json"), 0o600)?;
+    if let Some(changes) = &cfg.changes {
+        copy_file(changes, &hoist_dir.join("changes.tar"), 0o600)?;
+    }
     if let Some(rec) = &cfg.recordings {
         let d = fd_path(&open_dir_beneath(r, "recordings").map_err(io_err("/recordings"))?)?;
         for e in fs::read_dir(rec)

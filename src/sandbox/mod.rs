@@ -92,6 +92,10 @@ pub struct SandboxConfig {
     pub hoist_binary: PathBuf,
     /// The run context, bound read-only at `/.hoist/context.json`.
     pub context: PathBuf,
+    /// The grading session's input: the agent session's `changes.tar`,
+    /// bound read-only (copied, in chroot) at `/.hoist/changes.tar`.
+    #[serde(default)]
+    pub changes: Option<PathBuf>,
     /// Run inside a user namespace mapping ids 0..2^32 to themselves: root
     /// in the sandbox (the supervisor, install.sh, the gateway, the grader)
     /// then holds capabilities only over the sandbox's own namespaces, not

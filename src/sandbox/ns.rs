@@ -283,10 +283,12 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
         hoist_dir.as_fd(),
         "/.hoist",
     )?;
-    for (src, rel) in [
-        (&cfg.hoist_binary, ".hoist/hoist"),
-        (&cfg.context, ".hoist/context.json"),
-    ] {
+    let files = [
+        (Some(&cfg.hoist_binary), ".hoist/hoist"),
+        (Some(&cfg.context), ".hoist/context.json"),
+        (cfg.changes.as_ref(), ".hoist/changes.tar"),
+    ];
+    for (src, rel) in files.into_iter().filter_map(|(s, r)| Some((s?, r))) {
         let at = mounts::file(r, rel)?;
         mounts::bind(src, at.as_fd(), &rootfs.join(rel), true, &format!("/{rel}"))?;
     }

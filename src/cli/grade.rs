@@ -1,0 +1,161 @@
+//! `hoist grade OUT`: grade a saved run again (DESIGN §3 step 7). The
+//! benchmark is pulled by the digest the run recorded in `OUT/run.json`,
+//! a fresh rootfs of it gets the agent's changes from
+//! `OUT/task/changes.tar`, and the grading session runs as in the run
+//! itself; no agent or gateway runs. The new `result.json` goes to
+//! `--out` (the run's own `OUT` by default, its `run.json` kept; the
+//! regrade's record is `regrade.json`).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use hoist::exit::ExitStatus;
+use hoist::export::OutDir;
+use hoist::pipeline::context::MAX_AGENT_PHASE_BYTES;
+use hoist::pipeline::AgentPhase;
+use hoist::reference::Reference;
+use hoist::rootfs::RootfsMode;
+use hoist::run::{run, Agents, Regrade, RunRequest};
+use hoist::sandbox::cgroup::parse_size;
+use hoist::sandbox::{Isolation, Network};
+
+use super::materialize::pull_axes;
+use super::run::{print_result, static_binary};
+use super::Global;
+
+#[derive(Args)]
+pub struct GradeArgs {
+    /// The `--out` of the run to grade again (it holds run.json and
+    /// task/agent.json, task/changes.tar).
+    #[arg(value_name = "OUT")]
+    saved: PathBuf,
+    /// Where the new task/result.json, task/grade.log and regrade.json go
+    /// [default: OUT].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "auto")]
+    isolation: Isolation,
+    #[arg(long, value_enum, default_value = "auto")]
+    rootfs: RootfsMode,
+    /// Override the task's grade timeout (seconds).
+    #[arg(long, value_name = "SEC")]
+    grade_timeout: Option<u64>,
+    /// Limit the grading's memory, swap excluded (512M, 2G, bytes).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory: Option<u64>,
+}
+
+/// run.json and agent.json are small; anything larger is not one.
+const MAX_RECORD_BYTES: u64 = 16 << 20;
+
+pub fn run_cmd(global: &Global, args: &GradeArgs) -> anyhow::Result<ExitStatus> {
+    let saved = OutDir::open(&args.saved)?;
+    let task_dir = saved.subdir("task")?;
+    let record = read_json(&saved, "run.json", MAX_RECORD_BYTES)?;
+    if record["schema"] != "hoist.run/v1" {
+        bail!(
+            "{}: not a hoist run record (schema {})",
+            args.saved.join("run.json").display(),
+            record["schema"]
+        );
+    }
+    let phase_path = task_dir.path().join("agent.json");
+    let phase_bytes = task_dir
+        .read("agent.json", MAX_AGENT_PHASE_BYTES)?
+        .with_context(|| format!("{} is missing: the run ended before grading (see its result.json), or was made by a hoist older than the two-session runs", phase_path.display()))?;
+    let phase = AgentPhase::from_json(&phase_bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", phase_path.display()))?;
+    let before = task_dir.read("result.json", MAX_RECORD_BYTES)?;
+
+    let images = record["images"].clone();
+    let (reference, digest) = match (
+        images["benchmark"]["ref"].as_str(),
+        images["benchmark"]["digest"].as_str(),
+    ) {
+        (Some(r), Some(d)) => (r, d),
+        _ => bail!(
+            "{}: no images.benchmark ref and digest",
+            args.saved.join("run.json").display()
+        ),
+    };
+    let store = global.store()?;
+    let t = Instant::now();
+    let pinned = pin(reference, digest)?;
+    let pulled = pull_axes(global, &store, &[pinned.as_str()])?;
+    let benchmark = &pulled[0];
+    if benchmark.digest.to_string() != digest {
+        bail!("the benchmark {reference} now resolves to {}, but the run used {digest}; grading needs the image the run used", benchmark.digest);
+    }
+    let pull_ms = t.elapsed().as_millis() as u64;
+    let network = match record["network"].as_str() {
+        Some("host") => Network::Host,
+        _ => Network::None,
+    };
+    let req = RunRequest {
+        benchmark,
+        task: Some(phase.task_id.clone()),
+        agents: Agents::Regrade(Regrade {
+            phase,
+            saved: task_dir.path().to_path_buf(),
+            images,
+        }),
+        out: args.out.clone().unwrap_or_else(|| args.saved.clone()),
+        isolation: args.isolation,
+        network,
+        rootfs: args.rootfs,
+        recordings: None,
+        agent_timeout_sec: None,
+        grade_timeout_sec: args.grade_timeout,
+        memory: args.memory,
+        hoist_binary: static_binary()?,
+        lock_file: None,
+        command_line: std::env::args().collect(),
+        pull_ms,
+    };
+    let (result, record) = run(&store, &req)?;
+    if let Some(before) = before.and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+    {
+        let same = ["resolved", "grade"]
+            .iter()
+            .all(|k| before[k]["tests"] == result[k]["tests"] && before[k] == result[k]);
+        if !global.quiet && !global.json {
+            println!(
+                "{}",
+                if same {
+                    "the same verdict and tests as the saved result.json"
+                } else {
+                    "the verdict or the tests differ from the saved result.json"
+                }
+            );
+        }
+    }
+    print_result(global, &result, record.isolation)
+}
+
+/// `reference` pinned to `digest`: a registry reference gets `@digest`
+/// (the registry serves exactly those bytes); a layout is pulled as named
+/// and its digest checked by the caller.
+fn pin(reference: &str, digest: &str) -> anyhow::Result<String> {
+    Ok(match reference.parse::<Reference>()? {
+        Reference::Registry(mut r) => {
+            r.digest = Some(
+                digest
+                    .parse()
+                    .with_context(|| format!("the recorded digest {digest}"))?,
+            );
+            r.tag = None;
+            r.to_string()
+        }
+        Reference::Layout(_) => reference.to_string(),
+    })
+}
+
+fn read_json(dir: &OutDir, name: &str, max: u64) -> anyhow::Result<serde_json::Value> {
+    let path = dir.path().join(name);
+    let bytes = dir
+        .read(name, max)?
+        .with_context(|| format!("{} is missing", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", path.display()))
+}
