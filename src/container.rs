@@ -414,7 +414,12 @@ fn images_json(axes: &Axes<'_>) -> Value {
 
 /// The run context: the axes' references and digests, exactly as crane
 /// mode records them, so the two modes' result.json compare equal.
-fn context(req: &ContainerRequest<'_>, prepare_ms: u64, session: ctx::Session) -> RunContext {
+fn context(
+    req: &ContainerRequest<'_>,
+    prepare_ms: u64,
+    session: ctx::Session,
+    gateway_port: u16,
+) -> RunContext {
     RunContext {
         // Both sides are the same three records: this cannot fail.
         images: serde_json::from_value(images_json(&req.axes)).unwrap_or_default(),
@@ -429,12 +434,20 @@ fn context(req: &ContainerRequest<'_>, prepare_ms: u64, session: ctx::Session) -
         materialize_ms: prepare_ms,
         agent_timeout_sec: req.agent_timeout_sec,
         grade_timeout_sec: req.grade_timeout_sec,
-        gateway_port: ctx::gateway_port(req.network == Network::Host),
+        gateway_port,
         landlock_abi_max: crate::confine::abi_pin_from_env(),
         strict: req.strict,
         session,
         ..RunContext::default()
     }
+}
+
+/// A container's network: its own (`--network none|host`), or that of the
+/// run's gateway container, so the agent reaches it on loopback.
+#[derive(Clone, Copy, Debug)]
+pub enum Net<'a> {
+    Own(Network),
+    Join(&'a str),
 }
 
 /// The label naming the `--out` a container's results go to (for people
@@ -451,7 +464,7 @@ pub const OUT_LABEL: &str = "io.github.hoist.out";
 /// container.
 pub fn run_args(
     name: &str,
-    network: Network,
+    network: Net<'_>,
     limits: &Limits,
     out: &Path,
     read_only: &[(&Path, &str)],
@@ -470,9 +483,13 @@ pub fn run_args(
     .to_vec();
     a.push(format!("{OUT_LABEL}={}", out.display()));
     match network {
-        Network::None => a.extend(["--network", "none", "--hostname", "hoist"].map(String::from)),
-        // Docker refuses a hostname with the host's network.
-        Network::Host => a.extend(["--network", "host"].map(String::from)),
+        Net::Own(Network::None) => {
+            a.extend(["--network", "none", "--hostname", "hoist"].map(String::from))
+        }
+        // Docker refuses a hostname with the host's network or another
+        // container's.
+        Net::Own(Network::Host) => a.extend(["--network", "host"].map(String::from)),
+        Net::Join(gateway) => a.extend(["--network".into(), format!("container:{gateway}")]),
     }
     a.extend([
         "--pids-limit".into(),
@@ -565,6 +582,7 @@ pub fn run(
     let prepare_ms = image.elapsed.as_millis() as u64;
     let plan = Plan {
         docker,
+        gateway_port: ctx::gateway_port(req.network == Network::Host),
         req,
         image,
         work: work.path(),
@@ -613,6 +631,9 @@ fn copy_changes(task_dir: &OutDir, dest: &Path) -> Result<(), ContainerError> {
 /// What both containers of a run share.
 struct Plan<'a> {
     docker: &'a Docker,
+    /// One port for the run: the gateway's container and the agent's
+    /// share it.
+    gateway_port: u16,
     req: &'a ContainerRequest<'a>,
     image: &'a Prepared,
     work: &'a Path,
@@ -629,7 +650,83 @@ struct Session {
     output: ExportReport,
 }
 
-impl Plan<'_> {
+/// The run's gateway container while it runs.
+struct GatewayContainer<'a> {
+    cleanup: Cleanup<'a>,
+}
+
+impl GatewayContainer<'_> {
+    /// Kill it (the agent session is over), copy its `gateway.log` into
+    /// `task_dir`, remove it.
+    fn finish(self, docker: &Docker, task_dir: &OutDir) -> Result<ExportReport, ContainerError> {
+        if let Err(e) = docker.output(&["kill", &self.cleanup.name]) {
+            // It may have exited already: the agent session reported that.
+            tracing::debug!(error = %e, "docker kill of the gateway container");
+        }
+        copy_out(docker, &self.cleanup.name, task_dir)
+    }
+}
+
+impl<'p> Plan<'p> {
+    /// Create and start the gateway's container: a gateway session
+    /// (`task-exec` serving only the gateway) in a fresh container of the
+    /// image, on the run's network.
+    fn gateway(&self, prepare_ms: u64) -> Result<GatewayContainer<'p>, ContainerError> {
+        let mut context = context(
+            self.req,
+            prepare_ms,
+            ctx::Session::Gateway,
+            self.gateway_port,
+        );
+        context.recordings = self.req.recordings.is_some();
+        let (name, args) =
+            self.container_args("gateway", &context, Net::Own(self.req.network), None)?;
+        let g = GatewayContainer {
+            cleanup: Cleanup {
+                docker: self.docker,
+                name,
+            },
+        };
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.docker.output(&argv)?;
+        self.docker.output(&["start", &g.cleanup.name])?;
+        Ok(g)
+    }
+
+    /// A new container's name and its `docker create` arguments, its
+    /// context written to the run's work directory.
+    fn container_args(
+        &self,
+        session: &str,
+        context: &RunContext,
+        net: Net<'_>,
+        changes: Option<&Path>,
+    ) -> Result<(String, Vec<String>), ContainerError> {
+        let req = self.req;
+        let context_path = self.work.join(format!("context-{session}.json"));
+        // Serialising a plain struct cannot fail.
+        let bytes = serde_json::to_vec_pretty(context).unwrap_or_default();
+        std::fs::write(&context_path, bytes).map_err(io(&context_path))?;
+        let mut read_only = vec![(context_path.as_path(), ctx::CONTEXT_PATH)];
+        if let (Some(r), true) = (req.recordings.as_deref(), context.recordings) {
+            read_only.push((r, "/recordings"));
+        }
+        if let Some(c) = changes {
+            read_only.push((c, ctx::CHANGES_PATH));
+        }
+        let name = format!("hoist-{:016x}", rand::random::<u64>());
+        let args = run_args(
+            &name,
+            net,
+            &limits(req),
+            self.out_label,
+            &read_only,
+            &self.image.image.id,
+            req.task.as_deref(),
+        );
+        Ok((name, args))
+    }
+
     /// Create a container of the image for `session`, start it, copy its
     /// `/output/task` into `OUT/task`, remove it.
     fn session(
@@ -640,29 +737,23 @@ impl Plan<'_> {
         changes: Option<&Path>,
     ) -> Result<Session, ContainerError> {
         let (docker, req) = (self.docker, self.req);
-        let agent = session == ctx::Session::Agent;
-        let context_path = self.work.join(format!("context-{name}.json"));
-        // Serialising a plain struct cannot fail.
-        let bytes =
-            serde_json::to_vec_pretty(&context(req, prepare_ms, session)).unwrap_or_default();
-        std::fs::write(&context_path, bytes).map_err(io(&context_path))?;
-        let mut read_only = vec![(context_path.as_path(), ctx::CONTEXT_PATH)];
-        if let (Some(r), true) = (req.recordings.as_deref(), agent) {
-            read_only.push((r, "/recordings"));
-        }
-        if let Some(c) = changes {
-            read_only.push((c, ctx::CHANGES_PATH));
-        }
-        let container = format!("hoist-{:016x}", rand::random::<u64>());
-        let args = run_args(
-            &container,
-            req.network,
-            &limits(req),
-            self.out_label,
-            &read_only,
-            &self.image.image.id,
-            req.task.as_deref(),
-        );
+        // The agent session's gateway runs in a container of its own, from
+        // the untouched image, whose network the agent's container joins.
+        let gateway = match (&session, req.axes.gateway) {
+            (ctx::Session::Agent, Some(_)) => Some(self.gateway(prepare_ms)?),
+            _ => None,
+        };
+        let mut context = context(req, prepare_ms, session, self.gateway_port);
+        context.gateway_elsewhere = gateway.is_some();
+        context.recordings = false;
+        let (container, args) = self.container_args(
+            name,
+            &context,
+            gateway
+                .as_ref()
+                .map_or(Net::Own(req.network), |g| Net::Join(&g.cleanup.name)),
+            changes,
+        )?;
         // The supervisor enforces the task's timeouts; this backstop only
         // catches one that hangs (the same bound as crane mode's).
         let backstop = Duration::from_secs(
@@ -679,8 +770,16 @@ impl Plan<'_> {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         docker.output(&argv)?;
         let start = ["start", "-a", container.as_str()].map(String::from);
-        let ended = supervise(docker, &start, backstop)?;
+        let ended = supervise(docker, &start, backstop);
         let container_ms = t.elapsed().as_millis() as u64;
+        // Its log, whatever happened; then it goes.
+        let gateway_log = gateway.map(|g| g.finish(docker, self.task_dir));
+        let ended = ended?;
+        let gateway_log = match gateway_log {
+            Some(Err(e)) => return Err(e),
+            Some(Ok(report)) => Some(report),
+            None => None,
+        };
         match ended {
             Ended::Timeout => {
                 // Kill first so the supervisor's processes stop at once; the
@@ -709,6 +808,12 @@ impl Plan<'_> {
                     .any(|f| output.copied.iter().any(|n| n == f));
                 if matches!(code, 125..=127) && !handed_over {
                     return Err(ContainerError::RunFailed { code });
+                }
+                let mut output = output;
+                if let Some(g) = gateway_log {
+                    output.copied.extend(g.copied);
+                    output.skipped.extend(g.skipped);
+                    output.bytes += g.bytes;
                 }
                 Ok(Session {
                     name,
@@ -930,7 +1035,7 @@ mod tests {
     fn docker_create_arguments() {
         let a = run_args(
             "hoist-1",
-            Network::None,
+            Net::Own(Network::None),
             &Limits::default(),
             Path::new("/out"),
             &[
@@ -985,7 +1090,7 @@ mod tests {
         };
         let host = run_args(
             "n",
-            Network::Host,
+            Net::Own(Network::Host),
             &limited,
             Path::new("/o"),
             &[(Path::new("/c"), ctx::CONTEXT_PATH)],

@@ -248,9 +248,13 @@ pub fn run(
             let axes = Axes {
                 benchmark: req.benchmark,
                 agent: Some(*agent),
-                gateway: *gateway,
+                gateway: None,
             };
-            sessions.push(plan.session("agent", &axes, ctx::Session::Agent, 0, None)?);
+            let inputs = Inputs {
+                gateway: *gateway,
+                changes: None,
+            };
+            sessions.push(plan.session("agent", &axes, ctx::Session::Agent, 0, inputs)?);
             match agent_phase(&task_dir, sessions[0].exit_code)? {
                 Some(phase) => (Some(phase), plan.private_changes(&task_dir)?),
                 None => (None, PathBuf::new()),
@@ -271,7 +275,11 @@ pub fn run(
         };
         let before = sessions.first().map_or(0, |s| s.materialize_ms);
         let grade = ctx::Session::Grade(phase);
-        sessions.push(plan.session("grade", &axes, grade, before, Some(&changes))?);
+        let inputs = Inputs {
+            gateway: None,
+            changes: Some(&changes),
+        };
+        sessions.push(plan.session("grade", &axes, grade, before, inputs)?);
     }
     let last = sessions.last().expect("one session at least");
     let (exit_code, limits) = (last.exit_code, last.limits.clone());
@@ -368,6 +376,21 @@ pub fn read_result(task_dir: &OutDir, exit_code: i32) -> Result<serde_json::Valu
     })
 }
 
+/// What a session gets besides its tree.
+#[derive(Default)]
+struct Inputs<'a> {
+    /// The gateway to run from a tree of its own (the agent session).
+    gateway: Option<&'a Pulled>,
+    /// The agent session's changes (the grading session).
+    changes: Option<&'a Path>,
+}
+
+fn take_down(m: &Materialized) {
+    if let Err(e) = rootfs::teardown(m) {
+        tracing::warn!(error = %e, root = %m.root.display(), "could not take down a rootfs");
+    }
+}
+
 /// What every session of a run shares.
 struct Plan<'a> {
     store: &'a Store,
@@ -428,7 +451,7 @@ impl Plan<'_> {
         axes: &Axes<'_>,
         session: ctx::Session,
         materialized_before: u64,
-        changes: Option<&Path>,
+        inputs: Inputs<'_>,
     ) -> Result<Session, RunError> {
         let dir = self.work.join(name);
         std::fs::create_dir(&dir).map_err(io(&dir))?;
@@ -439,6 +462,26 @@ impl Plan<'_> {
         let private = private_output(&dir, self.isolation, &rootfs_dir)?;
         let t = Instant::now();
         let m = rootfs::materialize(self.store, axes, &rootfs_dir, self.rootfs_mode, false)?;
+        // The gateway's own tree: the benchmark and the gateway, never the
+        // agent, which the run's tree holds instead.
+        let gateway = match inputs.gateway {
+            Some(g) => {
+                let gateway_axes = Axes {
+                    benchmark: axes.benchmark,
+                    agent: None,
+                    gateway: Some(g),
+                };
+                let at = dir.join("gateway-rootfs");
+                match rootfs::materialize(self.store, &gateway_axes, &at, self.rootfs_mode, false) {
+                    Ok(g) => Some(g),
+                    Err(e) => {
+                        take_down(&m);
+                        return Err(e.into());
+                    }
+                }
+            }
+            None => None,
+        };
         let materialize_ms = t.elapsed().as_millis() as u64;
         let result = run_in(
             self,
@@ -446,13 +489,16 @@ impl Plan<'_> {
             session,
             materialized_before + materialize_ms,
             (&dir, &private.dir),
-            changes,
+            (inputs.changes, gateway.as_ref().map(|g| g.root.as_path())),
         );
         // Whatever the sandbox returned, and before the rootfs (chroot's
         // /output) is taken down: the logs explain a failure too.
         let exported = export::copy_out(&private.base, private.rel, self.task_dir);
-        if let Err(e) = rootfs::teardown(&m) {
-            tracing::warn!(error = %e, "could not take down the rootfs");
+        take_down(&m);
+        // A copy was moved into the rootfs by the chroot stage and went
+        // with it; an overlay is unmounted here.
+        if let Some(g) = gateway.filter(|g| g.root.exists()) {
+            take_down(&g);
         }
         match (result, exported) {
             (Ok((exit_code, sandbox_ms, limits)), Ok(output)) => Ok(Session {
@@ -512,7 +558,7 @@ fn run_in(
     session: ctx::Session,
     materialize_ms: u64,
     (work, output): (&Path, &Path),
-    changes: Option<&Path>,
+    (changes, gateway_root): (Option<&Path>, Option<&Path>),
 ) -> Result<(i32, u64, RunLimits), RunError> {
     let (req, isolation) = (plan.req, plan.isolation);
     let agent = session == ctx::Session::Agent;
@@ -554,6 +600,7 @@ fn run_in(
         hoist_binary: req.hoist_binary.clone(),
         context: context_path,
         changes: changes.map(Path::to_path_buf),
+        gateway_root: gateway_root.map(Path::to_path_buf),
         task: req.task.clone(),
         limits: Limits {
             max_memory: req.memory,

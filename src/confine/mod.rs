@@ -50,7 +50,7 @@ use serde::{Deserialize, Serialize};
 pub const STAGE: &str = "__confine";
 
 /// What `install.sh` and the agent may not see (DESIGN §2).
-pub const HIDDEN_FROM_AGENT: [&str; 3] = ["tests", "tasks", "opt/gateway"];
+pub const HIDDEN_FROM_AGENT: [&str; 4] = ["tests", "tasks", "opt/gateway", ".hoist"];
 /// What the gateway may not see: it serves the agent, so it must not be
 /// able to hand it the answers, whatever code ended up in its interpreter.
 pub const HIDDEN_FROM_GATEWAY: [&str; 2] = ["tests", "tasks"];
@@ -124,6 +124,10 @@ pub struct Policy {
     /// run on an older kernel would get.
     #[serde(default)]
     pub landlock_abi_max: Option<u32>,
+    /// Enter this directory as `/` first (the gateway's untouched tree);
+    /// `root` and the other paths are then as seen from inside it.
+    #[serde(default)]
+    pub chroot: Option<PathBuf>,
 }
 
 impl Policy {
@@ -154,6 +158,7 @@ impl Policy {
             tcp,
             deny_sysv_ipc: !net.private_ipc,
             landlock_abi_max: net.landlock_abi_max,
+            chroot: None,
         }
     }
 
@@ -266,6 +271,8 @@ pub enum ConfineError {
     Seccomp(String),
     #[error("closing descriptors: {0}")]
     Fds(std::io::Error),
+    #[error("entering {0} as the root: {1}")]
+    Chroot(PathBuf, std::io::Error),
     #[error("exec {program}: {source}")]
     Exec {
         program: PathBuf,
@@ -275,6 +282,13 @@ pub enum ConfineError {
 
 /// Apply `policy` to this (single-threaded) process.
 pub fn apply(policy: &Policy) -> Result<(), ConfineError> {
+    if let Some(dir) = &policy.chroot {
+        // While CAP_SYS_CHROOT is still held; the seccomp filter below
+        // denies chroot from here on, and no descriptor of the old root
+        // survives the exec (close_range).
+        rustix::process::chroot(dir).map_err(|e| ConfineError::Chroot(dir.clone(), e.into()))?;
+        rustix::process::chdir("/").map_err(|e| ConfineError::Chroot(dir.clone(), e.into()))?;
+    }
     if policy.phase.runs_as_root() && rustix::process::geteuid().is_root() {
         caps::reduce().map_err(ConfineError::Caps)?;
     }
@@ -346,7 +360,7 @@ mod tests {
     fn install_and_agent_never_see_the_answers() {
         for phase in [Phase::Install, Phase::Agent] {
             let p = Policy::for_phase(phase, Path::new("/"), &facts(true, true));
-            assert_eq!(p.hidden, ["tests", "tasks", "opt/gateway"]);
+            assert_eq!(p.hidden, ["tests", "tasks", "opt/gateway", ".hoist"]);
             assert_eq!(p.writable, None);
         }
     }

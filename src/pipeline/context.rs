@@ -51,6 +51,11 @@ pub struct RunContext {
     /// Which part of DESIGN §3 this sandbox runs.
     #[serde(default)]
     pub session: Session,
+    /// The gateway runs in a session of its own (container mode) on this
+    /// network: the agent session starts none, and waits for its
+    /// `/health` at step 3.
+    #[serde(default)]
+    pub gateway_elsewhere: bool,
 }
 
 /// A run is two sandbox sessions on two trees (DESIGN §3 step 7): the
@@ -72,6 +77,11 @@ pub enum Session {
     /// Step 1, the changes at [`CHANGES_PATH`] applied beneath the
     /// workdir, step 7 and step 8, in a fresh rootfs.
     Grade(AgentPhase),
+    /// Container mode: only the gateway (step 3), in a container of its
+    /// own that nothing of the agent's side ever ran in; the agent
+    /// session's container shares its network and waits for `/health`
+    /// ([`RunContext::gateway_elsewhere`]). It serves until it is killed.
+    Gateway,
 }
 
 /// Where the grading session finds the agent's changes to the workdir
@@ -196,6 +206,7 @@ impl Default for RunContext {
             strict: false,
             landlock_abi_max: None,
             session: Session::default(),
+            gateway_elsewhere: false,
         }
     }
 }

@@ -99,6 +99,9 @@ pub enum Written {
     /// `agent.json` and `changes.tar`: an agent session that ended well;
     /// the host grades in a fresh rootfs next.
     AgentPhase(AgentPhase),
+    /// Only `gateway.log`: a gateway session, whose end (the gateway
+    /// exited, or could not start) the agent session reports.
+    GatewayLog,
 }
 
 /// Run the session the context names and write what it ends with (see
@@ -142,6 +145,12 @@ pub fn task_exec(opts: &TaskExecOptions) -> Result<Written, TaskExecError> {
         None => sup.execute(opts.task.as_deref()),
     };
     sup.cleanup();
+    if ctx.session == Session::Gateway {
+        if let Err(e) = outcome {
+            eprintln!("task-exec: gateway session: {}", e.message);
+        }
+        return Ok(Written::GatewayLog);
+    }
     let write = |name: &str, bytes: &[u8]| {
         let path = out.join(name);
         root::write_atomic(&path, bytes).map_err(|source| TaskExecError::Write { path, source })

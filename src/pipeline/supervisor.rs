@@ -35,6 +35,10 @@ const INSTRUCTION: &str = "/run/hoist/instruction.md";
 const GRADE_OUT: &str = "/run/hoist/grade.json";
 /// The gateway's private directory, the only place it may write.
 const GATEWAY_DIR: &str = "/run/hoist/gateway";
+/// The gateway's own tree (crane mode): the pristine benchmark and gateway
+/// layers, which nothing of the agent's side can reach or has changed;
+/// the gateway runs chrooted into it.
+const GATEWAY_ROOT: &str = "/.hoist/gateway-root";
 /// The static hoist inside the sandbox: every phase starts through its
 /// `__confine` stage (a chroot has no `/proc/self/exe`).
 const HOIST: &str = "/.hoist/hoist";
@@ -114,7 +118,8 @@ impl<'a> Supervisor<'a> {
         NetFacts {
             private: own_namespaces && self.ctx.network == super::Network::None,
             private_ipc: own_namespaces,
-            gateway: std::fs::symlink_metadata(self.root.path(GATEWAY_RUN)).is_ok(),
+            gateway: self.ctx.gateway_elsewhere
+                || std::fs::symlink_metadata(self.gateway_tree().join(&GATEWAY_RUN[1..])).is_ok(),
             gateway_port: self.ctx.gateway_port,
             landlock_abi_max: self.ctx.landlock_abi_max,
         }
@@ -229,6 +234,7 @@ impl<'a> Supervisor<'a> {
                 let before = before.unwrap_or_default();
                 self.save_changes(&task, &workdir, &before).map(Some)
             }
+            Session::Gateway => self.serve_gateway().map(|()| None),
             Session::Grade(phase) => {
                 let task = self.load_task(Some(&phase.task_id))?;
                 ensure_agent_user(self.root).map_err(|e| sandbox_err(&e))?;
@@ -491,37 +497,70 @@ impl<'a> Supervisor<'a> {
         Ok(true)
     }
 
+    /// The tree the gateway runs in: its own untouched tree where the host
+    /// made one ([`GATEWAY_ROOT`]), else the run's (container mode, where
+    /// the image is fresh, and the supervisor's tests).
+    fn gateway_tree(&self) -> PathBuf {
+        let own = self.root.path(GATEWAY_ROOT);
+        match std::fs::symlink_metadata(&own) {
+            Ok(m) if m.is_dir() => own,
+            _ => self.root.path("/"),
+        }
+    }
+
     /// Step 3: start the gateway, if there is one, and wait for `/health`.
+    /// In its own tree, it is chrooted there by the confine stage: what
+    /// install.sh changed of the run's tree (the interpreter, its start-up
+    /// files) never runs as the gateway.
     fn start_gateway(&mut self) -> Result<(), InfraError> {
-        let program = self.root.path(GATEWAY_RUN);
-        if std::fs::symlink_metadata(&program).is_err() {
+        if self.ctx.gateway_elsewhere && self.ctx.session != Session::Gateway {
+            return self.wait_healthy(None);
+        }
+        let tree = self.gateway_tree();
+        let own_tree = tree != self.root.path("/");
+        if std::fs::symlink_metadata(tree.join(&GATEWAY_RUN[1..])).is_err() {
             return Ok(());
         }
         let log = self.log("gateway.log").map_err(|e| InfraError {
             stage: Stage::Gateway,
             ..e
         })?;
+        // Paths as the gateway sees them: from inside its own tree, or
+        // under the root.
+        let inside = |abs: &str| match own_tree {
+            true => OsString::from(abs),
+            false => self.root.os(abs),
+        };
         let mut env = vec![
             ("PATH", PATH.into()),
             ("HOME", "/root".into()),
             // The one place it may write (see confine::GATEWAY_WRITABLE).
-            ("TMPDIR", self.root.os(GATEWAY_DIR)),
+            ("TMPDIR", inside(GATEWAY_DIR)),
             (
                 "HOIST_GATEWAY_PORT",
                 self.ctx.gateway_port.to_string().into(),
             ),
         ];
         if self.ctx.recordings {
-            env.push(("HOIST_RECORDINGS", self.root.os("/recordings")));
+            env.push(("HOIST_RECORDINGS", inside("/recordings")));
         }
-        ensure_root_dir(&self.root.path(GATEWAY_DIR), 0o700)
+        ensure_root_dir(&tree.join(&GATEWAY_DIR[1..]), 0o700)
             .map_err(|e| message(Stage::Gateway, format!("cannot create {GATEWAY_DIR}: {e}")))?;
-        let (program, args) = self.confined(Phase::Gateway, &program, Vec::new());
+        let mut policy = self.policy(Phase::Gateway);
+        let program = match own_tree {
+            true => {
+                policy.root = PathBuf::from("/");
+                policy.host.clear();
+                policy.chroot = Some(tree.clone());
+                PathBuf::from(GATEWAY_RUN)
+            }
+            false => self.root.path(GATEWAY_RUN),
+        };
         let spec = Spec {
-            program,
-            args,
+            program: self.hoist_binary(),
+            args: policy.wrap(&program, Vec::new()),
             env,
-            cwd: self.root.path("/"),
+            cwd: tree,
             log: &log,
             stdout: None,
             stdin: self.stdin()?,
@@ -530,16 +569,39 @@ impl<'a> Supervisor<'a> {
         let pid = process::spawn(spec, &mut self.reaper)
             .map_err(|e| message(Stage::Gateway, format!("cannot start {GATEWAY_RUN}: {e}")))?;
         self.gateway = Some(pid);
-        self.wait_healthy(pid)
+        self.wait_healthy(Some(pid))
     }
 
-    fn wait_healthy(&mut self, pid: i32) -> Result<(), InfraError> {
+    /// A gateway session: the gateway, until it exits or the host kills
+    /// the session (its container) once the agent session has ended.
+    fn serve_gateway(&mut self) -> Result<(), InfraError> {
+        self.start_gateway()?;
+        let Some(pid) = self.gateway else {
+            return Err(message(
+                Stage::Gateway,
+                format!("a gateway session without {GATEWAY_RUN}"),
+            ));
+        };
+        let exit = self
+            .reaper
+            .wait_until(pid, Instant::now() + Duration::from_secs(u32::MAX as u64));
+        self.gateway = None;
+        Err(message(
+            Stage::Gateway,
+            format!("{GATEWAY_RUN} exited ({exit:?}) while it served the run; see gateway.log"),
+        ))
+    }
+
+    /// Wait until the gateway answers `/health` with 200: the one this
+    /// supervisor started (`pid`, whose exit ends the wait), or the one of
+    /// another session.
+    fn wait_healthy(&mut self, pid: Option<i32>) -> Result<(), InfraError> {
         let port = self.ctx.gateway_port;
         let deadline = Instant::now() + GATEWAY_READY;
         let mut backoff = process::Backoff::new();
         loop {
             self.reaper.poll();
-            if let Some(exit) = self.reaper.take(pid) {
+            if let Some(exit) = pid.and_then(|p| self.reaper.take(p)) {
                 return Err(message(
                     Stage::Gateway,
                     format!("{GATEWAY_RUN} exited with code {} before answering GET /health on port {port}; see gateway.log", exit.code()),

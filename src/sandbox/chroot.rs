@@ -7,7 +7,7 @@
 //! cannot isolate is listed by `Isolation::not_isolated`.
 
 use std::fs::{self, File};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -31,6 +31,53 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
     let private_mounts = enter_private_mount_namespace();
     let root = File::open(&cfg.rootfs).map_err(io_err("the rootfs"))?;
     let r = root.as_fd();
+    device_nodes(r, &cfg.rootfs, &private_mounts)?;
+    for (rel, mode) in [
+        ("tmp", 0o1777),
+        ("run", 0o755),
+        ("output", 0o755),
+        (".hoist", 0o755),
+    ] {
+        let d = open_dir_beneath(r, rel).map_err(io_err(format!("/{rel}")))?;
+        rustix::fs::fchmod(&d, Mode::from_raw_mode(mode))
+            .map_err(|e| io_err(format!("/{rel}"))(e.into()))?;
+    }
+    let hoist_dir = fd_path(&open_dir_beneath(r, ".hoist").map_err(io_err("/.hoist"))?)?;
+    copy_file(&cfg.hoist_binary, &hoist_dir.join("hoist"), 0o755)?;
+    copy_file(&cfg.context, &hoist_dir.join("context.json"), 0o600)?;
+    if let Some(changes) = &cfg.changes {
+        copy_file(changes, &hoist_dir.join("changes.tar"), 0o600)?;
+    }
+    if let Some(rec) = &cfg.recordings {
+        let d = fd_path(&open_dir_beneath(r, "recordings").map_err(io_err("/recordings"))?)?;
+        copy_dir_files(rec, &d)?;
+    }
+    if let Some(tree) = &cfg.gateway_root {
+        gateway_tree(
+            r,
+            &cfg.rootfs,
+            tree,
+            cfg.recordings.as_deref(),
+            &private_mounts,
+        )?;
+    }
+    let status = Command::new("/proc/self/exe")
+        .arg("__sandbox-chroot")
+        .arg(&cfg.rootfs)
+        .args(supervisor_args(cfg))
+        .status()
+        .map_err(io_err("starting the chrooted supervisor"))?;
+    Ok(status.code().unwrap_or(1))
+}
+
+/// The device nodes of a tree's `/dev` (opened as `r` at `rootfs`), made
+/// with mknod (Docker grants CAP_MKNOD), or bound from the host where
+/// mknod is refused and mounting is allowed (`private_mounts`).
+fn device_nodes(
+    r: BorrowedFd<'_>,
+    rootfs: &Path,
+    private_mounts: &std::io::Result<()>,
+) -> Result<(), SandboxError> {
     let dev = mounts::dir(r, "dev")?;
     // mknod honours the umask, and the nodes must be 0666; this stage is
     // single-threaded, so the process-wide umask is ours to change.
@@ -59,8 +106,8 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
             // Without CAP_MKNOD (root of a user namespace: rootless
             // hoist), bind the host's node where mounting is allowed; else
             // the node is missing and the supervisor copes.
-            let bound = match &private_mounts {
-                Ok(()) => mounts::host_device(r, &cfg.rootfs, name).map_err(SandboxError::from),
+            let bound = match private_mounts {
+                Ok(()) => mounts::host_device(r, rootfs, name).map_err(SandboxError::from),
                 Err(e) => Err(io_err("unshare (mount namespace)")(e.kind().into())),
             };
             if let Err(b) = bound {
@@ -70,40 +117,7 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
         }
     }
     rustix::process::umask(old_umask);
-    for (rel, mode) in [
-        ("tmp", 0o1777),
-        ("run", 0o755),
-        ("output", 0o755),
-        (".hoist", 0o755),
-    ] {
-        let d = open_dir_beneath(r, rel).map_err(io_err(format!("/{rel}")))?;
-        rustix::fs::fchmod(&d, Mode::from_raw_mode(mode))
-            .map_err(|e| io_err(format!("/{rel}"))(e.into()))?;
-    }
-    let hoist_dir = fd_path(&open_dir_beneath(r, ".hoist").map_err(io_err("/.hoist"))?)?;
-    copy_file(&cfg.hoist_binary, &hoist_dir.join("hoist"), 0o755)?;
-    copy_file(&cfg.context, &hoist_dir.join("context.json"), 0o600)?;
-    if let Some(changes) = &cfg.changes {
-        copy_file(changes, &hoist_dir.join("changes.tar"), 0o600)?;
-    }
-    if let Some(rec) = &cfg.recordings {
-        let d = fd_path(&open_dir_beneath(r, "recordings").map_err(io_err("/recordings"))?)?;
-        for e in fs::read_dir(rec)
-            .map_err(io_err(format!("{}", rec.display())))?
-            .flatten()
-        {
-            if e.file_type().is_ok_and(|t| t.is_file()) {
-                copy_file(&e.path(), &d.join(e.file_name()), 0o644)?;
-            }
-        }
-    }
-    let status = Command::new("/proc/self/exe")
-        .arg("__sandbox-chroot")
-        .arg(&cfg.rootfs)
-        .args(supervisor_args(cfg))
-        .status()
-        .map_err(io_err("starting the chrooted supervisor"))?;
-    Ok(status.code().unwrap_or(1))
+    Ok(())
 }
 
 fn enter_private_mount_namespace() -> std::io::Result<()> {
@@ -160,4 +174,56 @@ fn copy_file(src: &Path, dst: &Path, mode: u32) -> Result<(), SandboxError> {
     )))?;
     fs::set_permissions(dst, fs::Permissions::from_mode(mode))
         .map_err(io_err(format!("{}", dst.display())))
+}
+
+/// The gateway's own tree (a copy of the pristine benchmark and gateway
+/// layers, made by the host beside the rootfs) moved to
+/// `/.hoist/gateway-root` (0700), with its device nodes, `/run` and the
+/// recordings. uid 1000 cannot enter it; Landlock hides `/.hoist` from
+/// `install.sh` and the agent.
+fn gateway_tree(
+    r: BorrowedFd<'_>,
+    rootfs: &Path,
+    tree: &Path,
+    recordings: Option<&Path>,
+    private_mounts: &std::io::Result<()>,
+) -> Result<(), SandboxError> {
+    let hoist = open_dir_beneath(r, ".hoist").map_err(io_err("/.hoist"))?;
+    rustix::fs::renameat(rustix::fs::CWD, tree, &hoist, "gateway-root")
+        .map_err(|e| io_err(format!("moving {} into the rootfs", tree.display()))(e.into()))?;
+    let g = open_dir_beneath(r, ".hoist/gateway-root").map_err(io_err("/.hoist/gateway-root"))?;
+    rustix::fs::fchmod(&g, Mode::from_raw_mode(0o700))
+        .map_err(|e| io_err("/.hoist/gateway-root")(e.into()))?;
+    device_nodes(
+        g.as_fd(),
+        &rootfs.join(".hoist/gateway-root"),
+        private_mounts,
+    )?;
+    for (rel, mode) in [("run", 0o755), ("tmp", 0o1777)] {
+        let d =
+            open_dir_beneath(g.as_fd(), rel).map_err(io_err(format!("the gateway's /{rel}")))?;
+        rustix::fs::fchmod(&d, Mode::from_raw_mode(mode))
+            .map_err(|e| io_err(format!("the gateway's /{rel}"))(e.into()))?;
+    }
+    if let Some(rec) = recordings {
+        let d = fd_path(
+            &open_dir_beneath(g.as_fd(), "recordings")
+                .map_err(io_err("the gateway's /recordings"))?,
+        )?;
+        copy_dir_files(rec, &d)?;
+    }
+    Ok(())
+}
+
+/// Copy the regular files of the host directory `src` into `dst` (0644).
+fn copy_dir_files(src: &Path, dst: &Path) -> Result<(), SandboxError> {
+    for e in fs::read_dir(src)
+        .map_err(io_err(format!("{}", src.display())))?
+        .flatten()
+    {
+        if e.file_type().is_ok_and(|t| t.is_file()) {
+            copy_file(&e.path(), &dst.join(e.file_name()), 0o644)?;
+        }
+    }
+    Ok(())
 }

@@ -96,6 +96,12 @@ pub struct SandboxConfig {
     /// bound read-only (copied, in chroot) at `/.hoist/changes.tar`.
     #[serde(default)]
     pub changes: Option<PathBuf>,
+    /// The gateway's own tree (the pristine benchmark and gateway layers),
+    /// put at `/.hoist/gateway-root` (0700): bound read-only with its own
+    /// `/dev` and `/run` (namespaces), or moved in (chroot). The
+    /// supervisor runs the gateway chrooted there.
+    #[serde(default)]
+    pub gateway_root: Option<PathBuf>,
     /// Run inside a user namespace mapping ids 0..2^32 to themselves: root
     /// in the sandbox (the supervisor, install.sh, the gateway, the grader)
     /// then holds capabilities only over the sandbox's own namespaces, not

@@ -299,6 +299,9 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
         sys::loopback_up().map_err(io_err("bringing up the loopback interface"))?;
     }
     rustix::system::sethostname(b"hoist").map_err(|e| io_err("sethostname")(e.into()))?;
+    if let Some(tree) = &cfg.gateway_root {
+        gateway_tree(r, rootfs, tree, cfg.recordings.as_deref())?;
+    }
 
     // PID 1 of the new pid namespace is the supervisor. Between fork and
     // exec, as the first process inside the namespace, the child mounts
@@ -349,4 +352,54 @@ fn become_init(root: BorrowedFd<'_>, limits: &Limits) -> Result<(), SandboxError
     rustix::process::chdir("/").map_err(|e| io_err("chdir /")(e.into()))?;
     set_limits(limits)?;
     rustix::thread::set_no_new_privs(true).map_err(|e| io_err("no_new_privs")(e.into()))
+}
+
+/// The gateway's own tree at `/.hoist/gateway-root` (0700): `tree` bound
+/// read-only, with the sandbox's `/dev`, a tmpfs `/run` (its `TMPDIR` is
+/// there) and the recordings. Nothing of the agent's side reaches it:
+/// uid 1000 cannot enter it, and Landlock hides `/.hoist` from
+/// `install.sh` and the agent.
+fn gateway_tree(
+    r: BorrowedFd<'_>,
+    rootfs: &Path,
+    tree: &Path,
+    recordings: Option<&Path>,
+) -> Result<(), SandboxError> {
+    // Mount points first, while the tree (the host's overlay) is writable.
+    let t = File::open(tree).map_err(io_err(format!("{}", tree.display())))?;
+    for rel in ["dev", "run", "recordings"] {
+        mounts::dir(t.as_fd(), rel)?;
+    }
+    let at = mounts::dir(r, ".hoist/gateway-root")?;
+    rustix::fs::fchmod(&at, rustix::fs::Mode::from_raw_mode(0o700))
+        .map_err(|e| io_err("/.hoist/gateway-root")(e.into()))?;
+    let path = rootfs.join(".hoist/gateway-root");
+    mounts::bind(tree, at.as_fd(), &path, true, "the gateway's tree")?;
+    let dev = mounts::dir(r, ".hoist/gateway-root/dev")?;
+    mounts::bind(
+        &rootfs.join("dev"),
+        dev.as_fd(),
+        &path.join("dev"),
+        false,
+        "the gateway's /dev",
+    )?;
+    let run = mounts::dir(r, ".hoist/gateway-root/run")?;
+    mounts::fresh(
+        "tmpfs",
+        &[("mode", "0755"), ("size", "64m")],
+        NOSUID_NODEV,
+        run.as_fd(),
+        "the gateway's /run",
+    )?;
+    if let Some(rec) = recordings {
+        let at = mounts::dir(r, ".hoist/gateway-root/recordings")?;
+        mounts::bind(
+            rec,
+            at.as_fd(),
+            &path.join("recordings"),
+            true,
+            "the gateway's /recordings",
+        )?;
+    }
+    Ok(())
 }
