@@ -205,6 +205,9 @@ fn expected(attack: Attack) -> Vec<(&'static str, &'static str, Vec<Attempt>)> {
                     ("leak-home", Denied),
                     ("leak-tmp", Denied),
                     ("trojan-ran", Denied),
+                    // Through the gateway's HTTP server: only a gateway
+                    // that runs the trojan could answer.
+                    ("trojan-served", Denied),
                     ("setuid-shell", Denied),
                 ],
             ),
@@ -859,6 +862,15 @@ fn attack_in(setting: Setting, attack: Attack) {
         .filter_map(|v| v.as_str().map(str::to_string))
         .collect();
     check_attempts(&label, attack, &task, &not_isolated, &mut failures);
+    // The gateway runs from a tree install.sh never touched, and grading
+    // in a fresh rootfs: no root process of the run but install.sh's own
+    // may run what install.sh planted.
+    for log in ["gateway.log", "grade.log"] {
+        let text = std::fs::read_to_string(task.join(log)).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains("HOIST-ATTACK-TROJAN-RAN")) {
+            failures.push(format!("{log}: the trojan ran: {line}"));
+        }
+    }
 
     // The host afterwards.
     caught(&mut failures, "--out", || {
