@@ -246,7 +246,7 @@ fn confinement_check() -> Check {
         if s.seccomp { "yes" } else { "no" }
     );
     // chroot isolation shares the most: what it lacks, every mode lacks.
-    let gaps = s.gaps(true, true);
+    let gaps = s.gaps(crate::confine::Shared::of(true, false));
     if gaps.is_empty() {
         Check::ok(NAME, detail)
     } else {

@@ -84,11 +84,6 @@ fn start(e: &Env, rec: &Path, out: &Path, extra: &[&str]) -> Child {
         .expect("spawn hoist")
 }
 
-fn read_json(path: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{path:?}: {e}")))
-        .unwrap()
-}
-
 fn agent_log(out: &Path) -> String {
     std::fs::read_to_string(out.join("task/agent.log")).unwrap()
 }

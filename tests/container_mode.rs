@@ -88,11 +88,6 @@ fn hoist_run(mode: &str, args: &[&str], out: &Path) -> Output {
         .arg(out))
 }
 
-fn read_json(path: &Path) -> Value {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_json::from_slice(&bytes).expect("JSON")
-}
-
 /// Run in `mode`; the result.json and run.json.
 fn run_ok(mode: &str, args: &[&str]) -> (tempfile::TempDir, Value, Value) {
     let out = tempfile::tempdir().unwrap();

@@ -99,10 +99,6 @@ fn json_lines(out: &Path, name: &str) -> Vec<Value> {
         .collect()
 }
 
-fn read_json(path: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
 /// Which plants install.sh (root) and run (the agent) managed.
 fn planted(lines: &[Value], uid: u64) -> Vec<String> {
     lines

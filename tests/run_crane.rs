@@ -626,3 +626,85 @@ fn leftover_check_finds_an_orphan_of_this_test_and_nothing_else() {
         .status();
     assert_eq!(found.len(), 1, "{found:?}");
 }
+
+/// DESIGN §3 step 7: a run is an agent session, then grading in a fresh
+/// rootfs; `hoist grade OUT` runs that grading session again from the
+/// saved run (the benchmark by the digest in run.json, its changes.tar and
+/// agent.json) and gives the same result, in either isolation.
+#[test]
+fn a_saved_run_is_graded_again_to_the_same_result() {
+    let Some(s) = samples() else { return };
+    let task = &s.replay_tasks[0];
+    let (out, mut first) = run_ok(&[
+        "--benchmark",
+        &s.r("pyfix"),
+        "--agent",
+        &s.r("agent-scripted"),
+        "--gateway",
+        &s.r("gateway-replay"),
+        "--task",
+        task,
+    ]);
+    assert_eq!(first["resolved"], true, "{first}");
+    let run_json = read_json(&out.path().join("run.json"));
+    let sessions: Vec<&str> = run_json["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session"].as_str().unwrap())
+        .collect();
+    assert_eq!(sessions, ["agent", "grade"], "{run_json}");
+    for f in ["agent.json", "changes.tar", "patch.diff", "gateway.log"] {
+        assert!(out.path().join("task").join(f).is_file(), "no task/{f}");
+    }
+    let phase = read_json(&out.path().join("task/agent.json"));
+    assert!(
+        phase["changes"]["changed"].as_u64().unwrap() >= 1,
+        "{phase}"
+    );
+
+    // Again, into the run's own OUT: run.json stays, regrade.json is new.
+    let o = run(hoist(&store()).arg("grade").arg(out.path()));
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains("the same verdict and tests"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(read_json(&out.path().join("run.json")), run_json);
+    let regrade = read_json(&out.path().join("regrade.json"));
+    assert_eq!(
+        regrade["sessions"].as_array().unwrap().len(),
+        1,
+        "{regrade}"
+    );
+    let mut again = result(out.path());
+    assert_eq!(again["started_at"], first["started_at"]);
+    hoist::result::normalise_json(&mut first);
+    hoist::result::normalise_json(&mut again);
+    assert_eq!(again, first);
+
+    // Elsewhere, in chroot isolation: the same.
+    let other = tempfile::tempdir().unwrap();
+    let o = run(hoist(&store())
+        .arg("grade")
+        .arg(out.path())
+        .args(["--isolation", "chroot", "--out"])
+        .arg(other.path()));
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let mut elsewhere = result(other.path());
+    assert_eq!(elsewhere["isolation"], "chroot");
+    hoist::result::normalise_json(&mut elsewhere);
+    assert_eq!(elsewhere, first);
+    assert!(other.path().join("task/grade.log").is_file());
+
+    // Without its hand-over, a run cannot be graded, and says why.
+    std::fs::remove_file(out.path().join("task/changes.tar")).unwrap();
+    let o = run(hoist(&store()).arg("grade").arg(out.path()));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("changes.tar"), "{}", stderr(&o));
+    std::fs::remove_file(out.path().join("task/agent.json")).unwrap();
+    let o = run(hoist(&store()).arg("grade").arg(out.path()));
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("agent.json"), "{}", stderr(&o));
+}

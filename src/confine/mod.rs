@@ -178,6 +178,26 @@ impl Policy {
 /// `install.sh` changed must have no place to leave anything for it.
 pub const GATEWAY_WRITABLE: [&str; 4] = ["run/hoist/gateway", "dev/null", "dev/zero", "dev/full"];
 
+/// What a run shares with the rest of its machine: the one rule both the
+/// host (`run.json` `not_isolated`, `--isolation strict`) and the
+/// supervisor (each phase's policy, its own strict check) apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shared {
+    /// No network namespace of the run's own (chroot, `--network host`).
+    pub network: bool,
+    /// No pid or ipc namespace of the run's own (chroot).
+    pub pids: bool,
+}
+
+impl Shared {
+    pub fn of(chroot: bool, host_network: bool) -> Shared {
+        Shared {
+            network: chroot || host_network,
+            pids: chroot,
+        }
+    }
+}
+
 /// What the policies of a run depend on besides the phase.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NetFacts {
@@ -215,9 +235,9 @@ impl Support {
     }
 
     /// What the run's confinement lacks, as `run.json` `not_isolated`
-    /// lines. `shared_network`: no network namespace of the run's own;
-    /// `shared_pids`: no pid namespace of the run's own.
-    pub fn gaps(&self, shared_network: bool, shared_pids: bool) -> Vec<String> {
+    /// lines, given what the run shares.
+    pub fn gaps(&self, shared: Shared) -> Vec<String> {
+        let (shared_network, shared_pids) = (shared.network, shared.pids);
         let abi = self.landlock_abi;
         let mut v = Vec::new();
         if abi == 0 {
@@ -411,20 +431,20 @@ mod tests {
             kernel_landlock_abi: 7,
             seccomp: true,
         };
-        assert!(s(7).gaps(true, true).is_empty());
-        assert!(s(6).gaps(true, true).is_empty());
-        let g = s(4).gaps(true, true);
+        assert!(s(7).gaps(Shared::of(true, false)).is_empty());
+        assert!(s(6).gaps(Shared::of(true, false)).is_empty());
+        let g = s(4).gaps(Shared::of(true, false));
         assert_eq!(g.len(), 1, "{g:?}");
         assert!(g[0].starts_with("signals and abstract unix sockets"));
-        assert!(s(4).gaps(false, false).is_empty());
-        let g = s(3).gaps(true, true);
+        assert!(s(4).gaps(Shared::of(false, false)).is_empty());
+        let g = s(3).gaps(Shared::of(true, false));
         assert!(g[0].starts_with("network: Landlock ABI 3"), "{g:?}");
         assert_eq!(g.len(), 2);
-        assert!(s(0).gaps(false, false)[0].starts_with("landlock: not available"));
+        assert!(s(0).gaps(Shared::of(false, false))[0].starts_with("landlock: not available"));
         let no_seccomp = Support {
             seccomp: false,
             ..s(7)
         };
-        assert_eq!(no_seccomp.gaps(false, false).len(), 1);
+        assert_eq!(no_seccomp.gaps(Shared::of(false, false)).len(), 1);
     }
 }

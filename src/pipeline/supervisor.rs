@@ -112,12 +112,20 @@ impl<'a> Supervisor<'a> {
         Duration::from_secs(self.ctx.kill_grace_sec)
     }
 
+    /// What this run shares with the rest of the machine.
+    fn shared(&self) -> confine::Shared {
+        confine::Shared::of(
+            self.ctx.isolation == super::Isolation::Chroot,
+            self.ctx.network == super::Network::Host,
+        )
+    }
+
     /// What the phases' policies depend on besides the phase.
     fn net_facts(&self) -> NetFacts {
-        let own_namespaces = self.ctx.isolation != super::Isolation::Chroot;
+        let shared = self.shared();
         NetFacts {
-            private: own_namespaces && self.ctx.network == super::Network::None,
-            private_ipc: own_namespaces,
+            private: !shared.network,
+            private_ipc: !shared.pids,
             gateway: self.ctx.gateway_elsewhere
                 || std::fs::symlink_metadata(self.gateway_tree().join(&GATEWAY_RUN[1..])).is_ok(),
             gateway_port: self.ctx.gateway_port,
@@ -131,11 +139,7 @@ impl<'a> Supervisor<'a> {
         if !self.ctx.strict {
             return Ok(());
         }
-        let facts = self.net_facts();
-        let gaps = confine::Support::probe(self.ctx.landlock_abi_max).gaps(
-            !facts.private,
-            self.ctx.isolation == super::Isolation::Chroot,
-        );
+        let gaps = confine::Support::probe(self.ctx.landlock_abi_max).gaps(self.shared());
         if gaps.is_empty() {
             return Ok(());
         }
@@ -651,9 +655,9 @@ impl<'a> Supervisor<'a> {
         deadline: Instant,
     ) -> Result<(), InfraError> {
         let log = self.log("agent.log")?;
-        let model_url = match self.gateway {
-            Some(_) => format!("http://127.0.0.1:{}/v1", self.ctx.gateway_port),
-            None => String::new(),
+        let model_url = match self.gateway.is_some() || self.ctx.gateway_elsewhere {
+            true => format!("http://127.0.0.1:{}/v1", self.ctx.gateway_port),
+            false => String::new(),
         };
         let instruction = self.root.os(INSTRUCTION);
         let (program, args) = self.confined(

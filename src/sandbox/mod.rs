@@ -70,7 +70,7 @@ impl Isolation {
     pub fn not_isolated(self, network: Network) -> Vec<String> {
         let chroot = self == Isolation::Chroot;
         crate::confine::Support::probe(crate::confine::abi_pin_from_env())
-            .gaps(chroot || network == Network::Host, chroot)
+            .gaps(crate::confine::Shared::of(chroot, network == Network::Host))
     }
 }
 /// Everything the sandbox stages need, written to a file by the host.

@@ -78,6 +78,12 @@ pub fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("spawn")
 }
 
+/// The JSON file at `path`; panics naming it when it is missing or not JSON.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
