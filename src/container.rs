@@ -26,16 +26,19 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::bake::{self, BakeError, BakeInputs, Baked};
 use crate::digest::Digest;
 use crate::export::{self, ExportError, ExportReport, OutDir};
+use crate::orchestrate::{
+    self, host_info, run_sessions, totals, Backend, DockerFacts, Durations, OrchestrateError,
+    RunRecord, SessionRan, SessionRecord, SessionSpec, Start, Tree,
+};
 use crate::pipeline::clock::rfc3339;
 use crate::pipeline::context::{self as ctx, RunContext};
 use crate::pull::Pulled;
 use crate::reference::RegistryRef;
-use crate::run::{Durations, HostInfo, RunRecord};
 use crate::sandbox::cgroup::RunLimits;
 use crate::sandbox::{Isolation, Limits, Network};
 use crate::store::{Store, StoreError};
@@ -84,11 +87,10 @@ pub enum ContainerError {
         "docker start failed (exit {code}) before the supervisor started; Docker's message is above"
     )]
     RunFailed { code: i32 },
-    /// Reading the sessions' hand-over and result (shared with crane mode).
+    /// The sessions' hand-over and result, the run record (shared with
+    /// crane mode).
     #[error(transparent)]
-    Run(#[from] Box<crate::run::RunError>),
-    #[error("{0}")]
-    NoChanges(String),
+    Orchestrate(#[from] OrchestrateError),
     #[error("the container did not finish within {0:?}; it was killed and removed")]
     Timeout(Duration),
     #[error("interrupted by {0}; the container was removed")]
@@ -558,7 +560,7 @@ pub fn run(
     store: &Store,
     req: &ContainerRequest<'_>,
     image: &Prepared,
-) -> Result<(Value, Value), ContainerError> {
+) -> Result<(Value, RunRecord), ContainerError> {
     let started = Instant::now();
     let started_at = rfc3339(SystemTime::now());
     let requested = if req.strict {
@@ -566,12 +568,11 @@ pub fn run(
     } else {
         Isolation::Auto
     };
-    crate::run::refuse_gaps_when_strict(
+    orchestrate::refuse_gaps_when_strict(
         requested,
         Isolation::Namespaces,
         &Isolation::Namespaces.not_isolated(req.network),
-    )
-    .map_err(|e| ContainerError::Strict(e.to_string()))?;
+    )?;
     let out = OutDir::open(&req.out)?;
     let task_dir = out.subdir("task")?;
     for stale in ["result.json", "agent.json", "changes.tar"] {
@@ -580,52 +581,55 @@ pub fn run(
     let out_label = std::fs::canonicalize(&req.out).map_err(io(&req.out))?;
     let work = work_dir(store, "container-")?;
     let prepare_ms = image.elapsed.as_millis() as u64;
-    let plan = Plan {
+    let backend = Plan {
         docker,
         gateway_port: ctx::gateway_port(req.network == Network::Host),
         req,
         image,
         work: work.path(),
         out_label: &out_label,
-        task_dir: &task_dir,
-    };
-    // Session 1: install.sh, the gateway and the agent. Session 2 (DESIGN
-    // §3 step 7), unless the first ended the run: grading in a fresh
-    // container of the same image, with only the agent's changes.
-    let first = plan.session("agent", ctx::Session::Agent, prepare_ms, None)?;
-    let mut sessions = vec![first];
-    let phase = crate::run::agent_phase(&task_dir, sessions[0].exit_code).map_err(Box::new)?;
-    if let Some(phase) = phase {
-        let changes = work.path().join("changes.tar");
-        copy_changes(&task_dir, &changes)?;
-        let second = plan.session(
-            "grade",
-            ctx::Session::Grade(phase),
-            prepare_ms,
-            Some(&changes),
-        )?;
-        sessions.push(second);
-    }
-    let timing = Timing {
-        started,
-        started_at,
         prepare_ms,
     };
-    finish(req, image, timing, &sessions, (&out, &task_dir))
-}
-
-/// The agent session's `changes.tar`, copied from `OUT/task` (opened
-/// without following a link) to the run's private `dest`.
-fn copy_changes(task_dir: &OutDir, dest: &Path) -> Result<(), ContainerError> {
-    let mut src = task_dir
-        .open_file("changes.tar")?
-        .ok_or_else(|| ContainerError::NoChanges(format!(
-            "the agent session left no changes.tar in {} (was it over HOIST_OUTPUT_MAX_BYTES? see run.json output.skipped); the task cannot be graded",
-            task_dir.path().display()
-        )))?;
-    let mut dst = std::fs::File::create(dest).map_err(io(dest))?;
-    std::io::copy(&mut src, &mut dst).map_err(io(dest))?;
-    Ok(())
+    let sessions = run_sessions(&backend, Start::Agent, &task_dir, work.path())?;
+    let t = totals(sessions);
+    let record = RunRecord {
+        schema: "hoist.run/v1",
+        command_line: req.command_line.clone(),
+        mode: "container",
+        isolation: Isolation::Namespaces.as_str(),
+        not_isolated: Isolation::Namespaces.not_isolated(req.network),
+        // Docker's own user namespace remapping is off by default; it drops
+        // root's capabilities to its default set instead.
+        user_namespace: false,
+        rootless: crate::userns::entered().cloned(),
+        not_reproduced: Default::default(),
+        limits: RunLimits::docker(&limits(req)),
+        network: req.network,
+        rootfs: Tree::Docker,
+        images: images_json(&req.axes),
+        lock_file: req.lock_file.clone(),
+        host: host_info(),
+        hoist_version: env!("CARGO_PKG_VERSION"),
+        started_at,
+        durations_ms: Durations {
+            pull: req.pull_ms,
+            materialize: prepare_ms,
+            sandbox: t.sandbox_ms,
+            total: req.pull_ms + prepare_ms + started.elapsed().as_millis() as u64,
+        },
+        supervisor_exit_code: t.exit_code,
+        sessions: t.sessions,
+        output: t.output,
+        docker: Some(DockerFacts {
+            docker_containers: t.containers,
+            docker_image: image.reference.clone(),
+            docker_image_id: image.image.id.clone(),
+            docker_repo_digests: image.image.repo_digests.clone(),
+            combination_manifest_digest: image.manifest_digest.as_ref().map(|d| d.to_string()),
+        }),
+    };
+    let result = orchestrate::finish(&out, &task_dir, "run.json", &record)?;
+    Ok((result, record))
 }
 
 /// What both containers of a run share.
@@ -638,16 +642,9 @@ struct Plan<'a> {
     image: &'a Prepared,
     work: &'a Path,
     out_label: &'a Path,
-    task_dir: &'a OutDir,
-}
-
-/// One container of a run, as it went.
-struct Session {
-    name: &'static str,
-    container: String,
-    container_ms: u64,
-    exit_code: i32,
-    output: ExportReport,
+    /// Time spent baking and loading the image: result.json's
+    /// `materialize`.
+    prepare_ms: u64,
 }
 
 /// The run's gateway container while it runs.
@@ -726,17 +723,22 @@ impl<'p> Plan<'p> {
         );
         Ok((name, args))
     }
+}
 
-    /// Create a container of the image for `session`, start it, copy its
+impl Backend for Plan<'_> {
+    type Error = ContainerError;
+
+    /// Create a container of the image for the session (the agent
+    /// session's gateway in one of its own first), start it, copy its
     /// `/output/task` into `OUT/task`, remove it.
     fn session(
         &self,
-        name: &'static str,
-        session: ctx::Session,
-        prepare_ms: u64,
-        changes: Option<&Path>,
-    ) -> Result<Session, ContainerError> {
+        spec: &SessionSpec<'_>,
+        task_dir: &OutDir,
+    ) -> Result<SessionRan, ContainerError> {
         let (docker, req) = (self.docker, self.req);
+        let (name, session, changes) = (spec.name, spec.session.clone(), spec.changes);
+        let prepare_ms = self.prepare_ms;
         // The agent session's gateway runs in a container of its own, from
         // the untouched image, whose network the agent's container joins.
         let gateway = match (&session, req.axes.gateway) {
@@ -754,13 +756,7 @@ impl<'p> Plan<'p> {
                 .map_or(Net::Own(req.network), |g| Net::Join(&g.cleanup.name)),
             changes,
         )?;
-        // The supervisor enforces the task's timeouts; this backstop only
-        // catches one that hangs (the same bound as crane mode's).
-        let backstop = Duration::from_secs(
-            req.agent_timeout_sec.unwrap_or(4 * 3600) * 2
-                + req.grade_timeout_sec.unwrap_or(3600)
-                + 300,
-        );
+        let backstop = orchestrate::backstop(req.agent_timeout_sec, req.grade_timeout_sec);
         let t = Instant::now();
         // Made before the container, so that one half created is removed too.
         let cleanup = Cleanup {
@@ -773,7 +769,8 @@ impl<'p> Plan<'p> {
         let ended = supervise(docker, &start, backstop);
         let container_ms = t.elapsed().as_millis() as u64;
         // Its log, whatever happened; then it goes.
-        let gateway_log = gateway.map(|g| g.finish(docker, self.task_dir));
+        let gateway_name = gateway.as_ref().map(|g| g.cleanup.name.clone());
+        let gateway_log = gateway.map(|g| g.finish(docker, task_dir));
         let ended = ended?;
         let gateway_log = match gateway_log {
             Some(Err(e)) => return Err(e),
@@ -787,7 +784,7 @@ impl<'p> Plan<'p> {
                 if let Err(e) = docker.output(&["kill", &container]) {
                     tracing::debug!(error = %e, "docker kill after the backstop");
                 }
-                if let Err(e) = copy_out(docker, &container, self.task_dir) {
+                if let Err(e) = copy_out(docker, &container, task_dir) {
                     tracing::warn!(error = %e, "could not copy the container's output");
                 }
                 drop(cleanup);
@@ -798,7 +795,7 @@ impl<'p> Plan<'p> {
                 Err(ContainerError::Interrupted(s))
             }
             Ended::Exited(code) => {
-                let output = copy_out(docker, &container, self.task_dir);
+                let output = copy_out(docker, &container, task_dir);
                 drop(cleanup);
                 let output = output?;
                 // 125: the docker CLI or daemon failed; 126/127: the entry
@@ -815,12 +812,18 @@ impl<'p> Plan<'p> {
                     output.skipped.extend(g.skipped);
                     output.bytes += g.bytes;
                 }
-                Ok(Session {
-                    name,
-                    container,
-                    container_ms,
-                    exit_code: code,
+                Ok(SessionRan {
+                    record: SessionRecord {
+                        session: name,
+                        rootfs: None,
+                        materialize_ms: 0,
+                        sandbox_ms: container_ms,
+                        supervisor_exit_code: code,
+                    },
+                    limits: None,
+                    not_reproduced: Default::default(),
                     output,
+                    containers: gateway_name.into_iter().chain([container]).collect(),
                 })
             }
         }
@@ -930,101 +933,6 @@ fn supervise(
         };
         Ok(ended)
     })
-}
-
-struct Timing {
-    started: Instant,
-    started_at: String,
-    prepare_ms: u64,
-}
-
-/// Write run.json; read result.json.
-fn finish(
-    req: &ContainerRequest<'_>,
-    image: &Prepared,
-    t: Timing,
-    sessions: &[Session],
-    (out, task_dir): (&OutDir, &OutDir),
-) -> Result<(Value, Value), ContainerError> {
-    let last = sessions.last().expect("one session at least");
-    let mut output = ExportReport::default();
-    for s in sessions {
-        output.copied.extend(s.output.copied.iter().cloned());
-        output.skipped.extend(s.output.skipped.iter().cloned());
-        output.bytes += s.output.bytes;
-        output.limit_reached |= s.output.limit_reached;
-    }
-    let record = RunRecord {
-        schema: "hoist.run/v1",
-        command_line: req.command_line.clone(),
-        mode: "container",
-        isolation: Isolation::Namespaces.as_str(),
-        not_isolated: Isolation::Namespaces.not_isolated(req.network),
-        // Docker's own user namespace remapping is off by default; it drops
-        // root's capabilities to its default set instead.
-        user_namespace: false,
-        rootless: crate::userns::entered().cloned(),
-        not_reproduced: Default::default(),
-        limits: RunLimits::docker(&limits(req)),
-        network: req.network,
-        // Replaced below: Docker's storage builds the rootfs.
-        rootfs: crate::rootfs::RootfsMode::Auto,
-        images: images_json(&req.axes),
-        lock_file: req.lock_file.clone(),
-        host: host_info(),
-        hoist_version: env!("CARGO_PKG_VERSION"),
-        started_at: t.started_at,
-        durations_ms: Durations {
-            pull: req.pull_ms,
-            materialize: t.prepare_ms,
-            sandbox: sessions.iter().map(|s| s.container_ms).sum(),
-            total: req.pull_ms + t.prepare_ms + t.started.elapsed().as_millis() as u64,
-        },
-        supervisor_exit_code: last.exit_code,
-        sessions: sessions
-            .iter()
-            .map(|s| crate::run::SessionRecord {
-                session: s.name,
-                rootfs: None,
-                materialize_ms: 0,
-                sandbox_ms: s.container_ms,
-                supervisor_exit_code: s.exit_code,
-            })
-            .collect(),
-        output,
-    };
-    let mut run_json = serde_json::to_value(&record).unwrap_or_default();
-    if let Some(obj) = run_json.as_object_mut() {
-        obj.insert("rootfs".into(), json!("docker"));
-        obj.insert(
-            "docker_containers".into(),
-            json!(sessions.iter().map(|s| &s.container).collect::<Vec<_>>()),
-        );
-        obj.insert("docker_image".into(), json!(image.reference));
-        obj.insert("docker_image_id".into(), json!(image.image.id));
-        obj.insert(
-            "docker_repo_digests".into(),
-            json!(image.image.repo_digests),
-        );
-        obj.insert(
-            "combination_manifest_digest".into(),
-            json!(image.manifest_digest.as_ref().map(|d| d.to_string())),
-        );
-    }
-    // Serialising a JSON value cannot fail.
-    let pretty = serde_json::to_vec_pretty(&run_json).unwrap_or_default();
-    export::write_file(out, "run.json", &pretty)?;
-    let result = crate::run::read_result(task_dir, last.exit_code).map_err(Box::new)?;
-    Ok((result, run_json))
-}
-
-fn host_info() -> HostInfo {
-    let u = rustix::system::uname();
-    HostInfo {
-        kernel: u.release().to_string_lossy().into_owned(),
-        machine: u.machine().to_string_lossy().into_owned(),
-        uid: rustix::process::geteuid().as_raw(),
-    }
 }
 
 #[cfg(test)]

@@ -10,17 +10,23 @@
 // makes them larger than clippy likes; they are built once, on the cold
 // path, so boxing every variant would buy nothing but noise.
 #![allow(clippy::result_large_err)]
+// `unsafe` lives in `sys`, each block with its SAFETY line; the two
+// `pre_exec` hooks that must run between fork and exec say so where they
+// are.
+#![deny(unsafe_code)]
 
 pub mod bake;
 pub mod confine;
 pub mod conformance;
 pub mod container;
+pub mod crane;
 pub mod digest;
 pub mod doctor;
 pub mod exit;
 pub mod export;
 pub mod lock;
 pub mod manifest;
+pub mod orchestrate;
 pub mod pipeline;
 pub mod platform;
 pub mod pull;
@@ -28,7 +34,6 @@ pub mod reference;
 pub mod registry;
 pub mod result;
 pub mod rootfs;
-pub mod run;
 pub mod sandbox;
 pub mod store;
 pub mod sys;

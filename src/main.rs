@@ -1,5 +1,7 @@
 //! The `hoist` binary: parse the command line, hand off to the library.
 
+#![deny(unsafe_code)]
+
 mod cli;
 
 fn main() -> std::process::ExitCode {

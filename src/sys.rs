@@ -5,6 +5,7 @@
 //! child must act between fork and exec (`Command::pre_exec`: joining the
 //! run's cgroup in `sandbox::cgroup`, becoming PID 1 in `sandbox::ns`),
 //! each with its own `SAFETY:` comment.
+#![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};

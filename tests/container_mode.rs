@@ -139,13 +139,37 @@ fn compare_with_crane(args: &[&str]) -> Value {
     let containers = record["docker_containers"]
         .as_array()
         .expect("docker_containers");
-    // The agent's container, then grading's, from the same image.
-    assert_eq!(containers.len(), 2, "{record}");
+    // The gateway's container (when there is a gateway), the agent's, then
+    // grading's, all from the same image.
+    let gateway = args.contains(&"--gateway");
+    assert_eq!(containers.len(), 2 + usize::from(gateway), "{record}");
     for c in containers {
         assert_gone(c.as_str().unwrap());
     }
 
-    let (_k, crane, _) = run_ok("crane", args);
+    let (_k, crane, crane_record) = run_ok("crane", args);
+    // One record type for both modes: the same fields, container mode's
+    // Docker facts besides.
+    let keys = |v: &Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.retain(|k| !k.starts_with("docker_") && k != "combination_manifest_digest");
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&record), keys(&crane_record));
+    for field in ["schema", "images", "network", "not_isolated"] {
+        assert_eq!(record[field], crane_record[field], "run.json {field}");
+    }
+    let sessions = |v: &Value| -> Vec<Value> {
+        v["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["session"].clone())
+            .collect()
+    };
+    assert_eq!(sessions(&record), sessions(&crane_record));
+    assert_eq!(record["rootfs"], "docker");
     assert_eq!(
         normalised(container.clone()),
         normalised(crane),

@@ -11,13 +11,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
+use hoist::crane::{run, Agents, Regrade, RunRequest};
 use hoist::exit::ExitStatus;
 use hoist::export::OutDir;
 use hoist::pipeline::context::MAX_AGENT_PHASE_BYTES;
 use hoist::pipeline::AgentPhase;
 use hoist::reference::Reference;
 use hoist::rootfs::RootfsMode;
-use hoist::run::{run, Agents, Regrade, RunRequest};
 use hoist::sandbox::cgroup::parse_size;
 use hoist::sandbox::{Isolation, Network};
 

@@ -179,8 +179,11 @@ pub fn main() -> ExitStatus {
         Command::Conformance(a) => conformance::run(&cli.global, a),
         Command::Doctor(a) => doctor::run(&cli.global, a),
         Command::TaskExec(a) => task_exec::run(a),
+        // Only reached when the stage name is not argv[1] (a global flag
+        // before it): hoist itself never starts a stage so.
         Command::SandboxStage { .. } | Command::SandboxChroot { .. } | Command::SandboxProbe => {
-            unreachable!("handled by sandbox_stage")
+            eprintln!("error: internal stages are started by hoist itself, as `hoist STAGE ...` with nothing before STAGE");
+            return ExitStatus::Usage;
         }
     };
     match result {

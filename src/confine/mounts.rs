@@ -54,7 +54,7 @@ pub fn host_device(root: BorrowedFd<'_>, rootfs: &Path, name: &str) -> Result<()
         &Path::new("/dev").join(name),
         at.as_fd(),
         &rootfs.join(&rel),
-        false,
+        Bind::AsIs,
         &format!("/{rel}"),
     )
 }
@@ -112,14 +112,25 @@ pub fn fresh(
     attach(mnt, at, what)
 }
 
+/// How a bind mount may be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bind {
+    /// As the source is (device nodes, a `/dev` that holds them).
+    AsIs,
+    /// Writable, but nothing on it is setuid or a device.
+    NoSuidNoDev,
+    /// Read-only, nosuid and nodev.
+    ReadOnly,
+}
+
 /// Bind the host path `src` (a file or directory) at `at`, whose path is
 /// `at_path` (already opened beneath the rootfs with symlinks refused, so
-/// the path names that same place). Read-only, nosuid and nodev when asked.
+/// the path names that same place), restricted as `how` says.
 pub fn bind(
     src: &Path,
     at: BorrowedFd<'_>,
     at_path: &Path,
-    read_only: bool,
+    how: Bind,
     what: &str,
 ) -> Result<(), MountError> {
     let mnt = open_tree(
@@ -131,14 +142,14 @@ pub fn bind(
     )
     .map_err(|e| io_err(format!("opening {} for {what}", src.display()))(e.into()))?;
     attach(mnt, at, what)?;
-    if read_only {
-        use rustix::mount::MountFlags;
-        rustix::mount::mount_remount(
-            at_path,
-            MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
-            "",
-        )
-        .map_err(|e| io_err(format!("making {what} read-only"))(e.into()))?;
-    }
-    Ok(())
+    use rustix::mount::MountFlags;
+    let flags = match how {
+        Bind::AsIs => return Ok(()),
+        Bind::NoSuidNoDev => MountFlags::BIND | MountFlags::NOSUID | MountFlags::NODEV,
+        Bind::ReadOnly => {
+            MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV
+        }
+    };
+    rustix::mount::mount_remount(at_path, flags, "")
+        .map_err(|e| io_err(format!("restricting {what} ({how:?})"))(e.into()))
 }

@@ -115,7 +115,7 @@ pub struct RunLimits {
 
 impl RunLimits {
     /// Before any cgroup: the rlimits the sandbox sets, nothing else.
-    fn rlimits_only(limits: &Limits) -> RunLimits {
+    pub fn rlimits_only(limits: &Limits) -> RunLimits {
         RunLimits {
             pids: Limit {
                 max: Some(limits.max_pids),
@@ -264,7 +264,10 @@ impl RunCgroup {
         // an `io::Error` from its raw errno, which does not allocate). The
         // descriptors are open: `self` owns them, and `cmd` dies with this
         // one spawn.
-        unsafe { cmd.pre_exec(move || join(&fds)) };
+        #[allow(unsafe_code)]
+        unsafe {
+            cmd.pre_exec(move || join(&fds))
+        };
         cmd.spawn()
     }
 
@@ -299,6 +302,7 @@ fn join(fds: &[RawFd; 2]) -> io::Result<()> {
         // SAFETY: `fd` is one of the `cgroup.procs` files `RunCgroup::spawn`
         // holds open (it borrows them until the child has exec'd), and the
         // child has a copy of the parent's descriptor table.
+        #[allow(unsafe_code)]
         let fd = unsafe { BorrowedFd::borrow_raw(fd) };
         rustix::io::write(fd, b"0")?;
     }

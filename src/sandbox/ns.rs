@@ -16,7 +16,7 @@ use super::{
     io_err, set_limits, supervisor_args, supervisor_command, Limits, Network, SandboxConfig,
     SandboxError,
 };
-use crate::confine::mounts;
+use crate::confine::mounts::{self, Bind};
 use crate::sys;
 
 const NOSUID_NODEV: MountAttrFlags =
@@ -260,7 +260,7 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
         &cfg.output,
         output.as_fd(),
         &rootfs.join("output"),
-        false,
+        Bind::NoSuidNoDev,
         "/output",
     )?;
     if let Some(rec) = &cfg.recordings {
@@ -269,7 +269,7 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
             rec,
             at.as_fd(),
             &rootfs.join("recordings"),
-            true,
+            Bind::ReadOnly,
             "/recordings",
         )?;
     }
@@ -290,7 +290,13 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
     ];
     for (src, rel) in files.into_iter().filter_map(|(s, r)| Some((s?, r))) {
         let at = mounts::file(r, rel)?;
-        mounts::bind(src, at.as_fd(), &rootfs.join(rel), true, &format!("/{rel}"))?;
+        mounts::bind(
+            src,
+            at.as_fd(),
+            &rootfs.join(rel),
+            Bind::ReadOnly,
+            &format!("/{rel}"),
+        )?;
     }
     // The agent may not exec setuid binaries planted in the writable parts,
     // and nothing may change the binary that supervises it.
@@ -314,6 +320,7 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
     // single-threaded (it could not have entered namespaces otherwise), so
     // no lock can be held by a thread the fork left behind, and the
     // allocations and system calls of `become_init` are safe to make there.
+    #[allow(unsafe_code)]
     unsafe {
         supervisor.pre_exec(move || {
             become_init(root.as_fd(), &limits).map_err(|e| match e {
@@ -374,13 +381,19 @@ fn gateway_tree(
     rustix::fs::fchmod(&at, rustix::fs::Mode::from_raw_mode(0o700))
         .map_err(|e| io_err("/.hoist/gateway-root")(e.into()))?;
     let path = rootfs.join(".hoist/gateway-root");
-    mounts::bind(tree, at.as_fd(), &path, true, "the gateway's tree")?;
+    mounts::bind(
+        tree,
+        at.as_fd(),
+        &path,
+        Bind::ReadOnly,
+        "the gateway's tree",
+    )?;
     let dev = mounts::dir(r, ".hoist/gateway-root/dev")?;
     mounts::bind(
         &rootfs.join("dev"),
         dev.as_fd(),
         &path.join("dev"),
-        false,
+        Bind::AsIs,
         "the gateway's /dev",
     )?;
     let run = mounts::dir(r, ".hoist/gateway-root/run")?;
@@ -397,7 +410,7 @@ fn gateway_tree(
             rec,
             at.as_fd(),
             &path.join("recordings"),
-            true,
+            Bind::ReadOnly,
             "the gateway's /recordings",
         )?;
     }

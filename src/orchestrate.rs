@@ -1,0 +1,470 @@
+//! One task run, whichever backend runs it (DESIGN §3): the sessions, what
+//! passes between them, and the run record. Crane mode (`crate::crane`:
+//! materialize, then the sandbox) and container mode (`crate::container`:
+//! a combination image under Docker) each implement [`Backend`]; the order
+//! of the sessions, the hand-over from the agent's to grading, and
+//! `run.json` are this module's alone, so the two modes cannot drift.
+//!
+//! A run is an agent session (install.sh, the gateway, the agent; it
+//! leaves `agent.json` and `changes.tar`, or a result.json when it ended
+//! the run) and then a grading session in a fresh rootfs that gets the
+//! changes. `hoist grade OUT` runs the grading session alone.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::export::{self, ExportError, ExportReport, OutDir};
+use crate::pipeline::context::{AgentPhase, Session, MAX_AGENT_PHASE_BYTES};
+use crate::rootfs::{Fidelity, RootfsMode};
+use crate::sandbox::cgroup::RunLimits;
+use crate::sandbox::{Isolation, Network};
+
+/// What the orchestration itself can fail on; each backend's error wraps
+/// it.
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestrateError {
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the sandbox ended (exit {exit_code}) without writing {path}; see the logs in {dir}")]
+    NoResult {
+        exit_code: i32,
+        path: PathBuf,
+        dir: PathBuf,
+    },
+    #[error("--isolation strict: this host cannot confine the run fully ({isolation} isolation): {}", gaps.join("; "))]
+    NotStrict {
+        isolation: &'static str,
+        gaps: Vec<String>,
+    },
+    #[error("the agent session left no changes.tar in {dir} (was it over HOIST_OUTPUT_MAX_BYTES? see run.json output.skipped); the task cannot be graded")]
+    NoChanges { dir: PathBuf },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OrchestrateError + '_ {
+    move |source| OrchestrateError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One session to run.
+#[derive(Debug)]
+pub struct SessionSpec<'a> {
+    /// `agent` or `grade`: the session's name in `run.json` and its work
+    /// directory.
+    pub name: &'static str,
+    pub session: Session,
+    /// The grading session's input: a private copy of `changes.tar`.
+    pub changes: Option<&'a Path>,
+    /// Time the earlier sessions spent on their trees, so result.json's
+    /// `materialize` covers the whole run.
+    pub materialized_before: u64,
+}
+
+/// How a session went.
+#[derive(Debug)]
+pub struct SessionRan {
+    pub record: SessionRecord,
+    /// What bounded it (crane mode's cgroup; container mode states Docker's
+    /// limits once for the run).
+    pub limits: Option<RunLimits>,
+    pub not_reproduced: Fidelity,
+    /// What was copied from its `/output/task` into `OUT/task`.
+    pub output: ExportReport,
+    /// Container mode: the containers it ran (the gateway's too).
+    pub containers: Vec<String>,
+}
+
+/// One session in `run.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionRecord {
+    pub session: &'static str,
+    /// How crane mode built the session's tree; null in container mode
+    /// (Docker's storage builds it).
+    pub rootfs: Option<RootfsMode>,
+    pub materialize_ms: u64,
+    pub sandbox_ms: u64,
+    pub supervisor_exit_code: i32,
+}
+
+/// A way to run a session: crane mode's sandbox, or Docker.
+pub trait Backend {
+    type Error: From<OrchestrateError>;
+
+    /// Run `spec` in a tree of its own, and copy what its supervisor left
+    /// in `/output/task` into `task_dir` (through `crate::export`, in
+    /// every case, before the tree goes).
+    fn session(&self, spec: &SessionSpec<'_>, task_dir: &OutDir)
+        -> Result<SessionRan, Self::Error>;
+}
+
+/// How the run begins.
+pub enum Start {
+    /// `hoist run`: the agent session first.
+    Agent,
+    /// `hoist grade OUT`: the grading session of a saved run, whose
+    /// `OUT/task` (`saved`) holds its `changes.tar`.
+    Regrade { phase: AgentPhase, saved: PathBuf },
+}
+
+/// The sessions of one run, in order; their outputs are in `task_dir`.
+/// `work` is the run's private directory (the copy of `changes.tar`).
+pub fn run_sessions<B: Backend>(
+    backend: &B,
+    start: Start,
+    task_dir: &OutDir,
+    work: &Path,
+) -> Result<Vec<SessionRan>, B::Error> {
+    let mut sessions = Vec::new();
+    let (phase, saved) = match start {
+        Start::Agent => {
+            let spec = SessionSpec {
+                name: "agent",
+                session: Session::Agent,
+                changes: None,
+                materialized_before: 0,
+            };
+            let first = backend.session(&spec, task_dir)?;
+            let phase = agent_phase(task_dir, first.record.supervisor_exit_code)?;
+            sessions.push(first);
+            (phase, None)
+        }
+        Start::Regrade { phase, saved } => (Some(phase), Some(saved)),
+    };
+    // DESIGN §3 step 7: unless the first session ended the run, grade in
+    // a fresh rootfs with the agent's changes.
+    let Some(phase) = phase else {
+        return Ok(sessions);
+    };
+    let changes = match &saved {
+        Some(dir) => private_changes(&OutDir::open(dir).map_err(OrchestrateError::from)?, work)?,
+        None => private_changes(task_dir, work)?,
+    };
+    let spec = SessionSpec {
+        name: "grade",
+        session: Session::Grade(phase),
+        changes: Some(&changes),
+        materialized_before: sessions.first().map_or(0, |s| s.record.materialize_ms),
+    };
+    sessions.push(backend.session(&spec, task_dir)?);
+    Ok(sessions)
+}
+
+/// The agent session's hand-over, `OUT/task/agent.json`, when it wrote one
+/// (it writes result.json instead when the run ended there).
+pub fn agent_phase(
+    task_dir: &OutDir,
+    exit_code: i32,
+) -> Result<Option<AgentPhase>, OrchestrateError> {
+    if task_dir.read("result.json", 0)?.is_some() {
+        return Ok(None);
+    }
+    let path = task_dir.path().join("agent.json");
+    let bytes = task_dir
+        .read("agent.json", MAX_AGENT_PHASE_BYTES)?
+        .ok_or_else(|| OrchestrateError::NoResult {
+            exit_code,
+            path: task_dir.path().join("result.json"),
+            dir: task_dir.path().to_path_buf(),
+        })?;
+    AgentPhase::from_json(&bytes)
+        .map(Some)
+        .map_err(|e| OrchestrateError::Io {
+            path,
+            source: std::io::Error::other(e),
+        })
+}
+
+/// The agent session's `changes.tar`, copied from `dir` (opened without
+/// following a link) to a private file in `work` (0600), which the grading
+/// session gets read-only.
+fn private_changes(dir: &OutDir, work: &Path) -> Result<PathBuf, OrchestrateError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = work.join("changes.tar");
+    let mut src = dir
+        .open_file("changes.tar")?
+        .ok_or_else(|| OrchestrateError::NoChanges {
+            dir: dir.path().to_path_buf(),
+        })?;
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io(&path))?;
+    std::io::copy(&mut src, &mut dst).map_err(io(&path))?;
+    Ok(path)
+}
+
+/// result.json is small (DESIGN §4); anything this big is not one.
+const MAX_RESULT_BYTES: u64 = 16 << 20;
+
+/// `OUT/task/result.json`, parsed.
+pub fn read_result(
+    task_dir: &OutDir,
+    exit_code: i32,
+) -> Result<serde_json::Value, OrchestrateError> {
+    let result_path = task_dir.path().join("result.json");
+    let bytes = task_dir
+        .read("result.json", MAX_RESULT_BYTES)?
+        .ok_or_else(|| OrchestrateError::NoResult {
+            exit_code,
+            path: result_path.clone(),
+            dir: task_dir.path().to_path_buf(),
+        })?;
+    serde_json::from_slice(&bytes).map_err(|e| OrchestrateError::Io {
+        path: result_path,
+        source: std::io::Error::other(e),
+    })
+}
+
+/// `--isolation strict` runs only with nothing in `not_isolated`.
+pub fn refuse_gaps_when_strict(
+    requested: Isolation,
+    resolved: Isolation,
+    gaps: &[String],
+) -> Result<(), OrchestrateError> {
+    if requested == Isolation::Strict && !gaps.is_empty() {
+        return Err(OrchestrateError::NotStrict {
+            isolation: resolved.as_str(),
+            gaps: gaps.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// How long the host waits for a session before it kills it. The
+/// supervisor enforces the task's own timeouts; this only catches a
+/// supervisor that hangs: twice the agent timeout, plus the grade
+/// timeout, plus five minutes (the `--agent-timeout` and
+/// `--grade-timeout` overrides, else 4 h and 1 h).
+pub fn backstop(agent_timeout_sec: Option<u64>, grade_timeout_sec: Option<u64>) -> Duration {
+    Duration::from_secs(
+        agent_timeout_sec.unwrap_or(4 * 3600) * 2 + grade_timeout_sec.unwrap_or(3600) + 300,
+    )
+}
+
+/// `OUT/run.json` (`hoist.run/v1`): how the run was made, the same type
+/// in both modes.
+#[derive(Debug, Serialize)]
+pub struct RunRecord {
+    pub schema: &'static str,
+    pub command_line: Vec<String>,
+    pub mode: &'static str,
+    pub isolation: &'static str,
+    pub not_isolated: Vec<String>,
+    /// Whether root in the sandbox was root of its own user namespace.
+    pub user_namespace: bool,
+    /// Set when an unprivileged user ran hoist: the user namespace hoist
+    /// entered (whose root is that user) and its id mapping.
+    pub rootless: Option<crate::userns::Rootless>,
+    /// Entries of the rootfs hoist could not give the image's owner,
+    /// device node or xattr (all zero as root, and rootless with
+    /// subordinate ids for every owner in the image).
+    pub not_reproduced: Fidelity,
+    /// What bounded the run's processes, memory and files, and for a
+    /// limit no cgroup could enforce, why (`not_applied`).
+    pub limits: RunLimits,
+    pub network: Network,
+    /// How the first session's tree was built: `overlay` or `copy` (crane
+    /// mode), `docker` (Docker's storage).
+    pub rootfs: Tree,
+    pub images: serde_json::Value,
+    pub lock_file: Option<PathBuf>,
+    pub host: HostInfo,
+    pub hoist_version: &'static str,
+    pub started_at: String,
+    pub durations_ms: Durations,
+    /// The last session's.
+    pub supervisor_exit_code: i32,
+    /// The sandbox sessions, in order: the agent's, then grading in a
+    /// fresh rootfs (DESIGN §3 step 7) unless the first ended the run.
+    pub sessions: Vec<SessionRecord>,
+    /// What the host copied out of the sandbox into `OUT/task`, and what
+    /// it left behind (links, devices, ...) and why.
+    pub output: ExportReport,
+    /// Container mode: the image and the containers.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub docker: Option<DockerFacts>,
+}
+
+/// How a tree was built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tree {
+    Overlay,
+    Copy,
+    Docker,
+}
+
+impl From<RootfsMode> for Tree {
+    fn from(m: RootfsMode) -> Tree {
+        match m {
+            RootfsMode::Copy => Tree::Copy,
+            // A materialized tree is never `auto`: it is resolved first.
+            RootfsMode::Overlay | RootfsMode::Auto => Tree::Overlay,
+        }
+    }
+}
+
+/// What container mode adds to `run.json`.
+#[derive(Debug, Serialize)]
+pub struct DockerFacts {
+    pub docker_containers: Vec<String>,
+    pub docker_image: String,
+    pub docker_image_id: String,
+    pub docker_repo_digests: Vec<String>,
+    pub combination_manifest_digest: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostInfo {
+    pub kernel: String,
+    pub machine: String,
+    pub uid: u32,
+}
+
+/// The machine hoist runs on, as `run.json` states it.
+pub fn host_info() -> HostInfo {
+    let u = rustix::system::uname();
+    HostInfo {
+        kernel: u.release().to_string_lossy().into_owned(),
+        machine: u.machine().to_string_lossy().into_owned(),
+        // Rootless, the uid that ran hoist, not root of its namespace.
+        uid: crate::userns::entered()
+            .map(|r| r.host_uid)
+            .unwrap_or_else(|| rustix::process::geteuid().as_raw()),
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Durations {
+    pub pull: u64,
+    pub materialize: u64,
+    pub sandbox: u64,
+    pub total: u64,
+}
+
+/// What the sessions add up to in `run.json`.
+#[derive(Debug, Default)]
+pub struct Totals {
+    pub output: ExportReport,
+    pub not_reproduced: Fidelity,
+    pub materialize_ms: u64,
+    pub sandbox_ms: u64,
+    pub sessions: Vec<SessionRecord>,
+    pub containers: Vec<String>,
+    /// The last session's exit code and limits.
+    pub exit_code: i32,
+    pub limits: Option<RunLimits>,
+}
+
+pub fn totals(sessions: Vec<SessionRan>) -> Totals {
+    let mut t = Totals::default();
+    for s in sessions {
+        t.output.copied.extend(s.output.copied);
+        t.output.skipped.extend(s.output.skipped);
+        t.output.bytes += s.output.bytes;
+        t.output.limit_reached |= s.output.limit_reached;
+        t.not_reproduced.add(s.not_reproduced);
+        t.materialize_ms += s.record.materialize_ms;
+        t.sandbox_ms += s.record.sandbox_ms;
+        t.exit_code = s.record.supervisor_exit_code;
+        t.limits = s.limits.or(t.limits);
+        t.containers.extend(s.containers);
+        t.sessions.push(s.record);
+    }
+    if !t.output.skipped.is_empty() {
+        tracing::warn!(skipped = ?t.output.skipped, "entries of the sandbox's /output/task were not copied");
+    }
+    t
+}
+
+/// Write the record as `name` (`run.json`, or `regrade.json` beside a
+/// saved run's own) into `out`, through the safe copy-out; then read the
+/// run's result.
+pub fn finish(
+    out: &OutDir,
+    task_dir: &OutDir,
+    name: &str,
+    record: &RunRecord,
+) -> Result<serde_json::Value, OrchestrateError> {
+    let bytes = serde_json::to_vec_pretty(record).map_err(|e| OrchestrateError::Io {
+        path: out.path().join(name),
+        source: std::io::Error::other(e),
+    })?;
+    export::write_file(out, name, &bytes)?;
+    read_result(task_dir, record.supervisor_exit_code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ran(name: &'static str, exit: i32, copied: &[&str]) -> SessionRan {
+        SessionRan {
+            record: SessionRecord {
+                session: name,
+                rootfs: Some(RootfsMode::Overlay),
+                materialize_ms: 10,
+                sandbox_ms: 100,
+                supervisor_exit_code: exit,
+            },
+            limits: None,
+            not_reproduced: Fidelity::default(),
+            output: ExportReport {
+                copied: copied.iter().map(|s| s.to_string()).collect(),
+                bytes: 5,
+                ..ExportReport::default()
+            },
+            containers: vec![format!("c-{name}")],
+        }
+    }
+
+    #[test]
+    fn totals_add_the_sessions_and_keep_the_last_exit_code() {
+        let t = totals(vec![
+            ran("agent", 0, &["agent.json"]),
+            ran("grade", 3, &["result.json"]),
+        ]);
+        assert_eq!(t.exit_code, 3);
+        assert_eq!(t.materialize_ms, 20);
+        assert_eq!(t.sandbox_ms, 200);
+        assert_eq!(t.output.copied, ["agent.json", "result.json"]);
+        assert_eq!(t.output.bytes, 10);
+        assert_eq!(t.containers, ["c-agent", "c-grade"]);
+        let names: Vec<_> = t.sessions.iter().map(|s| s.session).collect();
+        assert_eq!(names, ["agent", "grade"]);
+    }
+
+    #[test]
+    fn the_backstop_covers_both_timeouts() {
+        assert_eq!(backstop(Some(10), Some(20)), Duration::from_secs(340));
+        assert_eq!(
+            backstop(None, None),
+            Duration::from_secs(8 * 3600 + 3600 + 300)
+        );
+    }
+
+    #[test]
+    fn the_record_type_serialises_docker_facts_flat() {
+        let d = DockerFacts {
+            docker_containers: vec!["a".into()],
+            docker_image: "i".into(),
+            docker_image_id: "sha256:1".into(),
+            docker_repo_digests: vec![],
+            combination_manifest_digest: None,
+        };
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(v["docker_containers"][0], "a");
+        assert_eq!(serde_json::to_value(Tree::Docker).unwrap(), "docker");
+    }
+}
