@@ -16,6 +16,7 @@
 #![deny(unsafe_code)]
 
 pub mod bake;
+pub mod beneath;
 pub mod confine;
 pub mod conformance;
 pub mod container;

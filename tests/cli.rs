@@ -16,7 +16,11 @@ fn an_internal_stage_behind_a_global_flag_is_a_usage_error_not_a_panic() {
     ] {
         let o = Command::new(hoist_bin()).args(args).output().unwrap();
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
-        assert!(stderr(&o).contains("internal stages"), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("internal stages"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
         assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     }
 }

@@ -12,7 +12,7 @@ use rustix::mount::{
     FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags,
 };
 
-use crate::rootfs::mount::open_dir_beneath;
+use crate::beneath::open_dir_beneath;
 
 /// A mount step that failed: what it was doing, and why.
 #[derive(Debug, thiserror::Error)]

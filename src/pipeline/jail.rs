@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use rustix::mount::{MountAttrFlags, UnmountFlags};
 use rustix::thread::UnshareFlags;
 
+use crate::beneath::open_dir_beneath;
 use crate::confine::mounts;
-use crate::rootfs::mount::open_dir_beneath;
 use crate::userns::map_ids_when_unshared;
 
 /// What install.sh must not see.

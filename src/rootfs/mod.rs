@@ -227,7 +227,7 @@ fn materialize_overlay(
         })?;
         let root = File::open(out).map_err(io(out))?;
         for (dir, path) in &subtrees {
-            let at = mount::open_dir_beneath(root.as_fd(), path).map_err(|source| {
+            let at = crate::beneath::open_dir_beneath(root.as_fd(), path).map_err(|source| {
                 RootfsError::Place {
                     path: format!("/{path}"),
                     source,
@@ -286,9 +286,11 @@ fn materialize_copy(
     for (img, path) in axis_subtrees(axes) {
         let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
         let parent_fd =
-            mount::open_dir_beneath(root.as_fd(), parent).map_err(|source| RootfsError::Place {
-                path: format!("/{path}"),
-                source,
+            crate::beneath::open_dir_beneath(root.as_fd(), parent).map_err(|source| {
+                RootfsError::Place {
+                    path: format!("/{path}"),
+                    source,
+                }
             })?;
         // The axis replaces whatever the benchmark had there.
         remove_beneath(&parent_fd, name).map_err(|source| RootfsError::Place {

@@ -5,10 +5,9 @@
 //! image planted can redirect it.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::mount::{
     fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
     FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, UnmountFlags,
@@ -44,45 +43,6 @@ pub fn mount_overlay(ov: &Overlay<'_>, target: BorrowedFd<'_>) -> io::Result<()>
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     )?;
     Ok(())
-}
-
-/// Open (creating as needed, mode 0755) the directory `rel` beneath
-/// `root`, refusing any symlink on the way: image paths are resolved
-/// inside the rootfs or refused, never followed out of it.
-pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &str) -> io::Result<OwnedFd> {
-    let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-    let flags = OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::RDONLY | OFlags::NOFOLLOW;
-    let mut dir = rustix::fs::openat2(root, ".", flags, Mode::empty(), resolve)?;
-    for comp in rel.split('/').filter(|c| !c.is_empty()) {
-        if comp == ".." || comp == "." {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "path climbs"));
-        }
-        match rustix::fs::mkdirat(&dir, comp, Mode::from_raw_mode(0o755)) {
-            Ok(()) => {
-                let d = rustix::fs::openat2(&dir, comp, flags, Mode::empty(), resolve)?;
-                // mkdir honours the umask; the rule is 0755 root:root.
-                rustix::fs::fchmod(&d, Mode::from_raw_mode(0o755))?;
-                dir = d;
-                continue;
-            }
-            Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(e.into()),
-        }
-        dir = rustix::fs::openat2(&dir, comp, flags, Mode::empty(), resolve).map_err(|e| {
-            if e == rustix::io::Errno::LOOP
-                || e == rustix::io::Errno::XDEV
-                || e == rustix::io::Errno::NOTDIR
-            {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("/{rel}: {comp:?} is a symlink or not a directory in the image"),
-                )
-            } else {
-                e.into()
-            }
-        })?;
-    }
-    Ok(dir)
 }
 
 /// Detach every mount at or below `path` (lazily, so busy ones go too).

@@ -15,9 +15,9 @@ use std::process::Command;
 use rustix::fs::{FileType, Mode};
 
 use super::{exec_supervisor, io_err, supervisor_args, SandboxConfig, SandboxError};
+use crate::beneath::open_dir_beneath;
 use crate::confine::mounts;
 use crate::confine::procfs::Procfs;
-use crate::rootfs::mount::open_dir_beneath;
 
 /// `__sandbox` in chroot mode: prepare the tree, run the supervisor
 /// chrooted. The host copies `/output/task` out afterwards.

@@ -82,10 +82,7 @@ pub enum TreeError {
     Io { path: PathBuf, source: io::Error },
 }
 
-/// Where an unprivileged hoist records an entry's true owner ("UID:GID")
-/// when it could not give the entry that owner. Read back as the entry's
-/// uid and gid; never taken from a layer.
-pub const OWNER_XATTR: &str = "user.hoist.owner";
+pub use crate::unpack::OWNER_XATTR;
 
 /// xattrs that describe a storage backend, not the image: overlayfs's own
 /// markers, hoist's ownership records, and SELinux labels the host's

@@ -33,6 +33,11 @@ use crate::digest::{Algorithm, Digest, Hasher};
 pub use error::{BombKind, UnpackError};
 pub use media::Compression;
 
+/// Where an unprivileged hoist records an entry's true owner ("UID:GID")
+/// when it could not give the entry that owner. Read back as the entry's
+/// uid and gid; never taken from a layer.
+pub const OWNER_XATTR: &str = "user.hoist.owner";
+
 /// The most the tar parser may read while looking for the next entry: its
 /// header blocks, PAX records, GNU long names and sparse maps, all of which
 /// it keeps in memory. Go's archive/tar allows 1 MiB per PAX header and per

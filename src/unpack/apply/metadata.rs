@@ -99,11 +99,11 @@ impl Applier<'_> {
     }
 
     /// Record the owner the entry should have had in
-    /// [`crate::treedigest::OWNER_XATTR`], so `hoist tree-digest` reports
+    /// [`crate::unpack::OWNER_XATTR`], so `hoist tree-digest` reports
     /// the image's tree. Best effort: symlinks cannot carry `user.*`
     /// xattrs, and the entry is counted as not reproduced either way.
     fn record_owner(&mut self, h: &Handle<'_>, meta: &Meta) {
-        let key = crate::treedigest::OWNER_XATTR.as_bytes();
+        let key = crate::unpack::OWNER_XATTR.as_bytes();
         let value = format!("{}:{}", meta.uid, meta.gid);
         let _ = match h {
             Handle::File(f) => {
@@ -145,6 +145,6 @@ impl Applier<'_> {
 fn forget_owner(h: &Handle<'_>) {
     if let Handle::At(dir, last) = h {
         // Absent is the usual case; a failure only leaves a stale record.
-        let _ = fsops::remove_xattr_at(*dir, last, crate::treedigest::OWNER_XATTR.as_bytes());
+        let _ = fsops::remove_xattr_at(*dir, last, crate::unpack::OWNER_XATTR.as_bytes());
     }
 }
