@@ -74,15 +74,6 @@ impl Env {
     }
 }
 
-/// Debian's client: a /usr/local/bin/docker may shadow it on PATH.
-fn docker() -> Command {
-    if Path::new("/usr/bin/docker").exists() {
-        Command::new("/usr/bin/docker")
-    } else {
-        Command::new("docker")
-    }
-}
-
 /// `hoist bake AXES --tag DEST` in `store`; the printed digest.
 fn bake(store: &Path, axes: &[String], dest: &str) -> String {
     let o = ok(hoist(store).arg("bake").args(axes).arg("--tag").arg(dest));

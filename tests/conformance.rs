@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use support::{env_or_skip, have_tool, hoist, is_root, ok, run, skip, stderr, stdout};
+use support::{docker, env_or_skip, have_tool, hoist, is_root, ok, run, skip, stderr, stdout};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -67,15 +67,6 @@ fn env() -> Option<Env> {
         registry,
         store: Path::new(&dir).join("conformance-store"),
     })
-}
-
-/// Debian's client: a /usr/local/bin/docker may shadow it on PATH.
-fn docker() -> Command {
-    if Path::new("/usr/bin/docker").exists() {
-        Command::new("/usr/bin/docker")
-    } else {
-        Command::new("docker")
-    }
 }
 
 fn conformance(store: &Path) -> Command {

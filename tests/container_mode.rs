@@ -53,17 +53,6 @@ impl Samples {
     }
 }
 
-const DOCKER: &str = "/usr/bin/docker";
-
-/// Debian's client: a /usr/local/bin/docker may shadow it on PATH.
-fn docker() -> Command {
-    if Path::new(DOCKER).exists() {
-        Command::new(DOCKER)
-    } else {
-        Command::new("docker")
-    }
-}
-
 /// One store for the whole file, so layers and bakes are made once.
 fn store() -> PathBuf {
     let dir = std::env::var("HOIST_TEST_DIR")

@@ -78,6 +78,18 @@ pub fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("spawn")
 }
 
+/// Debian's docker client: a `/usr/local/bin/docker` may shadow it on PATH.
+pub const DOCKER: &str = "/usr/bin/docker";
+
+/// The docker CLI the tests drive ([`DOCKER`], else `docker` on PATH).
+pub fn docker() -> Command {
+    if Path::new(DOCKER).exists() {
+        Command::new(DOCKER)
+    } else {
+        Command::new("docker")
+    }
+}
+
 /// The JSON file at `path`; panics naming it when it is missing or not JSON.
 pub fn read_json(path: &Path) -> serde_json::Value {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
