@@ -432,7 +432,8 @@ fn context(
             Network::None => ctx::Network::None,
             Network::Host => ctx::Network::Host,
         },
-        recordings: req.recordings.is_some() && session == ctx::Session::Agent,
+        // Only the gateway's container gets them.
+        recordings: req.recordings.is_some() && session == ctx::Session::Gateway,
         materialize_ms: prepare_ms,
         agent_timeout_sec: req.agent_timeout_sec,
         grade_timeout_sec: req.grade_timeout_sec,
@@ -575,9 +576,7 @@ pub fn run(
     )?;
     let out = OutDir::open(&req.out)?;
     let task_dir = out.subdir("task")?;
-    for stale in ["result.json", "agent.json", "changes.tar"] {
-        task_dir.remove(stale)?;
-    }
+    orchestrate::clear_stale(&task_dir, &Start::Agent)?;
     let out_label = std::fs::canonicalize(&req.out).map_err(io(&req.out))?;
     let work = work_dir(store, "container-")?;
     let prepare_ms = image.elapsed.as_millis() as u64;
@@ -747,7 +746,6 @@ impl Backend for Plan<'_> {
         };
         let mut context = context(req, prepare_ms, session, self.gateway_port);
         context.gateway_elsewhere = gateway.is_some();
-        context.recordings = false;
         let (container, args) = self.container_args(
             name,
             &context,

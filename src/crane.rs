@@ -155,18 +155,6 @@ pub fn run(
 
     let out = OutDir::open(&req.out)?;
     let task_dir = out.subdir("task")?;
-    // A regrade may write into the run it grades: its hand-over stays.
-    let stale: &[&str] = match req.agents {
-        Agents::Run { .. } => &["result.json", "agent.json", "changes.tar"],
-        Agents::Regrade(_) => &["result.json"],
-    };
-    for name in stale {
-        task_dir.remove(name)?;
-    }
-    let work = tempfile::Builder::new()
-        .prefix("run-")
-        .tempdir_in(store_work_dir(store)?)
-        .map_err(io(store.root()))?;
     let (images, start, agents) = match &req.agents {
         Agents::Run { agent, gateway } => (
             crate::pull::images_json(req.benchmark, agent, *gateway),
@@ -182,6 +170,11 @@ pub fn run(
             None,
         ),
     };
+    orchestrate::clear_stale(&task_dir, &start)?;
+    let work = tempfile::Builder::new()
+        .prefix("run-")
+        .tempdir_in(store_work_dir(store)?)
+        .map_err(io(store.root()))?;
     let crane = Crane {
         store,
         req,
@@ -192,6 +185,7 @@ pub fn run(
         rootfs_mode,
         work: work.path(),
     };
+    let name = start.record_name();
     let sessions = run_sessions(&crane, start, &task_dir, work.path())?;
     let rootfs = sessions
         .first()
@@ -228,11 +222,6 @@ pub fn run(
         sessions: t.sessions,
         output: t.output,
         docker: None,
-    };
-    // A regrade keeps the run's own record beside its own.
-    let name = match req.agents {
-        Agents::Run { .. } => "run.json",
-        Agents::Regrade(_) => "regrade.json",
     };
     let value = orchestrate::finish(&out, &task_dir, name, &record)?;
     Ok((value, record))
@@ -458,18 +447,8 @@ fn private_output(
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
     use std::io::Write;
-    create_private(path)?.write_all(bytes).map_err(io(path))
-}
-
-/// A new file only the caller may read (0600), truncated if it was there.
-fn create_private(path: &Path) -> Result<std::fs::File, RunError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
+    orchestrate::create_private(path)
+        .and_then(|mut f| f.write_all(bytes))
         .map_err(io(path))
 }
 

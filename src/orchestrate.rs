@@ -114,6 +114,36 @@ pub enum Start {
     Regrade { phase: AgentPhase, saved: PathBuf },
 }
 
+impl Start {
+    /// What a run of this kind must not find left in `OUT/task` by an
+    /// earlier one: a regrade may write into the run it grades, whose
+    /// hand-over stays.
+    fn stale(&self) -> &'static [&'static str] {
+        match self {
+            Start::Agent => &["result.json", "agent.json", "changes.tar"],
+            Start::Regrade { .. } => &["result.json"],
+        }
+    }
+
+    /// The record's name in `OUT`: a regrade keeps the run's own
+    /// `run.json` and writes its own beside it.
+    pub fn record_name(&self) -> &'static str {
+        match self {
+            Start::Agent => "run.json",
+            Start::Regrade { .. } => "regrade.json",
+        }
+    }
+}
+
+/// Remove what an earlier run left in `task_dir` under the names this
+/// run hands over (never followed if a link).
+pub fn clear_stale(task_dir: &OutDir, start: &Start) -> Result<(), OrchestrateError> {
+    for name in start.stale() {
+        task_dir.remove(name)?;
+    }
+    Ok(())
+}
+
 /// The sessions of one run, in order; their outputs are in `task_dir`.
 /// `work` is the run's private directory (the copy of `changes.tar`).
 pub fn run_sessions<B: Backend>(
@@ -186,22 +216,27 @@ pub fn agent_phase(
 /// following a link) to a private file in `work` (0600), which the grading
 /// session gets read-only.
 fn private_changes(dir: &OutDir, work: &Path) -> Result<PathBuf, OrchestrateError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let path = work.join("changes.tar");
     let mut src = dir
         .open_file("changes.tar")?
         .ok_or_else(|| OrchestrateError::NoChanges {
             dir: dir.path().to_path_buf(),
         })?;
-    let mut dst = std::fs::OpenOptions::new()
+    let mut dst = create_private(&path).map_err(io(&path))?;
+    std::io::copy(&mut src, &mut dst).map_err(io(&path))?;
+    Ok(path)
+}
+
+/// A file of the run's work directory only the caller may read (0600),
+/// truncated if it was there.
+pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&path)
-        .map_err(io(&path))?;
-    std::io::copy(&mut src, &mut dst).map_err(io(&path))?;
-    Ok(path)
+        .open(path)
 }
 
 /// result.json is small (DESIGN §4); anything this big is not one.
