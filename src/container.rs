@@ -33,7 +33,7 @@ use crate::digest::Digest;
 use crate::export::{self, ExportError, ExportReport, OutDir};
 use crate::orchestrate::{
     self, host_info, run_sessions, totals, Backend, DockerFacts, Durations, OrchestrateError,
-    RunRecord, SessionRan, SessionRecord, SessionSpec, Start, Tree,
+    RunRecord, SessionRan, SessionRecord, SessionSpec, Sessions, Start, Stopped, Tree,
 };
 use crate::pipeline::clock::rfc3339;
 use crate::pipeline::context::{self as ctx, RunContext};
@@ -93,8 +93,8 @@ pub enum ContainerError {
     Orchestrate(#[from] OrchestrateError),
     #[error("the container did not finish within {0:?}; it was killed and removed")]
     Timeout(Duration),
-    #[error("interrupted by {0}; the container was removed")]
-    Interrupted(&'static str),
+    #[error("{0}; the container was removed")]
+    Interrupted(#[from] crate::interrupt::Interrupted),
     #[error("{0}")]
     Strict(String),
 }
@@ -386,7 +386,8 @@ fn work_dir(store: &Store, prefix: &str) -> Result<tempfile::TempDir, ContainerE
 pub struct ContainerRequest<'a> {
     pub axes: Axes<'a>,
     pub task: Option<String>,
-    pub out: PathBuf,
+    /// `--out`, claimed for this run (see [`OutDir::claim`]).
+    pub out: &'a OutDir,
     pub network: Network,
     pub recordings: Option<PathBuf>,
     pub agent_timeout_sec: Option<u64>,
@@ -551,7 +552,7 @@ impl Drop for Cleanup<'_> {
 
 enum Ended {
     Exited(i32),
-    Signal(&'static str),
+    Signal(crate::interrupt::Interrupted),
     Timeout,
 }
 
@@ -574,10 +575,12 @@ pub fn run(
         Isolation::Namespaces,
         &Isolation::Namespaces.not_isolated(req.network),
     )?;
-    let out = OutDir::open(&req.out)?;
+    // From here the run has containers: a signal is the run's to act on.
+    let _region = crate::interrupt::Region::enter()?;
+    let out = req.out;
     let task_dir = out.subdir("task")?;
     orchestrate::clear_stale(&task_dir, &Start::Agent)?;
-    let out_label = std::fs::canonicalize(&req.out).map_err(io(&req.out))?;
+    let out_label = std::fs::canonicalize(out.path()).map_err(io(out.path()))?;
     let work = work_dir(store, "container-")?;
     let prepare_ms = image.elapsed.as_millis() as u64;
     let backend = Plan {
@@ -589,8 +592,23 @@ pub fn run(
         out_label: &out_label,
         prepare_ms,
     };
-    let sessions = run_sessions(&backend, Start::Agent, &task_dir, work.path())?;
-    let t = totals(sessions);
+    let Sessions {
+        ran: sessions,
+        interrupted,
+    } = run_sessions(&backend, Start::Agent, &task_dir, work.path())?;
+    let images = images_json(&req.axes);
+    if let Some(sig) = interrupted {
+        let stopped = Stopped {
+            task: req.task.as_deref(),
+            images: &images,
+            platform: req.axes.benchmark.platform.to_string(),
+            mode: "container",
+            isolation: "docker",
+            started_at: &started_at,
+        };
+        orchestrate::write_interrupted(&task_dir, sig, &stopped)?;
+    }
+    let t = totals(sessions, interrupted);
     let record = RunRecord {
         schema: "hoist.run/v1",
         command_line: req.command_line.clone(),
@@ -605,7 +623,7 @@ pub fn run(
         limits: RunLimits::docker(&limits(req)),
         network: req.network,
         rootfs: Tree::Docker,
-        images: images_json(&req.axes),
+        images,
         lock_file: req.lock_file.clone(),
         host: host_info(),
         hoist_version: env!("CARGO_PKG_VERSION"),
@@ -617,6 +635,7 @@ pub fn run(
             total: req.pull_ms + prepare_ms + started.elapsed().as_millis() as u64,
         },
         supervisor_exit_code: t.exit_code,
+        interrupted: interrupted.map(|s| s.name()),
         sessions: t.sessions,
         output: t.output,
         docker: Some(DockerFacts {
@@ -627,7 +646,7 @@ pub fn run(
             combination_manifest_digest: image.manifest_digest.as_ref().map(|d| d.to_string()),
         }),
     };
-    let result = orchestrate::finish(&out, &task_dir, "run.json", &record)?;
+    let result = orchestrate::finish(out, &task_dir, "run.json", &record)?;
     Ok((result, record))
 }
 
@@ -727,6 +746,13 @@ impl<'p> Plan<'p> {
 impl Backend for Plan<'_> {
     type Error = ContainerError;
 
+    fn interruption(e: &ContainerError) -> Option<crate::interrupt::Interrupted> {
+        match e {
+            ContainerError::Interrupted(sig) => Some(*sig),
+            _ => None,
+        }
+    }
+
     /// Create a container of the image for the session (the agent
     /// session's gateway in one of its own first), start it, copy its
     /// `/output/task` into `OUT/task`, remove it.
@@ -788,9 +814,9 @@ impl Backend for Plan<'_> {
                 drop(cleanup);
                 Err(ContainerError::Timeout(backstop))
             }
-            Ended::Signal(s) => {
+            Ended::Signal(sig) => {
                 drop(cleanup);
-                Err(ContainerError::Interrupted(s))
+                Err(ContainerError::Interrupted(sig))
             }
             Ended::Exited(code) => {
                 let output = copy_out(docker, &container, task_dir);
@@ -887,7 +913,6 @@ fn supervise(
     backstop: Duration,
 ) -> Result<Ended, ContainerError> {
     use std::os::fd::AsFd;
-    use tokio::signal::unix::{signal, SignalKind};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -898,12 +923,6 @@ fn supervise(
         .try_clone_to_owned()
         .map_err(io(Path::new("stderr")))?;
     rt.block_on(async {
-        let sig = |k| signal(k).map_err(io(Path::new("signal handler")));
-        let (mut int, mut term, mut hup) = (
-            sig(SignalKind::interrupt())?,
-            sig(SignalKind::terminate())?,
-            sig(SignalKind::hangup())?,
-        );
         // Its own process group: a Ctrl-C reaches hoist, which removes
         // the container, not the docker CLI, which would only detach.
         let mut child = tokio::process::Command::new(&docker.program)
@@ -924,9 +943,7 @@ fn supervise(
                     128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
                 }))
             }
-            _ = int.recv() => Ended::Signal("SIGINT"),
-            _ = term.recv() => Ended::Signal("SIGTERM"),
-            _ = hup.recv() => Ended::Signal("SIGHUP"),
+            sig = crate::interrupt::signalled() => Ended::Signal(sig),
             _ = tokio::time::sleep(backstop) => Ended::Timeout,
         };
         Ok(ended)

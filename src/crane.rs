@@ -12,7 +12,7 @@ use crate::export::{self, ExportError, OutDir};
 use crate::lock::{LockError, LockFile};
 use crate::orchestrate::{
     self, host_info, run_sessions, totals, Backend, Durations, OrchestrateError, RunRecord,
-    SessionRan, SessionRecord, SessionSpec, Start,
+    SessionRan, SessionRecord, SessionSpec, Sessions, Start, Stopped,
 };
 use crate::pipeline::clock::rfc3339;
 use crate::pipeline::context::{self as ctx, RunContext};
@@ -28,7 +28,8 @@ pub struct RunRequest<'a> {
     /// What runs before grading.
     pub agents: Agents<'a>,
     pub task: Option<String>,
-    pub out: PathBuf,
+    /// `--out`, claimed for this run (see [`OutDir::claim`]).
+    pub out: &'a OutDir,
     pub isolation: Isolation,
     pub network: Network,
     pub rootfs: RootfsMode,
@@ -84,6 +85,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     Orchestrate(#[from] OrchestrateError),
+    #[error(transparent)]
+    Interrupted(#[from] crate::interrupt::Interrupted),
     #[error("namespaces isolation is not available here (the probe could not unshare and mount); use --isolation chroot or auto")]
     NoNamespaces,
     #[error("the agent cannot run as a user of its own: hoist's user namespace maps only your uid ({0}); give your user subordinate ids (e.g. `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 USER`, package uidmap) or run as root")]
@@ -153,7 +156,10 @@ pub fn run(
         req.rootfs
     };
 
-    let out = OutDir::open(&req.out)?;
+    // From here the run holds trees and a sandbox: a signal is the run's
+    // to act on (kill, take down, say so in result.json).
+    let _region = crate::interrupt::Region::enter()?;
+    let out = req.out;
     let task_dir = out.subdir("task")?;
     let (images, start, agents) = match &req.agents {
         Agents::Run { agent, gateway } => (
@@ -186,12 +192,26 @@ pub fn run(
         work: work.path(),
     };
     let name = start.record_name();
-    let sessions = run_sessions(&crane, start, &task_dir, work.path())?;
+    let Sessions {
+        ran: sessions,
+        interrupted,
+    } = run_sessions(&crane, start, &task_dir, work.path())?;
+    if let Some(sig) = interrupted {
+        let stopped = Stopped {
+            task: req.task.as_deref(),
+            images: &images,
+            platform: req.benchmark.platform.to_string(),
+            mode: "crane",
+            isolation: isolation.as_str(),
+            started_at: &started_at,
+        };
+        orchestrate::write_interrupted(&task_dir, sig, &stopped)?;
+    }
     let rootfs = sessions
         .first()
         .and_then(|s| s.record.rootfs)
         .unwrap_or(rootfs_mode);
-    let t = totals(sessions);
+    let t = totals(sessions, interrupted);
     let record = RunRecord {
         schema: "hoist.run/v1",
         command_line: req.command_line.clone(),
@@ -219,11 +239,12 @@ pub fn run(
             total: req.pull_ms + started.elapsed().as_millis() as u64,
         },
         supervisor_exit_code: t.exit_code,
+        interrupted: interrupted.map(|s| s.name()),
         sessions: t.sessions,
         output: t.output,
         docker: None,
     };
-    let value = orchestrate::finish(&out, &task_dir, name, &record)?;
+    let value = orchestrate::finish(out, &task_dir, name, &record)?;
     Ok((value, record))
 }
 
@@ -250,6 +271,13 @@ struct Crane<'a> {
 
 impl Backend for Crane<'_> {
     type Error = RunError;
+
+    fn interruption(e: &RunError) -> Option<crate::interrupt::Interrupted> {
+        match e {
+            RunError::Sandbox(SandboxError::Interrupted(sig)) => Some(*sig),
+            _ => None,
+        }
+    }
 
     /// Materialize the session's tree (the agent session: the benchmark
     /// and the agent, and the gateway's own tree beside it; grading: the

@@ -12,6 +12,9 @@ pub enum ExitStatus {
     Usage,
     /// A pinned digest did not match what was found (`--locked`, `@digest`).
     DigestMismatch,
+    /// SIGINT, SIGTERM or SIGHUP: `128 + signal`, after the sandbox was
+    /// taken down.
+    Interrupted(crate::interrupt::Interrupted),
 }
 
 impl From<ExitStatus> for ExitCode {
@@ -21,6 +24,7 @@ impl From<ExitStatus> for ExitCode {
             ExitStatus::Failure => 1,
             ExitStatus::Usage => 2,
             ExitStatus::DigestMismatch => 3,
+            ExitStatus::Interrupted(sig) => sig.exit_code(),
         })
     }
 }

@@ -66,6 +66,10 @@ pub enum ExportError {
     BadName { name: String },
     #[error("reading the output tar of {what}: {source}")]
     Tar { what: String, source: io::Error },
+    #[error("{path} is the output of another hoist that is still running; give this run a directory of its own")]
+    OutInUse { path: PathBuf },
+    #[error("{path} is not empty (it holds {entry:?}, an earlier run's output?); give this run an empty or new directory, or pass --force to clear it first")]
+    OutNotEmpty { path: PathBuf, entry: String },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {
@@ -191,6 +195,64 @@ impl OutDir {
             fd,
             path: out.to_path_buf(),
         })
+    }
+
+    /// `--out` for one run (DESIGN §8): created if missing, locked for as
+    /// long as the returned `OutDir` lives, and empty. `force` clears what
+    /// is there first (links are removed, never followed). A directory
+    /// another hoist holds is refused, and so is one with an earlier run's
+    /// output in it: two runs in one directory would mix their files.
+    pub fn claim(out: &Path, force: bool) -> Result<OutDir, ExportError> {
+        let dir = OutDir::lock(out)?;
+        let entries = dir.entries()?;
+        match entries.first() {
+            None => {}
+            Some(_) if force => {
+                for name in &entries {
+                    remove_entry(&dir.fd, name).map_err(errno_at(&dir.path.join(name)))?;
+                }
+            }
+            Some(first) => {
+                return Err(ExportError::OutNotEmpty {
+                    path: out.to_path_buf(),
+                    entry: first.to_string_lossy().into_owned(),
+                })
+            }
+        }
+        Ok(dir)
+    }
+
+    /// Open `out` as [`OutDir::open`] does and lock it (an exclusive
+    /// `flock` on the directory, released when the `OutDir` is dropped or
+    /// the process ends), whatever it holds: `hoist grade` writes into the
+    /// run it grades.
+    pub fn lock(out: &Path) -> Result<OutDir, ExportError> {
+        let dir = OutDir::open(out)?;
+        match rustix::fs::flock(
+            &dir.fd,
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        ) {
+            Ok(()) => Ok(dir),
+            Err(Errno::WOULDBLOCK) => Err(ExportError::OutInUse {
+                path: out.to_path_buf(),
+            }),
+            Err(e) => Err(errno_at(out)(e)),
+        }
+    }
+
+    /// The names in the directory, sorted.
+    fn entries(&self) -> Result<Vec<std::ffi::OsString>, ExportError> {
+        let mut d = rustix::fs::Dir::read_from(&self.fd).map_err(errno_at(&self.path))?;
+        let mut names = Vec::new();
+        while let Some(e) = d.read() {
+            let e = e.map_err(errno_at(&self.path))?;
+            let name = OsStr::from_bytes(e.file_name().to_bytes());
+            if name != "." && name != ".." {
+                names.push(name.to_os_string());
+            }
+        }
+        names.sort();
+        Ok(names)
     }
 
     /// Open (creating it if needed) the subdirectory `name`. A symlink
@@ -341,6 +403,28 @@ fn check_plain(name: &str) -> Result<(), ExportError> {
 
 /// Write `bytes` to `dir/name` as a fresh 0644 file renamed into place:
 /// a symlink planted at `name` is replaced, never written through.
+/// Remove `name` beneath `dir`, a directory with all it holds; a link is
+/// removed itself, never followed.
+fn remove_entry(dir: &OwnedFd, name: &OsStr) -> Result<(), Errno> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Err(Errno::ISDIR | Errno::PERM) => {}
+        other => return other,
+    }
+    let sub = rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty())?;
+    let mut d = rustix::fs::Dir::read_from(&sub)?;
+    let mut names = Vec::new();
+    while let Some(e) = d.read() {
+        let n = OsStr::from_bytes(e?.file_name().to_bytes()).to_os_string();
+        if n != "." && n != ".." {
+            names.push(n);
+        }
+    }
+    for n in &names {
+        remove_entry(&sub, n)?;
+    }
+    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+}
+
 pub fn write_file(dir: &OutDir, name: &str, bytes: &[u8]) -> Result<(), ExportError> {
     check_plain(name)?;
     dir.install(name, &mut &bytes[..], u64::MAX)?;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::export::{self, ExportError, ExportReport, OutDir};
+use crate::interrupt::Interrupted;
 use crate::pipeline::context::{AgentPhase, Session, MAX_AGENT_PHASE_BYTES};
 use crate::rootfs::{Fidelity, RootfsMode};
 use crate::sandbox::cgroup::RunLimits;
@@ -103,6 +104,16 @@ pub trait Backend {
     /// every case, before the tree goes).
     fn session(&self, spec: &SessionSpec<'_>, task_dir: &OutDir)
         -> Result<SessionRan, Self::Error>;
+
+    /// Whether `e` says a signal stopped the session (whose sandbox the
+    /// backend has killed and taken down).
+    fn interruption(e: &Self::Error) -> Option<Interrupted>;
+}
+
+/// The sessions that ran, and the signal that stopped the run early.
+pub struct Sessions {
+    pub ran: Vec<SessionRan>,
+    pub interrupted: Option<Interrupted>,
 }
 
 /// How the run begins.
@@ -145,14 +156,31 @@ pub fn clear_stale(task_dir: &OutDir, start: &Start) -> Result<(), OrchestrateEr
 }
 
 /// The sessions of one run, in order; their outputs are in `task_dir`.
-/// `work` is the run's private directory (the copy of `changes.tar`).
+/// `work` is the run's private directory (the copy of `changes.tar`). A
+/// signal ends the run between sessions or in one (the backend kills its
+/// sandbox); what ran until then is returned, with the signal.
 pub fn run_sessions<B: Backend>(
     backend: &B,
     start: Start,
     task_dir: &OutDir,
     work: &Path,
-) -> Result<Vec<SessionRan>, B::Error> {
-    let mut sessions = Vec::new();
+) -> Result<Sessions, B::Error> {
+    let mut ran = Vec::new();
+    let step = |spec: &SessionSpec<'_>| -> Result<Result<SessionRan, Interrupted>, B::Error> {
+        if let Err(sig) = crate::interrupt::check() {
+            return Ok(Err(sig));
+        }
+        match backend.session(spec, task_dir) {
+            Ok(s) => Ok(Ok(s)),
+            Err(e) => B::interruption(&e).map(Err).ok_or(e),
+        }
+    };
+    let stopped = |ran, sig| {
+        Ok(Sessions {
+            ran,
+            interrupted: Some(sig),
+        })
+    };
     let (phase, saved) = match start {
         Start::Agent => {
             let spec = SessionSpec {
@@ -161,9 +189,12 @@ pub fn run_sessions<B: Backend>(
                 changes: None,
                 materialized_before: 0,
             };
-            let first = backend.session(&spec, task_dir)?;
+            let first = match step(&spec)? {
+                Ok(s) => s,
+                Err(sig) => return stopped(ran, sig),
+            };
             let phase = agent_phase(task_dir, first.record.supervisor_exit_code)?;
-            sessions.push(first);
+            ran.push(first);
             (phase, None)
         }
         Start::Regrade { phase, saved } => (Some(phase), Some(saved)),
@@ -171,7 +202,10 @@ pub fn run_sessions<B: Backend>(
     // DESIGN §3 step 7: unless the first session ended the run, grade in
     // a fresh rootfs with the agent's changes.
     let Some(phase) = phase else {
-        return Ok(sessions);
+        return Ok(Sessions {
+            ran,
+            interrupted: None,
+        });
     };
     let changes = match &saved {
         Some(dir) => private_changes(&OutDir::open(dir).map_err(OrchestrateError::from)?, work)?,
@@ -181,10 +215,89 @@ pub fn run_sessions<B: Backend>(
         name: "grade",
         session: Session::Grade(phase),
         changes: Some(&changes),
-        materialized_before: sessions.first().map_or(0, |s| s.record.materialize_ms),
+        materialized_before: ran.first().map_or(0, |s| s.record.materialize_ms),
     };
-    sessions.push(backend.session(&spec, task_dir)?);
-    Ok(sessions)
+    match step(&spec)? {
+        Ok(s) => ran.push(s),
+        Err(sig) => return stopped(ran, sig),
+    }
+    Ok(Sessions {
+        ran,
+        interrupted: None,
+    })
+}
+
+/// What the host knows of a run that a signal stopped, for the
+/// result.json it writes in the supervisor's place.
+pub struct Stopped<'a> {
+    pub task: Option<&'a str>,
+    pub images: &'a serde_json::Value,
+    pub platform: String,
+    pub mode: &'static str,
+    pub isolation: &'static str,
+    pub started_at: &'a str,
+}
+
+/// Write `OUT/task/result.json` for a run `sig` stopped: an infrastructure
+/// error at stage `interrupted`, never a verdict.
+pub fn write_interrupted(
+    task_dir: &OutDir,
+    sig: Interrupted,
+    facts: &Stopped<'_>,
+) -> Result<crate::result::TaskResult, OrchestrateError> {
+    let message = format!("{sig}; the sandbox was killed and taken down");
+    write_infra_error(task_dir, crate::result::Stage::Interrupted, message, facts)
+}
+
+/// Write `OUT/task/result.json` in the supervisor's place, for a run that
+/// ended on the host's side (a signal; for `hoist eval`, a pull or a
+/// sandbox that failed): an infrastructure error, never a verdict. The
+/// task's id is the agent session's when it handed over, else the one
+/// asked for.
+pub fn write_infra_error(
+    task_dir: &OutDir,
+    stage: crate::result::Stage,
+    message: String,
+    facts: &Stopped<'_>,
+) -> Result<crate::result::TaskResult, OrchestrateError> {
+    let phase = task_dir
+        .read("agent.json", MAX_AGENT_PHASE_BYTES)
+        .ok()
+        .flatten()
+        .and_then(|b| AgentPhase::from_json(&b).ok());
+    let result = host_result(stage, message, facts, phase.as_ref());
+    export::write_file(task_dir, "result.json", result.to_json().as_bytes())?;
+    Ok(result)
+}
+
+/// The result.json of a run that ended on the host's side (see
+/// [`write_infra_error`]).
+pub fn host_result(
+    stage: crate::result::Stage,
+    message: String,
+    facts: &Stopped<'_>,
+    phase: Option<&AgentPhase>,
+) -> crate::result::TaskResult {
+    use crate::result::{InfraError, TaskResult};
+    TaskResult {
+        schema: crate::result::SCHEMA.into(),
+        task_id: phase
+            .map(|p| p.task_id.clone())
+            .or(facts.task.map(str::to_string))
+            .unwrap_or_default(),
+        resolved: false,
+        score: 0.0,
+        agent: phase.map(|p| p.agent.clone()).unwrap_or_default(),
+        grade: Default::default(),
+        images: serde_json::from_value(facts.images.clone()).unwrap_or_default(),
+        platform: facts.platform.clone(),
+        infra_error: Some(InfraError { stage, message }),
+        mode: facts.mode.into(),
+        isolation: facts.isolation.into(),
+        hoist_version: env!("CARGO_PKG_VERSION").into(),
+        started_at: facts.started_at.into(),
+        durations_ms: Default::default(),
+    }
 }
 
 /// The agent session's hand-over, `OUT/task/agent.json`, when it wrote one
@@ -318,8 +431,10 @@ pub struct RunRecord {
     pub hoist_version: &'static str,
     pub started_at: String,
     pub durations_ms: Durations,
-    /// The last session's.
+    /// The last session's (`128 + signal` when a signal stopped it).
     pub supervisor_exit_code: i32,
+    /// The signal that stopped the run, whose sandbox was killed.
+    pub interrupted: Option<&'static str>,
     /// The sandbox sessions, in order: the agent's, then grading in a
     /// fresh rootfs (DESIGN §3 step 7) unless the first ended the run.
     pub sessions: Vec<SessionRecord>,
@@ -402,7 +517,7 @@ pub struct Totals {
     pub limits: Option<RunLimits>,
 }
 
-pub fn totals(sessions: Vec<SessionRan>) -> Totals {
+pub fn totals(sessions: Vec<SessionRan>, interrupted: Option<Interrupted>) -> Totals {
     let mut t = Totals::default();
     for s in sessions {
         t.output.copied.extend(s.output.copied);
@@ -416,6 +531,9 @@ pub fn totals(sessions: Vec<SessionRan>) -> Totals {
         t.limits = s.limits.or(t.limits);
         t.containers.extend(s.containers);
         t.sessions.push(s.record);
+    }
+    if let Some(sig) = interrupted {
+        t.exit_code = 128 + sig.0;
     }
     if !t.output.skipped.is_empty() {
         tracing::warn!(skipped = ?t.output.skipped, "entries of the sandbox's /output/task were not copied");
@@ -466,10 +584,13 @@ mod tests {
 
     #[test]
     fn totals_add_the_sessions_and_keep_the_last_exit_code() {
-        let t = totals(vec![
-            ran("agent", 0, &["agent.json"]),
-            ran("grade", 3, &["result.json"]),
-        ]);
+        let t = totals(
+            vec![
+                ran("agent", 0, &["agent.json"]),
+                ran("grade", 3, &["result.json"]),
+            ],
+            None,
+        );
         assert_eq!(t.exit_code, 3);
         assert_eq!(t.materialize_ms, 20);
         assert_eq!(t.sandbox_ms, 200);

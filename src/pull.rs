@@ -185,6 +185,19 @@ fn read_layout_blob(path: &Path, digest: &Digest, max: u64) -> Result<Vec<u8>, P
         })
 }
 
+/// The digest `reference` resolves to now, without pulling it: a
+/// registry's manifest (one request; a pinned reference is its digest),
+/// or a layout's `index.json` entry. `hoist eval` pins its plan so.
+pub async fn resolve(client: &Client, reference: &Reference) -> Result<Digest, PullError> {
+    match reference {
+        Reference::Registry(r) => match &r.digest {
+            Some(d) => Ok(d.clone()),
+            None => Ok(client.get_manifest(r, &r.manifest_ref()).await?.digest),
+        },
+        Reference::Layout(l) => Ok(layout_top(l)?.digest),
+    }
+}
+
 /// Pull `reference` into `store`.
 pub async fn pull(
     store: &Store,

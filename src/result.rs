@@ -86,6 +86,8 @@ pub enum Stage {
     Sandbox,
     Gateway,
     Grade,
+    /// SIGINT, SIGTERM or SIGHUP stopped the run (its sandbox was killed).
+    Interrupted,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -80,6 +80,9 @@ pub fn run_cmd(global: &Global, args: &GradeArgs) -> anyhow::Result<ExitStatus> 
             args.saved.join("run.json").display()
         ),
     };
+    // The run graded in place, or --out: locked, so no other hoist writes
+    // there meanwhile.
+    let out = OutDir::lock(args.out.as_deref().unwrap_or(&args.saved))?;
     let store = global.store()?;
     let t = Instant::now();
     let pinned = pin(reference, digest)?;
@@ -101,7 +104,7 @@ pub fn run_cmd(global: &Global, args: &GradeArgs) -> anyhow::Result<ExitStatus> 
             saved: task_dir.path().to_path_buf(),
             images,
         }),
-        out: args.out.clone().unwrap_or_else(|| args.saved.clone()),
+        out: &out,
         isolation: args.isolation,
         network,
         rootfs: args.rootfs,

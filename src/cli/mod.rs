@@ -4,6 +4,7 @@
 mod bake;
 mod conformance;
 mod doctor;
+mod eval;
 mod gc;
 mod grade;
 mod lock;
@@ -105,6 +106,10 @@ enum Command {
     Store(store::StoreArgs),
     /// Run one task: pull, fuse, sandbox, grade; writes OUT/task/result.json.
     Run(run::RunArgs),
+    /// Run every task of a benchmark (a shared-environment image, or a
+    /// JSON Lines file of per-task images), --jobs at a time, resumable;
+    /// writes OUT/summary.json and OUT/junit.xml.
+    Eval(eval::EvalArgs),
     /// Grade a saved run again: a fresh rootfs of its benchmark (by the
     /// digest in OUT/run.json) plus the agent's changes (OUT/task/changes.tar).
     Grade(grade::GradeArgs),
@@ -166,6 +171,16 @@ pub fn main() -> ExitStatus {
     if let Err(e) = hoist::confine::not_dumpable() {
         return report(&anyhow::Error::new(e).context("making hoist non-dumpable"));
     }
+    // A run holds trees and a sandbox: a signal tears them down before
+    // hoist exits (hoist::interrupt).
+    if matches!(
+        cli.command,
+        Command::Run(_) | Command::Grade(_) | Command::Eval(_)
+    ) {
+        if let Err(e) = hoist::interrupt::install() {
+            return report(&anyhow::Error::new(e).context("taking SIGINT and SIGTERM"));
+        }
+    }
     let result = match &cli.command {
         Command::Pull(a) => pull::run(&cli.global, a),
         Command::Materialize(a) => materialize::run(&cli.global, a),
@@ -174,6 +189,7 @@ pub fn main() -> ExitStatus {
         Command::Store(a) => store::run(&cli.global, a),
         Command::Run(a) => run::run_cmd(&cli.global, a),
         Command::Grade(a) => grade::run_cmd(&cli.global, a),
+        Command::Eval(a) => eval::run(&cli.global, a),
         Command::Lock(a) => lock::run(&cli.global, a),
         Command::Bake(a) => bake::run(&cli.global, a),
         Command::Conformance(a) => conformance::run(&cli.global, a),
@@ -200,6 +216,7 @@ fn enter_user_namespace_if_unprivileged(command: &Command) -> anyhow::Result<()>
         Command::Materialize(_)
         | Command::Run(_)
         | Command::Grade(_)
+        | Command::Eval(_)
         | Command::Gc(_)
         | Command::Store(_)
         | Command::Bake(_) => true,
@@ -269,6 +286,9 @@ fn report(e: &anyhow::Error) -> ExitStatus {
 }
 
 fn exit_status_for(e: &anyhow::Error) -> ExitStatus {
+    if let Some(sig) = hoist::interrupt::pending() {
+        return ExitStatus::Interrupted(sig);
+    }
     for cause in e.chain() {
         if let Some(hoist::lock::LockError::Drift { .. }) =
             cause.downcast_ref::<hoist::lock::LockError>()
@@ -279,6 +299,13 @@ fn exit_status_for(e: &anyhow::Error) -> ExitStatus {
             if p.is_pin_mismatch() {
                 return ExitStatus::DigestMismatch;
             }
+        }
+        if let Some(
+            hoist::export::ExportError::OutNotEmpty { .. }
+            | hoist::export::ExportError::OutInUse { .. },
+        ) = cause.downcast_ref::<hoist::export::ExportError>()
+        {
+            return ExitStatus::Usage;
         }
         if cause.is::<hoist::reference::ReferenceError>()
             || cause.is::<hoist::platform::PlatformError>()

@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 use hoist::container::{self, ContainerRequest, Docker, ImageSource};
 use hoist::crane::{check_lock, run, Agents, RunRequest};
 use hoist::exit::ExitStatus;
+use hoist::export::OutDir;
 use hoist::lock::{LockFile, DEFAULT_FILE};
 use hoist::pull::Pulled;
 use hoist::reference::Reference;
@@ -41,9 +42,13 @@ pub struct RunArgs {
     /// The task to run; may be left out for a per-task image.
     #[arg(long, env = "HOIST_TASK")]
     task: Option<String>,
-    /// Where task/result.json, the logs and run.json go.
+    /// Where task/result.json, the logs and run.json go: a new or empty
+    /// directory, locked while the run lasts.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// Clear a non-empty --out first (an earlier run's output is lost).
+    #[arg(long)]
+    force: bool,
     #[arg(long, value_enum, default_value = "none")]
     network: Network,
     #[arg(long, value_enum, default_value = "auto")]
@@ -88,34 +93,136 @@ impl RunArgs {
 }
 
 pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
-    if args.mode == Mode::Container {
-        return container_cmd(global, args);
-    }
-    if args.image.is_some() {
-        bail!("--image names a combination image for --mode container; crane mode fuses the axes itself");
-    }
+    // First, so a missing daemon is reported before anything is pulled.
+    let docker = match args.mode {
+        Mode::Container => Some(Docker::detect()?),
+        Mode::Crane if args.image.is_some() => {
+            bail!("--image names a combination image for --mode container; crane mode fuses the axes itself")
+        }
+        Mode::Crane => None,
+    };
+    let out = OutDir::claim(&args.out, args.force)?;
     let store = global.store()?;
     let (pulled, pull_ms) = pull_checked(global, &store, args)?;
-    let (benchmark, agent, gateway) = (&pulled[0], &pulled[1], pulled.get(2));
-    let req = RunRequest {
-        benchmark,
-        agents: Agents::Run { agent, gateway },
+    let how = How {
         task: args.task.clone(),
-        out: args.out.clone(),
-        isolation: args.isolation,
         network: args.network,
+        isolation: args.isolation,
         rootfs: args.rootfs,
         recordings: args.recordings_dir(),
-        agent_timeout_sec: args.agent_timeout,
-        grade_timeout_sec: args.grade_timeout,
+        agent_timeout: args.agent_timeout,
+        grade_timeout: args.grade_timeout,
         memory: args.memory,
-        hoist_binary: static_binary()?,
+        image: args.image.clone(),
         lock_file: args.locked.then(|| args.lock_file.clone()),
+    };
+    let (result, isolation) = execute(
+        global,
+        &store,
+        docker.as_ref(),
+        &pulled,
+        &how,
+        &out,
+        pull_ms,
+    )?;
+    print_result(global, &result, isolation)
+}
+
+/// How to run one task, whichever command asks (`hoist run`, and each
+/// task of `hoist eval`).
+#[derive(Clone)]
+pub struct How {
+    pub task: Option<String>,
+    pub network: Network,
+    pub isolation: Isolation,
+    pub rootfs: RootfsMode,
+    pub recordings: Option<PathBuf>,
+    pub agent_timeout: Option<u64>,
+    pub grade_timeout: Option<u64>,
+    pub memory: Option<u64>,
+    /// Container mode: a combination image to run instead of baking one.
+    pub image: Option<String>,
+    /// The lock file checked, for run.json.
+    pub lock_file: Option<PathBuf>,
+}
+
+/// Run one task on the pulled axes (benchmark, agent, gateway) into
+/// `out`: in crane mode, or under `docker` (container mode). Returns
+/// result.json and the isolation it ran in.
+pub fn execute(
+    global: &Global,
+    store: &Store,
+    docker: Option<&Docker>,
+    pulled: &[Pulled],
+    how: &How,
+    out: &OutDir,
+    pull_ms: u64,
+) -> anyhow::Result<(serde_json::Value, &'static str)> {
+    let (benchmark, agent, gateway) = (&pulled[0], &pulled[1], pulled.get(2));
+    let Some(docker) = docker else {
+        let req = RunRequest {
+            benchmark,
+            agents: Agents::Run { agent, gateway },
+            task: how.task.clone(),
+            out,
+            isolation: how.isolation,
+            network: how.network,
+            rootfs: how.rootfs,
+            recordings: how.recordings.clone(),
+            agent_timeout_sec: how.agent_timeout,
+            grade_timeout_sec: how.grade_timeout,
+            memory: how.memory,
+            hoist_binary: static_binary()?,
+            lock_file: how.lock_file.clone(),
+            command_line: std::env::args().collect(),
+            pull_ms,
+        };
+        let (result, record) = run(store, &req)?;
+        return Ok((result, record.isolation));
+    };
+    // --mode container: the same task in the combination image, under
+    // Docker (DESIGN §6).
+    let axes = || container::Axes {
+        benchmark,
+        agent,
+        gateway,
+    };
+    let hoist_binary;
+    let stored;
+    let source = match how.image.as_deref() {
+        None => {
+            hoist_binary = static_binary()?;
+            ImageSource::Bake {
+                hoist_binary: &hoist_binary,
+                epoch: hoist::bake::source_date_epoch(),
+            }
+        }
+        Some(image) => match image.parse::<Reference>()? {
+            Reference::Registry(r) => ImageSource::Registry(resolve_digest(global, r)?),
+            Reference::Layout(_) => {
+                stored = pull_axes(global, store, &[image])?;
+                ImageSource::Stored(&stored[0])
+            }
+        },
+    };
+    let prepared = container::prepare(docker, store, &axes(), &source)
+        .context("preparing the combination image")?;
+    let req = ContainerRequest {
+        axes: axes(),
+        task: how.task.clone(),
+        out,
+        network: how.network,
+        recordings: how.recordings.clone(),
+        agent_timeout_sec: how.agent_timeout,
+        grade_timeout_sec: how.grade_timeout,
+        memory: how.memory,
+        lock_file: how.lock_file.clone(),
         command_line: std::env::args().collect(),
         pull_ms,
+        strict: how.isolation == Isolation::Strict,
     };
-    let (result, record) = run(&store, &req)?;
-    print_result(global, &result, record.isolation)
+    let (result, _record) = container::run(docker, store, &req, &prepared)?;
+    Ok((result, "docker"))
 }
 
 /// Pull every axis and, with `--locked`, check it against the lock file.
@@ -141,56 +248,6 @@ fn pull_checked(
         check_lock(&lock, &args.lock_file, &axes)?;
     }
     Ok((pulled, pull_ms))
-}
-
-/// `--mode container`: the same task in the combination image, under
-/// Docker (DESIGN §6).
-fn container_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
-    // First, so a missing daemon is reported before anything is pulled.
-    let docker = Docker::detect()?;
-    let store = global.store()?;
-    let (pulled, pull_ms) = pull_checked(global, &store, args)?;
-    let axes = || container::Axes {
-        benchmark: &pulled[0],
-        agent: &pulled[1],
-        gateway: pulled.get(2),
-    };
-    let hoist_binary;
-    let stored;
-    let source = match args.image.as_deref() {
-        None => {
-            hoist_binary = static_binary()?;
-            ImageSource::Bake {
-                hoist_binary: &hoist_binary,
-                epoch: hoist::bake::source_date_epoch(),
-            }
-        }
-        Some(image) => match image.parse::<Reference>()? {
-            Reference::Registry(r) => ImageSource::Registry(resolve_digest(global, r)?),
-            Reference::Layout(_) => {
-                stored = pull_axes(global, &store, &[image])?;
-                ImageSource::Stored(&stored[0])
-            }
-        },
-    };
-    let prepared = container::prepare(&docker, &store, &axes(), &source)
-        .context("preparing the combination image")?;
-    let req = ContainerRequest {
-        axes: axes(),
-        task: args.task.clone(),
-        out: args.out.clone(),
-        network: args.network,
-        recordings: args.recordings_dir(),
-        agent_timeout_sec: args.agent_timeout,
-        grade_timeout_sec: args.grade_timeout,
-        memory: args.memory,
-        lock_file: args.locked.then(|| args.lock_file.clone()),
-        command_line: std::env::args().collect(),
-        pull_ms,
-        strict: args.isolation == Isolation::Strict,
-    };
-    let (result, _record) = container::run(&docker, &store, &req, &prepared)?;
-    print_result(global, &result, "docker")
 }
 
 /// The digest `r` resolves to now, by hoist's own client, so Docker
@@ -222,7 +279,9 @@ pub fn print_result(
     } else if !global.quiet {
         print_verdict(result, isolation);
     }
-    Ok(if result["infra_error"].is_null() {
+    Ok(if let Some(sig) = hoist::interrupt::pending() {
+        ExitStatus::Interrupted(sig)
+    } else if result["infra_error"].is_null() {
         ExitStatus::Success
     } else {
         ExitStatus::Failure

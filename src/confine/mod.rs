@@ -277,6 +277,17 @@ pub fn not_dumpable() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Be killed when the parent dies: a sandbox stage whose hoist was
+/// killed (SIGKILL cannot be caught to take it down) ends, and with it
+/// the run's pid namespace or chrooted supervisor. Kept across the exec of
+/// a binary that is not setuid; cleared by fork, so each process of the
+/// chain asks for itself. Async-signal-safe (one prctl), so it may run
+/// between fork and exec.
+pub fn die_with_parent() -> std::io::Result<()> {
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfineError {
     #[error("the confinement policy is not valid JSON: {0}")]

@@ -195,6 +195,42 @@ pub fn descendants(table: &[ProcStatus], ancestor: i32) -> HashSet<i32> {
     found
 }
 
+/// Kill `ancestor`'s descendants, as the host sees them in `/proc`. They
+/// are stopped first, round after round until a round finds none new, so
+/// none can fork a child the kill would miss; then all are killed. The
+/// caller kills `ancestor` itself.
+pub fn kill_tree(ancestor: i32) {
+    let Ok(procfs) = Procfs::open(Path::new("/proc")) else {
+        return;
+    };
+    let mut stopped: HashSet<i32> = HashSet::new();
+    for _ in 0..64 {
+        let Ok(table) = procfs.table() else { break };
+        let live: HashSet<i32> = table.iter().filter(|p| p.live).map(|p| p.pid).collect();
+        let new: Vec<i32> = descendants(&table, ancestor)
+            .into_iter()
+            .filter(|p| live.contains(p) && !stopped.contains(p))
+            .collect();
+        if new.is_empty() {
+            break;
+        }
+        for pid in new {
+            signal(pid, Signal::STOP);
+            stopped.insert(pid);
+        }
+    }
+    for &pid in &stopped {
+        signal(pid, Signal::KILL);
+    }
+}
+
+fn signal(pid: i32, sig: Signal) {
+    if let Some(p) = Pid::from_raw(pid) {
+        // ESRCH: gone already, the outcome wanted.
+        let _ = rustix::process::kill_process(p, sig);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -133,6 +133,8 @@ fn enter_private_mount_namespace() -> std::io::Result<()> {
 /// here, before the chroot, and handed down as `--proc-fd`.
 pub fn chroot_exec(rootfs: &Path, args: &[String]) -> i32 {
     let err = (|| -> Result<std::convert::Infallible, SandboxError> {
+        // The supervisor ends with the stage (and so with hoist).
+        crate::confine::die_with_parent().map_err(io_err("PR_SET_PDEATHSIG"))?;
         let procfs = Procfs::open(Path::new("/proc"))
             .map_err(|e| io_err("/proc (chroot isolation reads the run's processes from it)")(e))?;
         let fd = procfs

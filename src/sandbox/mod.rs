@@ -155,6 +155,9 @@ pub enum SandboxError {
     Timeout(Duration),
     #[error("sandbox: {0}")]
     Unsupported(String),
+    /// A signal came; the sandbox was killed.
+    #[error("{0}; the sandbox was killed")]
+    Interrupted(crate::interrupt::Interrupted),
 }
 
 impl From<crate::confine::mounts::MountError> for SandboxError {
@@ -366,11 +369,15 @@ pub fn run(
     // run before anything of it starts.
     let mut cgroup = cgroup::RunCgroup::create(&cfg.limits)?;
     let start = Instant::now();
+    use std::os::unix::process::CommandExt;
     let mut stage = Command::new(&cfg.hoist_binary);
     stage
         .arg("__sandbox")
         .arg(config_path)
-        .stdin(std::process::Stdio::piped());
+        .stdin(std::process::Stdio::piped())
+        // A terminal's Ctrl-C reaches hoist alone, which takes the sandbox
+        // down in order (crate::interrupt), not the stage half-way.
+        .process_group(0);
     let mut child = cgroup
         .spawn(stage)
         .map_err(io_err("starting the sandbox"))?;
@@ -419,20 +426,42 @@ fn wait_sandbox(
             }));
         }
         let elapsed = start.elapsed();
-        if elapsed > deadline {
+        let stop = match crate::interrupt::pending() {
+            Some(sig) => Some(SandboxError::Interrupted(sig)),
             // The supervisor enforces the task's own timeouts; this is the
-            // backstop if it hangs. Killing the namespace stage kills PID 1
-            // of the pid namespace, and with it everything inside.
-            let _ = child.kill(); // it may have exited just now; wait says
-            let _ = child.wait();
-            return Err(SandboxError::Timeout(deadline));
+            // backstop if it hangs.
+            None if elapsed > deadline => Some(SandboxError::Timeout(deadline)),
+            None => None,
+        };
+        if let Some(why) = stop {
+            kill_stage(cfg.isolation, child);
+            return Err(why);
         }
-        // Woken when the stage exits, not up to a poll interval later.
+        // Woken when the stage exits, not up to a poll interval later; a
+        // signal is looked for at least every tenth of a second.
         let pid = i32::try_from(child.id()).unwrap_or(0);
-        if !crate::confine::wait::wait_for_exit(pid, deadline - elapsed) {
+        let slice = (deadline - elapsed).min(Duration::from_millis(100));
+        if !crate::confine::wait::wait_for_exit(pid, slice) {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+}
+
+/// Kill the sandbox stage and everything it started. With namespaces the
+/// stage is the parent of PID 1 of the run's pid namespace, which dies
+/// with it (`die_with_parent`), and its death ends every process inside. In chroot mode the processes are the stage's
+/// descendants (the supervisor is a child subreaper, so nothing the agent
+/// started has left that tree): they are stopped, then killed, then the
+/// stage. The run's cgroup, where there is one, kills what is left when
+/// it is removed.
+fn kill_stage(isolation: Isolation, child: &mut std::process::Child) {
+    if isolation == Isolation::Chroot {
+        if let Ok(pid) = i32::try_from(child.id()) {
+            crate::confine::procfs::kill_tree(pid);
+        }
+    }
+    let _ = child.kill(); // it may have exited just now; wait says
+    let _ = child.wait();
 }
 
 /// Write the identity uid and gid maps of the stage's new user namespace.
@@ -455,6 +484,11 @@ fn map_identity(child: &mut std::process::Child) -> Result<(), SandboxError> {
 /// `hoist __sandbox CONFIG`: the stage that isolates, then execs the
 /// supervisor. Never returns on success.
 pub fn sandbox_stage(config_path: &Path) -> i32 {
+    // Ended with hoist, should hoist be killed outright.
+    if let Err(e) = crate::confine::die_with_parent() {
+        eprintln!("hoist sandbox: PR_SET_PDEATHSIG: {e}");
+        return 1;
+    }
     let cfg: SandboxConfig = match std::fs::read(config_path)
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))

@@ -342,6 +342,8 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
 /// In PID 1 of the pid namespace, before its exec: mount `/proc`, pivot
 /// into `root`, then limits and `no_new_privs`.
 fn become_init(root: BorrowedFd<'_>, limits: &Limits) -> Result<(), SandboxError> {
+    // The namespace ends with the stage (and so with hoist).
+    crate::confine::die_with_parent().map_err(io_err("PR_SET_PDEATHSIG"))?;
     let proc_dir = mounts::dir(root, "proc")?;
     mounts::fresh(
         "proc",

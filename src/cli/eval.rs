@@ -1,0 +1,503 @@
+//! `hoist eval` (DESIGN §10): every task of a benchmark, `--jobs` at a
+//! time, resumable; `OUT/eval.json`, `OUT/tasks/<id>/`, `OUT/summary.json`,
+//! `OUT/junit.xml`, and the summary table.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use hoist::container::Docker;
+use hoist::eval::report::{self, Entry};
+use hoist::eval::{
+    self, Attempt, EvalPlan, Event, Outcome, Pin, PlannedTask, Schedule, Shard, TaskLine,
+};
+use hoist::exit::ExitStatus;
+use hoist::export::{self, OutDir};
+use hoist::interrupt::Interrupted;
+use hoist::orchestrate::{host_result, Stopped};
+use hoist::pipeline::clock::rfc3339;
+use hoist::pull::{pull, resolve, NoProgress, PullOptions, Pulled};
+use hoist::reference::Reference;
+use hoist::registry::Client;
+use hoist::result::{Stage, TaskResult};
+use hoist::rootfs::RootfsMode;
+use hoist::sandbox::cgroup::parse_size;
+use hoist::sandbox::{Isolation, Network};
+use hoist::store::Store;
+
+use super::materialize::pull_axes;
+use super::run::{execute, How, Mode};
+use super::Global;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    /// A shared-environment benchmark image: its tasks (all of /tasks, or
+    /// the --task ones).
+    #[arg(long, value_name = "REF", conflicts_with = "tasks")]
+    benchmark: Option<String>,
+    /// With --benchmark: run only these tasks (repeatable).
+    #[arg(long = "task", value_name = "ID", requires = "benchmark")]
+    task: Vec<String>,
+    /// A per-task benchmark: JSON Lines, one task a line:
+    /// {"id": "...", "benchmark": "REF"} (optional "agent", "gateway",
+    /// "agent_timeout_sec").
+    #[arg(long, value_name = "FILE", required_unless_present = "benchmark")]
+    tasks: Option<PathBuf>,
+    #[arg(long, value_name = "REF", env = "HOIST_AGENT")]
+    agent: String,
+    #[arg(long, value_name = "REF", env = "HOIST_GATEWAY")]
+    gateway: Option<String>,
+    /// The evaluation's directory: eval.json, tasks/<id>/, summary.json,
+    /// junit.xml. Run again to resume.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Tasks run at once (default: one per core, at most one per 2 GiB of
+    /// memory, or per --memory).
+    #[arg(long, short = 'j', value_name = "N")]
+    jobs: Option<usize>,
+    /// Run task k (in the plan's order) when k mod N = I. Unset: from
+    /// SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, or JOB_COMPLETION_INDEX
+    /// (one task per index).
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
+    /// Further tries of a task that ended with an infrastructure error
+    /// (an agent's failure is never retried).
+    #[arg(long, value_name = "K", default_value_t = 2)]
+    retries: u32,
+    /// Run every task again, even those complete in OUT.
+    #[arg(long)]
+    rerun: bool,
+    #[arg(long, value_enum, default_value = "crane")]
+    mode: Mode,
+    #[arg(long, value_enum, default_value = "none")]
+    network: Network,
+    #[arg(long, value_enum, default_value = "auto")]
+    isolation: Isolation,
+    #[arg(long, value_enum, default_value = "auto")]
+    rootfs: RootfsMode,
+    /// Recorded model responses for the gateway, mounted at /recordings.
+    #[arg(long, value_name = "DIR")]
+    recordings: Option<PathBuf>,
+    #[arg(long, value_name = "SEC")]
+    agent_timeout: Option<u64>,
+    #[arg(long, value_name = "SEC")]
+    grade_timeout: Option<u64>,
+    /// Each run's memory, swap excluded (as `hoist run --memory`).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory: Option<u64>,
+}
+
+pub fn run(global: &Global, args: &EvalArgs) -> anyhow::Result<ExitStatus> {
+    let started = Instant::now();
+    let docker = match args.mode {
+        Mode::Container => Some(Docker::detect()?),
+        Mode::Crane => None,
+    };
+    // OUT is this evaluation's (resumed when run again): locked, not
+    // cleared.
+    let out = OutDir::lock(&args.out)?;
+    let store = global.store()?;
+    let client = Client::new(global.registry_options()?)?;
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let plan = make_plan(global, &store, &client, &rt, args)?;
+    let bytes = serde_json::to_vec_pretty(&plan)?;
+    export::write_file(&out, "eval.json", &bytes)?;
+
+    let recordings = args
+        .recordings
+        .as_ref()
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
+    let how = How {
+        task: None,
+        network: args.network,
+        isolation: args.isolation,
+        rootfs: args.rootfs,
+        recordings,
+        agent_timeout: args.agent_timeout,
+        grade_timeout: args.grade_timeout,
+        memory: args.memory,
+        image: None,
+        lock_file: None,
+    };
+    let schedule = Schedule {
+        jobs: args.jobs.unwrap_or_else(|| eval::default_jobs(args.memory)),
+        retries: args.retries,
+        backoff: std::env::var("HOIST_EVAL_BACKOFF_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(Duration::from_secs(5), Duration::from_millis),
+        rerun: args.rerun,
+    };
+    let quiet = global.quiet;
+    if !quiet {
+        eprintln!(
+            "hoist eval: {} task(s){}, {} at a time, into {}",
+            plan.tasks.len(),
+            plan.shard
+                .map(|s| format!(" (shard {}/{} of {})", s.index, s.count, plan.total_tasks))
+                .unwrap_or_default(),
+            schedule.jobs,
+            args.out.display()
+        );
+    }
+    let runner = TaskRunner {
+        global,
+        store: &store,
+        client: &client,
+        rt: &rt,
+        docker: docker.as_ref(),
+        how: &how,
+        out: &args.out,
+        mode: args.mode,
+    };
+    let attempt = |t: &PlannedTask| runner.attempt(t);
+    let note = |e: Event<'_>| {
+        if !quiet {
+            progress_line(&e);
+        }
+    };
+    // Held while tasks run: a signal stops the scheduling and each
+    // running task takes its sandbox down; then the summary of what
+    // completed is written.
+    let region = hoist::interrupt::Region::enter();
+    let (outcomes, stopped) = match region {
+        Ok(_r) => eval::run_all(&args.out, &plan, &schedule, &attempt, &note),
+        Err(sig) => (Vec::new(), Some(sig)),
+    };
+    let wall_ms = started.elapsed().as_millis() as u64;
+    let entries = || {
+        outcomes.iter().map(|o: &Outcome| Entry {
+            id: &o.id,
+            result: o.result.as_ref(),
+            resumed: o.resumed,
+        })
+    };
+    let summary = report::summarize(entries(), wall_ms);
+    export::write_file(&out, "summary.json", &serde_json::to_vec_pretty(&summary)?)?;
+    export::write_file(
+        &out,
+        "junit.xml",
+        report::junit("hoist eval", entries()).as_bytes(),
+    )?;
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else if !quiet {
+        print!("{}", report::table(&summary));
+    }
+    Ok(match stopped.or_else(hoist::interrupt::pending) {
+        Some(sig) => ExitStatus::Interrupted(sig),
+        None if summary.infra_error > 0 => ExitStatus::Failure,
+        None => ExitStatus::Success,
+    })
+}
+
+fn progress_line(e: &Event<'_>) {
+    match e {
+        Event::Started { task, attempt } if *attempt > 1 => {
+            eprintln!("{}: attempt {attempt}", task.id)
+        }
+        Event::Started { .. } => {}
+        Event::Retrying { task, after, why } => eprintln!(
+            "{}: infrastructure error ({why}); again in {:.1} s",
+            task.id,
+            after.as_secs_f64()
+        ),
+        Event::Ended {
+            task,
+            outcome,
+            done,
+            total,
+        } => {
+            let verdict = match &outcome.result {
+                None => "not run".to_string(),
+                Some(r) => match &r.infra_error {
+                    Some(e) => format!("infrastructure error: {}", e.message),
+                    None if r.resolved => "RESOLVED".into(),
+                    None if r.agent.timed_out => "unresolved (agent timed out)".into(),
+                    None => "unresolved".into(),
+                },
+            };
+            let kept = if outcome.resumed { " (kept)" } else { "" };
+            eprintln!("[{done}/{total}] {}: {verdict}{kept}", task.id);
+        }
+    }
+}
+
+/// The plan: this shard's tasks, every image pinned by digest.
+fn make_plan(
+    global: &Global,
+    store: &Store,
+    client: &Client,
+    rt: &tokio::runtime::Runtime,
+    args: &EvalArgs,
+) -> anyhow::Result<EvalPlan> {
+    let lines: Vec<TaskLine> = match (&args.benchmark, &args.tasks) {
+        (Some(benchmark), _) => {
+            // One image holds every task: pull it (its tasks are listed
+            // from it unless given).
+            let pulled = pull_axes(global, store, &[benchmark.as_str()])?;
+            let ids = if args.task.is_empty() {
+                let ids = eval::list_tasks(store, &pulled[0])?;
+                if ids.is_empty() {
+                    bail!("{benchmark} has no task under /tasks");
+                }
+                ids
+            } else {
+                args.task.clone()
+            };
+            ids.into_iter()
+                .map(|id| TaskLine {
+                    id,
+                    benchmark: benchmark.clone(),
+                    agent: None,
+                    gateway: None,
+                    agent_timeout_sec: None,
+                })
+                .collect()
+        }
+        (None, Some(file)) => eval::parse_tasks_file(file)?,
+        (None, None) => bail!("give --benchmark REF or --tasks FILE"),
+    };
+    // Each distinct reference resolved once, a few at a time.
+    let mut refs: Vec<String> = Vec::new();
+    for l in &lines {
+        refs.push(l.benchmark.clone());
+        refs.push(l.agent.clone().unwrap_or_else(|| args.agent.clone()));
+        refs.extend(l.gateway.clone().or_else(|| args.gateway.clone()));
+    }
+    refs.sort();
+    refs.dedup();
+    let digests: std::collections::HashMap<String, Result<String, String>> = rt.block_on(async {
+        use futures_util::stream::{self, StreamExt};
+        stream::iter(refs.iter().map(|r| async move {
+            let d = async {
+                let parsed: Reference = r.parse()?;
+                anyhow::Ok(resolve(client, &parsed).await?.to_string())
+            }
+            .await
+            .map_err(|e| format!("{e:#}"));
+            (r.clone(), d)
+        }))
+        .buffer_unordered(8)
+        .collect()
+        .await
+    });
+    for (r, d) in &digests {
+        if let Err(why) = d {
+            tracing::warn!(reference = %r, error = %why, "could not resolve; its tasks try again when they run");
+        }
+    }
+    let pin = |r: &str| Pin {
+        reference: r.to_string(),
+        digest: digests[r].as_ref().ok().cloned(),
+        unresolved: digests[r].as_ref().err().cloned(),
+    };
+    let total = lines.len();
+    let shard = match &args.shard {
+        Some(s) => Some(Shard::parse(s)?),
+        None => Shard::from_env(|k| std::env::var(k).ok(), total)?,
+    };
+    let tasks = lines
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| shard.is_none_or(|s| s.takes(*k)))
+        .map(|(_, l)| PlannedTask {
+            id: l.id.clone(),
+            benchmark: pin(&l.benchmark),
+            agent: pin(l.agent.as_deref().unwrap_or(&args.agent)),
+            gateway: l.gateway.as_deref().or(args.gateway.as_deref()).map(pin),
+            agent_timeout_sec: l.agent_timeout_sec,
+        })
+        .collect();
+    Ok(EvalPlan {
+        schema: eval::PLAN_SCHEMA.into(),
+        created_at: rfc3339(SystemTime::now()),
+        mode: match args.mode {
+            Mode::Crane => "crane",
+            Mode::Container => "container",
+        }
+        .into(),
+        shard,
+        total_tasks: total,
+        tasks,
+    })
+}
+
+/// What every task's attempt shares.
+struct TaskRunner<'a> {
+    global: &'a Global,
+    store: &'a Store,
+    client: &'a Client,
+    rt: &'a tokio::runtime::Runtime,
+    docker: Option<&'a Docker>,
+    how: &'a How,
+    out: &'a Path,
+    mode: Mode,
+}
+
+/// Why a task's images could not be had.
+enum PullFailed {
+    Interrupted(Interrupted),
+    Error(anyhow::Error),
+}
+
+impl TaskRunner<'_> {
+    /// One try at `task`: pull its pinned images, run it into
+    /// `OUT/tasks/<id>` (cleared first), and read its result. What fails
+    /// outside the sandbox is written there as an infrastructure error.
+    fn attempt(&self, task: &PlannedTask) -> Attempt {
+        let dir_path = eval::task_out(self.out, &task.id);
+        let dir = match OutDir::claim(&dir_path, true) {
+            Ok(d) => d,
+            Err(e) => return self.host_error(task, None, Stage::Sandbox, &e.into()),
+        };
+        let t = Instant::now();
+        let pulled = match self.pull(task) {
+            Ok(p) => p,
+            Err(PullFailed::Interrupted(sig)) => return Attempt::Interrupted(sig),
+            Err(PullFailed::Error(e)) => return self.host_error(task, Some(&dir), Stage::Pull, &e),
+        };
+        let pull_ms = t.elapsed().as_millis() as u64;
+        let how = How {
+            task: Some(task.id.clone()),
+            agent_timeout: task.agent_timeout_sec.or(self.how.agent_timeout),
+            ..self.how.clone()
+        };
+        match execute(
+            self.global,
+            self.store,
+            self.docker,
+            &pulled,
+            &how,
+            &dir,
+            pull_ms,
+        ) {
+            Ok((value, _)) => {
+                let result: Result<TaskResult, _> = serde_json::from_value(value);
+                match (hoist::interrupt::pending(), result) {
+                    (Some(sig), Ok(r))
+                        if r.infra_error
+                            .as_ref()
+                            .is_some_and(|e| e.stage == Stage::Interrupted) =>
+                    {
+                        Attempt::Interrupted(sig)
+                    }
+                    (_, Ok(r)) => Attempt::Ran(Box::new(r)),
+                    (_, Err(e)) => {
+                        self.host_error(task, Some(&dir), Stage::Sandbox, &anyhow::Error::new(e))
+                    }
+                }
+            }
+            Err(e) => match hoist::interrupt::pending() {
+                Some(sig) => Attempt::Interrupted(sig),
+                None => self.host_error(task, Some(&dir), Stage::Sandbox, &e),
+            },
+        }
+    }
+
+    /// The task's images, pulled by the plan's digests; a signal abandons
+    /// the pull (what was stored stays, and a later pull resumes).
+    fn pull(&self, task: &PlannedTask) -> Result<Vec<Pulled>, PullFailed> {
+        let mut pins = vec![&task.benchmark, &task.agent];
+        pins.extend(task.gateway.as_ref());
+        let fail = |e: anyhow::Error| PullFailed::Error(e);
+        let refs = pins
+            .iter()
+            .map(|p| pinned_reference(p))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map_err(fail)?;
+        let store = self.store;
+        let client = self.client;
+        let pulls = futures_util::future::try_join_all(refs.iter().map(|r| async move {
+            pull(
+                store,
+                client,
+                r,
+                &PullOptions::default(),
+                Arc::new(NoProgress),
+            )
+            .await
+            .with_context(|| format!("pulling {r}"))
+        }));
+        let pulled = self.rt.block_on(async {
+            tokio::select! {
+                p = pulls => Ok(p),
+                sig = hoist::interrupt::signalled() => Err(sig),
+            }
+        });
+        let pulled = pulled.map_err(PullFailed::Interrupted)?.map_err(fail)?;
+        for (p, pin) in pulled.iter().zip(&pins) {
+            if let Some(planned) = pin.digest.as_ref().filter(|d| **d != p.digest.to_string()) {
+                return Err(fail(anyhow::anyhow!(
+                    "{} now resolves to {}, but the evaluation's plan pinned {planned}",
+                    pin.reference,
+                    p.digest,
+                )));
+            }
+        }
+        Ok(pulled)
+    }
+
+    /// Write the task's result.json as an infrastructure error at `stage`
+    /// (the task never reached its sandbox, or the run failed on the
+    /// host's side), and return it.
+    fn host_error(
+        &self,
+        task: &PlannedTask,
+        dir: Option<&OutDir>,
+        stage: Stage,
+        e: &anyhow::Error,
+    ) -> Attempt {
+        let message = format!("{e:#}");
+        let record = |p: &Pin| serde_json::json!({"ref": p.reference, "digest": p.digest.clone().unwrap_or_default()});
+        let images = serde_json::json!({
+            "benchmark": record(&task.benchmark),
+            "agent": record(&task.agent),
+            "gateway": task.gateway.as_ref().map(record),
+        });
+        let started_at = rfc3339(SystemTime::now());
+        let facts = Stopped {
+            task: Some(&task.id),
+            images: &images,
+            platform: hoist::platform::Platform::host().to_string(),
+            mode: match self.mode {
+                Mode::Crane => "crane",
+                Mode::Container => "container",
+            },
+            isolation: "none",
+            started_at: &started_at,
+        };
+        let result = host_result(stage, message, &facts, None);
+        let written = dir
+            .ok_or_else(|| anyhow::anyhow!("no directory for the task"))
+            .and_then(|d| Ok(d.subdir("task")?))
+            .and_then(|t| {
+                Ok(export::write_file(
+                    &t,
+                    "result.json",
+                    result.to_json().as_bytes(),
+                )?)
+            });
+        if let Err(w) = written {
+            // Still counted, as the error it was.
+            tracing::warn!(task = %task.id, error = %w, "could not write the task's result.json");
+        }
+        Attempt::Ran(Box::new(result))
+    }
+}
+
+/// A registry reference pinned to the plan's digest (the registry serves
+/// exactly those bytes); a layout is pulled as named and its digest
+/// checked after.
+fn pinned_reference(pin: &Pin) -> anyhow::Result<Reference> {
+    let mut r: Reference = pin.reference.parse()?;
+    if let (Reference::Registry(reg), Some(d)) = (&mut r, &pin.digest) {
+        reg.digest = Some(
+            d.parse()
+                .with_context(|| format!("the planned digest {d}"))?,
+        );
+    }
+    Ok(r)
+}

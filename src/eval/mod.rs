@@ -1,0 +1,618 @@
+//! `hoist eval` (DESIGN §10): every task of a benchmark, each exactly as
+//! `hoist run` runs it, with one store, resumable and interruptible.
+//!
+//! The plan ([`EvalPlan`], `OUT/eval.json`) lists the tasks of this shard
+//! with every image pinned by digest. [`run_all`] runs them `jobs` at a
+//! time: a task whose `OUT/tasks/<id>/task/result.json` is complete for
+//! the same digests is kept ([`completed`]); an infrastructure error is
+//! retried with backoff, an agent's failure never; a signal stops the
+//! scheduling, the running tasks take their sandboxes down, and what
+//! completed is kept. [`report`] sums the results up (`summary.json`,
+//! the table, `junit.xml`).
+
+pub mod report;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::interrupt::Interrupted;
+use crate::pipeline::task::is_safe_id;
+use crate::result::TaskResult;
+
+/// `eval.json`'s schema.
+pub const PLAN_SCHEMA: &str = "hoist.eval/v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {why}")]
+    TasksFile {
+        path: PathBuf,
+        line: usize,
+        why: String,
+    },
+    #[error("--shard {0:?}: expected I/N with 0 <= I < N (e.g. 0/4)")]
+    BadShard(String),
+    #[error("{var}={value:?}: {why}")]
+    BadShardEnv {
+        var: &'static str,
+        value: String,
+        why: &'static str,
+    },
+}
+
+/// One line of a tasks file (JSON Lines): a task and the image that
+/// holds it; the agent, gateway and timeout default to the command's.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskLine {
+    pub id: String,
+    pub benchmark: String,
+    #[serde(default)]
+    pub agent: Option<String>,
+    #[serde(default)]
+    pub gateway: Option<String>,
+    #[serde(default)]
+    pub agent_timeout_sec: Option<u64>,
+}
+
+/// Read a tasks file: one JSON object a line (blank lines and lines
+/// starting with `#` are skipped), ids safe as directory names and
+/// unique. Errors name the file and the line.
+pub fn parse_tasks_file(path: &Path) -> Result<Vec<TaskLine>, EvalError> {
+    let text = std::fs::read_to_string(path).map_err(|source| EvalError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_tasks(path, &text)
+}
+
+fn parse_tasks(path: &Path, text: &str) -> Result<Vec<TaskLine>, EvalError> {
+    let err = |line: usize, why: String| EvalError::TasksFile {
+        path: path.to_path_buf(),
+        line,
+        why,
+    };
+    let mut tasks = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let t: TaskLine = serde_json::from_str(line).map_err(|e| err(i + 1, e.to_string()))?;
+        if !is_safe_id(&t.id) {
+            return Err(err(
+                i + 1,
+                format!(
+                    "task id {:?} is not a plain name ([A-Za-z0-9._-], not . or ..)",
+                    t.id
+                ),
+            ));
+        }
+        if !seen.insert(t.id.clone()) {
+            return Err(err(i + 1, format!("task id {:?} appears twice", t.id)));
+        }
+        tasks.push(t);
+    }
+    if tasks.is_empty() {
+        return Err(err(0, "no task in the file".into()));
+    }
+    Ok(tasks)
+}
+
+/// `--shard I/N`: this machine runs task `k` (in the plan's order) when
+/// `k mod N = I`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    pub fn parse(s: &str) -> Result<Shard, EvalError> {
+        let bad = || EvalError::BadShard(s.to_string());
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let index: usize = i.trim().parse().map_err(|_| bad())?;
+        let count: usize = n.trim().parse().map_err(|_| bad())?;
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// The shard the batch system gives, when `--shard` is not set:
+    /// `SLURM_ARRAY_TASK_ID` of `SLURM_ARRAY_TASK_COUNT` (a Slurm job
+    /// array, ids from 0), else `JOB_COMPLETION_INDEX` (a Kubernetes
+    /// Indexed Job, one task per index: `of` is the number of tasks).
+    pub fn from_env(
+        get: impl Fn(&str) -> Option<String>,
+        of: usize,
+    ) -> Result<Option<Shard>, EvalError> {
+        let num = |var: &'static str, v: String| {
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| EvalError::BadShardEnv {
+                    var,
+                    value: v,
+                    why: "not a number",
+                })
+        };
+        if let (Some(id), Some(count)) = (get("SLURM_ARRAY_TASK_ID"), get("SLURM_ARRAY_TASK_COUNT"))
+        {
+            let index = num("SLURM_ARRAY_TASK_ID", id.clone())?;
+            let count = num("SLURM_ARRAY_TASK_COUNT", count)?;
+            if count == 0 || index >= count {
+                return Err(EvalError::BadShardEnv {
+                    var: "SLURM_ARRAY_TASK_ID",
+                    value: id,
+                    why: "not below SLURM_ARRAY_TASK_COUNT (the array must be 0..N-1)",
+                });
+            }
+            return Ok(Some(Shard { index, count }));
+        }
+        if let Some(i) = get("JOB_COMPLETION_INDEX") {
+            let index = num("JOB_COMPLETION_INDEX", i.clone())?;
+            if index >= of {
+                return Err(EvalError::BadShardEnv {
+                    var: "JOB_COMPLETION_INDEX",
+                    value: i,
+                    why: "past the last task (completions must equal the number of tasks)",
+                });
+            }
+            return Ok(Some(Shard { index, count: of }));
+        }
+        Ok(None)
+    }
+
+    pub fn takes(&self, k: usize) -> bool {
+        k % self.count == self.index
+    }
+}
+
+/// An image as the plan pins it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// None when it could not be resolved as the plan was made: the task
+    /// tries again when it runs (and ends as an infrastructure error if
+    /// it still cannot), so one bad image does not stop the others.
+    pub digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub unresolved: Option<String>,
+}
+
+/// One task of the plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedTask {
+    pub id: String,
+    pub benchmark: Pin,
+    pub agent: Pin,
+    pub gateway: Option<Pin>,
+    pub agent_timeout_sec: Option<u64>,
+}
+
+/// `OUT/eval.json`: what this evaluation runs, every image pinned.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EvalPlan {
+    pub schema: String,
+    pub created_at: String,
+    pub mode: String,
+    pub shard: Option<Shard>,
+    /// Tasks in the whole benchmark, before sharding.
+    pub total_tasks: usize,
+    /// This shard's tasks, in the plan's order.
+    pub tasks: Vec<PlannedTask>,
+}
+
+/// The tasks a shared-environment image holds: the directories under its
+/// `/tasks` with a `task.json`, sorted. The benchmark is materialized
+/// alone (an overlay where this process may mount, else a copy) and read
+/// without following any link the image put there.
+pub fn list_tasks(
+    store: &crate::store::Store,
+    benchmark: &crate::pull::Pulled,
+) -> Result<Vec<String>, EvalError> {
+    use crate::rootfs::{self, Axes, RootfsMode};
+    use std::os::fd::AsFd;
+    let work = store.root().join("work");
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| EvalError::Io { path, source }
+    };
+    std::fs::create_dir_all(&work).map_err(io(&work))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("tasks-")
+        .tempdir_in(&work)
+        .map_err(io(&work))?;
+    let root = tmp.path().join("rootfs");
+    let axes = Axes {
+        benchmark,
+        agent: None,
+        gateway: None,
+    };
+    let m = rootfs::materialize(store, &axes, &root, RootfsMode::Auto, false).map_err(|e| {
+        EvalError::Io {
+            path: root.clone(),
+            source: std::io::Error::other(e.to_string()),
+        }
+    })?;
+    let listed = (|| -> std::io::Result<Vec<String>> {
+        let top = std::fs::File::open(&m.root)?;
+        let tasks = crate::beneath::open_dir_beneath(top.as_fd(), "tasks")?;
+        let mut ids = Vec::new();
+        let mut dir = rustix::fs::Dir::read_from(&tasks)?;
+        while let Some(e) = dir.read() {
+            let e = e?;
+            let Ok(name) = e.file_name().to_str() else {
+                continue;
+            };
+            let kind = e.file_type();
+            let maybe_dir = matches!(
+                kind,
+                rustix::fs::FileType::Directory | rustix::fs::FileType::Unknown
+            );
+            if !is_safe_id(name) || !maybe_dir {
+                continue;
+            }
+            let has_spec = crate::beneath::open_dir_beneath(tasks.as_fd(), name)
+                .and_then(|d| {
+                    rustix::fs::statat(&d, "task.json", rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(std::io::Error::from)
+                })
+                .is_ok_and(|st| {
+                    rustix::fs::FileType::from_raw_mode(st.st_mode)
+                        == rustix::fs::FileType::RegularFile
+                });
+            if has_spec {
+                ids.push(name.to_string());
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    })();
+    if let Err(e) = rootfs::teardown(&m) {
+        tracing::warn!(error = %e, "could not take down the tree the tasks were listed from");
+    }
+    listed.map_err(io(&root.join("tasks")))
+}
+
+/// Where a task's run goes: `OUT/tasks/<id>`.
+pub fn task_out(out: &Path, id: &str) -> PathBuf {
+    out.join("tasks").join(id)
+}
+
+/// A task's result.json in `out`, if it has a valid one.
+pub fn read_result(out: &Path, id: &str) -> Option<TaskResult> {
+    let path = task_out(out, id).join("task/result.json");
+    TaskResult::from_json(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+/// The result of a task that need not run again: complete, no
+/// infrastructure error, and made from the plan's digests.
+pub fn completed(out: &Path, task: &PlannedTask) -> Option<TaskResult> {
+    let r = read_result(out, &task.id)?;
+    let pinned = |found: &str, pin: &Pin| pin.digest.as_deref() == Some(found);
+    let same = r.task_id == task.id
+        && pinned(&r.images.benchmark.digest, &task.benchmark)
+        && pinned(&r.images.agent.digest, &task.agent)
+        && match (&r.images.gateway, &task.gateway) {
+            (None, None) => true,
+            (Some(g), Some(pin)) => pinned(&g.digest, pin),
+            _ => false,
+        };
+    (same && r.infra_error.is_none()).then_some(r)
+}
+
+/// How one attempt at a task ended.
+#[derive(Debug)]
+pub enum Attempt {
+    /// The run completed or ended with an infrastructure error; its
+    /// result.json is written.
+    Ran(Box<TaskResult>),
+    /// A signal stopped it (its sandbox taken down).
+    Interrupted(Interrupted),
+}
+
+/// What became of each task.
+#[derive(Debug)]
+pub struct Outcome {
+    pub id: String,
+    /// None when a signal stopped the evaluation before the task ran.
+    pub result: Option<TaskResult>,
+    /// Kept from an earlier evaluation, not run now.
+    pub resumed: bool,
+    pub attempts: u32,
+}
+
+/// How [`run_all`] runs.
+pub struct Schedule {
+    pub jobs: usize,
+    /// Further tries of a task that ended with an infrastructure error.
+    pub retries: u32,
+    /// The pause before the first retry; doubled each time, at most 5 min.
+    pub backoff: Duration,
+    /// Run even what is complete (`--rerun`).
+    pub rerun: bool,
+}
+
+/// Run the plan's tasks, `schedule.jobs` at a time. `attempt` runs one
+/// task into `task_out(out, id)` (and must leave its result.json there);
+/// `note` hears each task's start and end, for the progress lines.
+pub fn run_all(
+    out: &Path,
+    plan: &EvalPlan,
+    schedule: &Schedule,
+    attempt: &(dyn Fn(&PlannedTask) -> Attempt + Sync),
+    note: &(dyn Fn(Event<'_>) + Sync),
+) -> (Vec<Outcome>, Option<Interrupted>) {
+    let next = AtomicUsize::new(0);
+    let outcomes: Mutex<Vec<Option<Outcome>>> =
+        Mutex::new((0..plan.tasks.len()).map(|_| None).collect());
+    let stopped: Mutex<Option<Interrupted>> = Mutex::new(None);
+    let total = plan.tasks.len();
+    let done = AtomicUsize::new(0);
+    let worker = || loop {
+        if let Err(sig) = crate::interrupt::check() {
+            stopped
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert(sig);
+            return;
+        }
+        let k = next.fetch_add(1, Ordering::SeqCst);
+        let Some(task) = plan.tasks.get(k) else {
+            return;
+        };
+        let outcome = match (!schedule.rerun).then(|| completed(out, task)).flatten() {
+            Some(r) => Outcome {
+                id: task.id.clone(),
+                result: Some(r),
+                resumed: true,
+                attempts: 0,
+            },
+            None => match run_one(task, schedule, attempt, note) {
+                Ok(o) => o,
+                Err(sig) => {
+                    stopped
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(sig);
+                    // The run it stopped says so in its result.json.
+                    let result = read_result(out, &task.id);
+                    let mut o = outcomes.lock().unwrap_or_else(|e| e.into_inner());
+                    o[k] = Some(Outcome {
+                        id: task.id.clone(),
+                        result,
+                        resumed: false,
+                        attempts: 1,
+                    });
+                    return;
+                }
+            },
+        };
+        let n = done.fetch_add(1, Ordering::SeqCst) + 1;
+        note(Event::Ended {
+            task,
+            outcome: &outcome,
+            done: n,
+            total,
+        });
+        outcomes.lock().unwrap_or_else(|e| e.into_inner())[k] = Some(outcome);
+    };
+    std::thread::scope(|s| {
+        for _ in 0..schedule.jobs.max(1) {
+            s.spawn(worker);
+        }
+    });
+    let outcomes = outcomes.into_inner().unwrap_or_else(|e| e.into_inner());
+    let list = outcomes
+        .into_iter()
+        .zip(&plan.tasks)
+        .map(|(o, t)| {
+            o.unwrap_or_else(|| Outcome {
+                id: t.id.clone(),
+                result: None,
+                resumed: false,
+                attempts: 0,
+            })
+        })
+        .collect();
+    (
+        list,
+        stopped.into_inner().unwrap_or_else(|e| e.into_inner()),
+    )
+}
+
+/// One task, retried after an infrastructure error.
+fn run_one(
+    task: &PlannedTask,
+    schedule: &Schedule,
+    attempt: &(dyn Fn(&PlannedTask) -> Attempt + Sync),
+    note: &(dyn Fn(Event<'_>) + Sync),
+) -> Result<Outcome, Interrupted> {
+    let mut pause = schedule.backoff;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        note(Event::Started {
+            task,
+            attempt: tries,
+        });
+        let result = match attempt(task) {
+            Attempt::Ran(r) => *r,
+            Attempt::Interrupted(sig) => return Err(sig),
+        };
+        if result.infra_error.is_none() || tries > schedule.retries {
+            return Ok(Outcome {
+                id: task.id.clone(),
+                result: Some(result),
+                resumed: false,
+                attempts: tries,
+            });
+        }
+        note(Event::Retrying {
+            task,
+            after: pause,
+            why: result
+                .infra_error
+                .as_ref()
+                .map(|e| e.message.clone())
+                .unwrap_or_default(),
+        });
+        sleep_unless_interrupted(pause)?;
+        pause = (pause * 2).min(Duration::from_secs(300));
+    }
+}
+
+fn sleep_unless_interrupted(d: Duration) -> Result<(), Interrupted> {
+    let end = std::time::Instant::now() + d;
+    loop {
+        crate::interrupt::check()?;
+        let now = std::time::Instant::now();
+        if now >= end {
+            return Ok(());
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(100)));
+    }
+}
+
+/// What [`run_all`] tells its caller as it goes.
+pub enum Event<'a> {
+    Started {
+        task: &'a PlannedTask,
+        attempt: u32,
+    },
+    Retrying {
+        task: &'a PlannedTask,
+        after: Duration,
+        why: String,
+    },
+    Ended {
+        task: &'a PlannedTask,
+        outcome: &'a Outcome,
+        done: usize,
+        total: usize,
+    },
+}
+
+/// The default `--jobs`: one run per core, but no more than one per 2 GiB
+/// of memory (per `--memory` when given), and at least one.
+pub fn default_jobs(memory_per_run: Option<u64>) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mem = rustix::system::sysinfo();
+    let total = mem.totalram.saturating_mul(u64::from(mem.mem_unit));
+    let per = memory_per_run.unwrap_or(2 << 30).max(1);
+    cores
+        .min(usize::try_from(total / per).unwrap_or(usize::MAX))
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tasks_file_names_its_line_when_wrong() {
+        let p = Path::new("tasks.jsonl");
+        let ok = parse_tasks(
+            p,
+            "# a comment\n{\"id\":\"a\",\"benchmark\":\"r/a\"}\n\n{\"id\":\"b\",\"benchmark\":\"r/b\",\"agent_timeout_sec\":5}\n",
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[1].agent_timeout_sec, Some(5));
+        for (text, line, says) in [
+            ("{\"id\":\"a\"}", 1, "benchmark"),
+            (
+                "{\"id\":\"../x\",\"benchmark\":\"r\"}",
+                1,
+                "not a plain name",
+            ),
+            (
+                "{\"id\":\"a\",\"benchmark\":\"r\"}\n{\"id\":\"a\",\"benchmark\":\"s\"}",
+                2,
+                "twice",
+            ),
+            (
+                "{\"id\":\"a\",\"benchmark\":\"r\",\"agnet\":\"x\"}",
+                1,
+                "agnet",
+            ),
+            ("not json", 1, "expected"),
+            ("", 0, "no task"),
+        ] {
+            let e = parse_tasks(p, text).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("tasks.jsonl:{line}: ")), "{e}");
+            assert!(e.contains(says), "{e}");
+        }
+    }
+
+    #[test]
+    fn shards_take_every_nth_task() {
+        let s = Shard::parse("1/3").unwrap();
+        let taken: Vec<usize> = (0..8).filter(|&k| s.takes(k)).collect();
+        assert_eq!(taken, [1, 4, 7]);
+        for bad in ["3/3", "1", "a/2", "0/0", "-1/2"] {
+            assert!(Shard::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_shard_comes_from_slurm_or_an_indexed_job() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(Shard::from_env(env(&[]), 10).unwrap(), None);
+        assert_eq!(
+            Shard::from_env(
+                env(&[
+                    ("SLURM_ARRAY_TASK_ID", "2"),
+                    ("SLURM_ARRAY_TASK_COUNT", "4")
+                ]),
+                10
+            )
+            .unwrap(),
+            Some(Shard { index: 2, count: 4 })
+        );
+        assert_eq!(
+            Shard::from_env(env(&[("JOB_COMPLETION_INDEX", "7")]), 10).unwrap(),
+            Some(Shard {
+                index: 7,
+                count: 10
+            })
+        );
+        let e = Shard::from_env(env(&[("JOB_COMPLETION_INDEX", "10")]), 10).unwrap_err();
+        assert!(e.to_string().contains("past the last task"), "{e}");
+        let e = Shard::from_env(
+            env(&[
+                ("SLURM_ARRAY_TASK_ID", "4"),
+                ("SLURM_ARRAY_TASK_COUNT", "4"),
+            ]),
+            10,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("SLURM_ARRAY_TASK_COUNT"), "{e}");
+    }
+
+    #[test]
+    fn default_jobs_is_at_least_one() {
+        assert!(default_jobs(None) >= 1);
+        assert_eq!(default_jobs(Some(u64::MAX)), 1);
+    }
+}

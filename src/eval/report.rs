@@ -1,0 +1,373 @@
+//! What an evaluation comes to: `summary.json` (`hoist.summary/v1`), the
+//! table on stdout, and `junit.xml` (one test case per task, which GitHub
+//! Actions and GitLab show as tests).
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::result::TaskResult;
+
+pub const SUMMARY_SCHEMA: &str = "hoist.summary/v1";
+
+/// `summary.json`. Every task is in exactly one of `resolved`,
+/// `unresolved`, `infra_error` and `not_run`; `timed_out` lists the
+/// completed tasks whose agent or grader hit its timeout.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Summary {
+    pub schema: &'static str,
+    pub total: usize,
+    /// Ran to a verdict: resolved plus unresolved.
+    pub completed: usize,
+    pub resolved: usize,
+    pub unresolved: usize,
+    pub timed_out: usize,
+    pub infra_error: usize,
+    /// Not run: the evaluation was interrupted first.
+    pub not_run: usize,
+    /// Resolved over total.
+    pub resolved_rate: f64,
+    pub ids: Ids,
+    /// The images the results were made from, each digest once.
+    pub digests: Digests,
+    /// Tasks kept from an earlier, interrupted or partial, evaluation.
+    pub resumed: usize,
+    pub wall_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Ids {
+    pub resolved: Vec<String>,
+    pub unresolved: Vec<String>,
+    pub timed_out: Vec<String>,
+    pub infra_error: Vec<String>,
+    pub not_run: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Digests {
+    pub benchmark: BTreeSet<String>,
+    pub agent: BTreeSet<String>,
+    pub gateway: BTreeSet<String>,
+}
+
+/// One task as the summary sees it.
+pub struct Entry<'a> {
+    pub id: &'a str,
+    pub result: Option<&'a TaskResult>,
+    pub resumed: bool,
+}
+
+/// Sum the tasks up, in their order.
+pub fn summarize<'a>(entries: impl IntoIterator<Item = Entry<'a>>, wall_ms: u64) -> Summary {
+    let mut s = Summary {
+        schema: SUMMARY_SCHEMA,
+        wall_ms,
+        ..Summary::default()
+    };
+    for e in entries {
+        s.total += 1;
+        s.resumed += usize::from(e.resumed);
+        let id = e.id.to_string();
+        let Some(r) = e.result else {
+            s.ids.not_run.push(id);
+            continue;
+        };
+        s.digests
+            .benchmark
+            .insert(r.images.benchmark.digest.clone());
+        s.digests.agent.insert(r.images.agent.digest.clone());
+        if let Some(g) = &r.images.gateway {
+            s.digests.gateway.insert(g.digest.clone());
+        }
+        if r.infra_error.is_some() {
+            s.ids.infra_error.push(id);
+            continue;
+        }
+        if r.agent.timed_out || r.grade.timed_out {
+            s.ids.timed_out.push(id.clone());
+        }
+        if r.resolved {
+            s.ids.resolved.push(id);
+        } else {
+            s.ids.unresolved.push(id);
+        }
+    }
+    s.resolved = s.ids.resolved.len();
+    s.unresolved = s.ids.unresolved.len();
+    s.timed_out = s.ids.timed_out.len();
+    s.infra_error = s.ids.infra_error.len();
+    s.not_run = s.ids.not_run.len();
+    s.completed = s.resolved + s.unresolved;
+    s.resolved_rate = if s.total == 0 {
+        0.0
+    } else {
+        s.resolved as f64 / s.total as f64
+    };
+    s
+}
+
+/// The summary as a table, for a terminal or a log.
+pub fn table(s: &Summary) -> String {
+    let mut t = String::new();
+    let pct = |n: usize| {
+        if s.total == 0 {
+            0.0
+        } else {
+            100.0 * n as f64 / s.total as f64
+        }
+    };
+    let _ = writeln!(t, "{:<12} {:>6}", "tasks", s.total);
+    for (name, n) in [
+        ("resolved", s.resolved),
+        ("unresolved", s.unresolved),
+        ("timed out", s.timed_out),
+        ("infra error", s.infra_error),
+        ("not run", s.not_run),
+    ] {
+        let _ = writeln!(t, "{name:<12} {n:>6}  {:>5.1}%", pct(n));
+    }
+    if s.resumed > 0 {
+        let _ = writeln!(
+            t,
+            "({} kept from an earlier run of this evaluation)",
+            s.resumed
+        );
+    }
+    for (what, ids) in [
+        ("infra error", &s.ids.infra_error),
+        ("not run", &s.ids.not_run),
+    ] {
+        if !ids.is_empty() {
+            let _ = writeln!(t, "{what}: {}", ids.join(" "));
+        }
+    }
+    t
+}
+
+/// `junit.xml`: one `<testcase>` per task, named by its id, in a suite
+/// named `name`. A resolved task passes; an unresolved one is a
+/// `<failure>`; an infrastructure error is an `<error>`; a task not run
+/// is `<skipped>`.
+pub fn junit<'a>(name: &str, entries: impl IntoIterator<Item = Entry<'a>>) -> String {
+    let mut cases = String::new();
+    let (mut tests, mut failures, mut errors, mut skipped) = (0, 0, 0, 0);
+    let mut time_total = 0.0;
+    for e in entries {
+        tests += 1;
+        let time = e.result.map_or(0.0, |r| {
+            let d = &r.durations_ms;
+            (d.materialize + d.agent + d.grade) as f64 / 1000.0
+        });
+        time_total += time;
+        let classname = e
+            .result
+            .map_or_else(String::new, |r| r.images.benchmark.reference.clone());
+        let _ = write!(
+            cases,
+            "  <testcase name=\"{}\" classname=\"{}\" time=\"{time:.3}\">",
+            xml(e.id),
+            xml(&classname)
+        );
+        match e.result {
+            None => {
+                skipped += 1;
+                cases.push_str("<skipped message=\"not run: the evaluation was interrupted\"/>");
+            }
+            Some(r) => match &r.infra_error {
+                Some(ie) => {
+                    errors += 1;
+                    let stage = serde_json::to_value(ie.stage)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    let _ = write!(
+                        cases,
+                        "<error type=\"{}\" message=\"{}\"/>",
+                        xml(&stage),
+                        xml(&ie.message)
+                    );
+                }
+                None if !r.resolved => {
+                    failures += 1;
+                    let failed: Vec<&str> = r
+                        .grade
+                        .tests
+                        .iter()
+                        .filter(|(_, s)| **s != crate::result::TestStatus::Passed)
+                        .map(|(n, _)| n.as_str())
+                        .collect();
+                    let why = if r.agent.timed_out {
+                        "unresolved (the agent timed out)".to_string()
+                    } else if r.grade.timed_out {
+                        "unresolved (grading timed out)".to_string()
+                    } else {
+                        "unresolved".to_string()
+                    };
+                    let _ = write!(
+                        cases,
+                        "<failure message=\"{}\">{}</failure>",
+                        xml(&why),
+                        xml(&failed.join("\n"))
+                    );
+                }
+                None => {}
+            },
+        }
+        cases.push_str("</testcase>\n");
+    }
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n <testsuite name=\"{}\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"{skipped}\" time=\"{time_total:.3}\">\n{cases} </testsuite>\n</testsuites>\n",
+        xml(name)
+    )
+}
+
+/// Text for an XML attribute or element: the five markup characters
+/// escaped, and characters XML 1.0 cannot hold replaced.
+fn xml(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&apos;"),
+            '\t' | '\n' | '\r' => o.push(c),
+            c if (c as u32) < 0x20 || c == '\u{fffe}' || c == '\u{ffff}' => o.push('\u{fffd}'),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::result::{InfraError, Stage, TestStatus};
+
+    fn result(id: &str, resolved: bool, timed_out: bool, infra: bool) -> TaskResult {
+        let mut r: TaskResult = serde_json::from_value(serde_json::json!({
+            "schema": "hoist.result/v1", "task_id": id, "resolved": resolved,
+            "score": if resolved { 1.0 } else { 0.0 },
+            "agent": {"exit_code": 0, "timed_out": timed_out},
+            "grade": {"exit_code": 0, "timed_out": false, "tests": {"t1": "PASSED", "t2": "FAILED"}},
+            "images": {"benchmark": {"ref": "r/b<&>", "digest": "sha256:b"},
+                       "agent": {"ref": "r/a", "digest": "sha256:a"}, "gateway": null},
+            "platform": "linux/amd64", "infra_error": null, "mode": "crane",
+            "isolation": "namespaces", "hoist_version": "0", "started_at": "x",
+            "durations_ms": {"materialize": 1000, "agent": 500, "grade": 250}
+        }))
+        .unwrap();
+        if infra {
+            r.infra_error = Some(InfraError {
+                stage: Stage::Pull,
+                message: "no \"such\" image".into(),
+            });
+        }
+        r
+    }
+
+    #[test]
+    fn every_task_counts_once_and_timeouts_are_listed_beside() {
+        let rs = [
+            result("a", true, false, false),
+            result("b", false, true, false),
+            result("c", false, false, true),
+        ];
+        let entries = [
+            Entry {
+                id: "a",
+                result: Some(&rs[0]),
+                resumed: true,
+            },
+            Entry {
+                id: "b",
+                result: Some(&rs[1]),
+                resumed: false,
+            },
+            Entry {
+                id: "c",
+                result: Some(&rs[2]),
+                resumed: false,
+            },
+            Entry {
+                id: "d",
+                result: None,
+                resumed: false,
+            },
+        ];
+        let s = summarize(entries, 7);
+        assert_eq!(
+            (
+                s.total,
+                s.completed,
+                s.resolved,
+                s.unresolved,
+                s.timed_out,
+                s.infra_error,
+                s.not_run
+            ),
+            (4, 2, 1, 1, 1, 1, 1)
+        );
+        assert_eq!(s.ids.timed_out, ["b"]);
+        assert_eq!(s.resumed, 1);
+        assert_eq!(s.resolved_rate, 0.25);
+        assert_eq!(s.digests.agent.iter().collect::<Vec<_>>(), ["sha256:a"]);
+        let t = table(&s);
+        assert!(t.contains("resolved          1   25.0%"), "{t}");
+        assert!(t.contains("infra error: c"), "{t}");
+        assert!(t.contains("not run: d"), "{t}");
+        assert_eq!(TestStatus::Failed, rs[0].grade.tests["t2"]);
+    }
+
+    #[test]
+    fn junit_has_one_case_per_task_and_escapes() {
+        let rs = [
+            result("a", true, false, false),
+            result("b", false, false, false),
+            result("c", false, false, true),
+        ];
+        let x = junit(
+            "hoist eval",
+            [
+                Entry {
+                    id: "a",
+                    result: Some(&rs[0]),
+                    resumed: false,
+                },
+                Entry {
+                    id: "b",
+                    result: Some(&rs[1]),
+                    resumed: false,
+                },
+                Entry {
+                    id: "c",
+                    result: Some(&rs[2]),
+                    resumed: false,
+                },
+                Entry {
+                    id: "d",
+                    result: None,
+                    resumed: false,
+                },
+            ],
+        );
+        assert!(
+            x.contains("tests=\"4\" failures=\"1\" errors=\"1\" skipped=\"1\""),
+            "{x}"
+        );
+        assert!(x.contains("classname=\"r/b&lt;&amp;&gt;\""), "{x}");
+        assert!(
+            x.contains("<failure message=\"unresolved\">t2</failure>"),
+            "{x}"
+        );
+        assert!(
+            x.contains("<error type=\"pull\" message=\"no &quot;such&quot; image\"/>"),
+            "{x}"
+        );
+        assert!(x.contains("time=\"1.750\""), "{x}");
+        assert_eq!(xml("a\u{1}b"), "a\u{fffd}b");
+    }
+}
