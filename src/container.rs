@@ -207,6 +207,36 @@ impl Docker {
         self.output(&["pull", "-q", reference]).map(drop)
     }
 
+    /// `hoist gc --docker`: remove the combination images hoist loaded
+    /// (`hoist/combination:*`) that no container uses. Docker itself
+    /// refuses to remove an image a container (running or stopped) was
+    /// made from; those are kept and named. Returns (removed, kept).
+    pub fn remove_combinations(&self) -> Result<(Vec<String>, Vec<String>), ContainerError> {
+        let filter = format!("reference={LOADED_REPOSITORY}");
+        let out = self.output(&[
+            "images",
+            "--filter",
+            &filter,
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
+        ])?;
+        let (mut removed, mut kept) = (Vec::new(), Vec::new());
+        for tag in String::from_utf8_lossy(&out.stdout).lines() {
+            let tag = tag.trim();
+            if tag.is_empty() || tag.ends_with(":<none>") {
+                continue;
+            }
+            let o = self.run(&["rmi", tag])?;
+            if o.status.success() {
+                removed.push(tag.to_string());
+            } else {
+                tracing::info!(image = tag, why = %last_line(&o.stderr), "kept");
+                kept.push(tag.to_string());
+            }
+        }
+        Ok((removed, kept))
+    }
+
     /// `docker rm -f NAME`; a container already gone is fine.
     fn remove(&self, name: &str) {
         match self.run(&["rm", "-f", name]) {

@@ -264,7 +264,7 @@ fn a_tasks_file_of_per_task_images_retries_only_infrastructure_errors() {
     let o = run(s
         .eval("agent-noop", &tmp.path().join("e2"), &["--tasks"])
         .arg(&bad));
-    assert_ne!(o.status.code(), Some(0));
+    assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("bad.jsonl:2:"), "{}", stderr(&o));
 }
 
@@ -291,6 +291,25 @@ fn shards_split_the_plan_and_together_cover_it() {
     all.sort();
     assert_eq!(seen, all);
 
+    // `hoist report` sums the shards up as one evaluation of every task.
+    let whole = tmp.path().join("whole");
+    ok(s.eval("agent-oracle", &whole, &["--tasks"]).arg(&tasks));
+    let merged = tmp.path().join("merged");
+    let shards = [tmp.path().join("shard0"), tmp.path().join("shard1")];
+    let o = ok(hoist(&store())
+        .arg("report")
+        .args(&shards)
+        .arg("--out")
+        .arg(&merged));
+    assert!(stdout(&o).contains("resolved"), "{}", stdout(&o));
+    assert_eq!(comparable(summary(&merged)), comparable(summary(&whole)));
+    let junit = std::fs::read_to_string(merged.join("junit.xml")).unwrap();
+    assert!(junit.contains(&format!("tests=\"{n}\"")), "{junit}");
+    // A task in two directories is an error naming both.
+    let o = run(hoist(&store()).arg("report").args([&shards[0], &shards[0]]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("is in both"), "{}", stderr(&o));
+
     // A Kubernetes Indexed Job: one task per index.
     let out = tmp.path().join("k8s-2");
     ok(s.eval("agent-oracle", &out, &["--tasks"])
@@ -314,7 +333,7 @@ fn shards_split_the_plan_and_together_cover_it() {
         .eval("agent-oracle", &tmp.path().join("bad"), &["--tasks"])
         .arg(&tasks)
         .args(["--shard", "2/2"]));
-    assert_ne!(o.status.code(), Some(0));
+    assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--shard \"2/2\""), "{}", stderr(&o));
 }
 

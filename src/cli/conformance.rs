@@ -1,7 +1,6 @@
 //! `hoist conformance [--matrix FILE] [--cases GLOB]... [--json-out FILE]
 //! [--keep DIR]`, and `hoist conformance --compare CRANE_OUT CONTAINER_OUT`.
 
-use std::ffi::OsString;
 use std::io::Write as _;
 use std::path::PathBuf;
 
@@ -27,6 +26,10 @@ pub struct ConformanceArgs {
     /// Write the report as JSON to FILE.
     #[arg(long = "json-out", value_name = "FILE")]
     json_out: Option<PathBuf>,
+    /// Write the report as JUnit XML to FILE (one test case per matrix
+    /// case), for CI systems' test views.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
     /// Keep every run's OUT directory, the trees and their listings in DIR.
     #[arg(long, value_name = "DIR")]
     keep: Option<PathBuf>,
@@ -46,7 +49,7 @@ pub struct ConformanceArgs {
         long,
         num_args = 2,
         value_names = ["CRANE_OUT", "CONTAINER_OUT"],
-        conflicts_with_all = ["cases", "json_out", "keep", "list"]
+        conflicts_with_all = ["cases", "json_out", "junit", "keep", "list"]
     )]
     compare: Option<Vec<PathBuf>>,
 }
@@ -78,7 +81,7 @@ pub fn run(global: &Global, args: &ConformanceArgs) -> anyhow::Result<ExitStatus
     }
     let opts = Options {
         hoist: std::env::current_exe().context("finding this hoist binary")?,
-        hoist_args: forwarded(global),
+        hoist_args: global.forwarded(),
         docker: default_docker(),
         insecure: global.insecure.clone(),
         keep: args.keep.clone(),
@@ -100,6 +103,10 @@ pub fn run(global: &Global, args: &ConformanceArgs) -> anyhow::Result<ExitStatus
         std::fs::write(path, json + "\n")
             .with_context(|| format!("writing the report to {}", path.display()))?;
     }
+    if let Some(path) = &args.junit {
+        std::fs::write(path, hoist::conformance::report::junit(&report))
+            .with_context(|| format!("writing the JUnit report to {}", path.display()))?;
+    }
     let details = render_details(&report);
     if global.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -113,25 +120,6 @@ pub fn run(global: &Global, args: &ConformanceArgs) -> anyhow::Result<ExitStatus
         eprint!("{details}");
     }
     Ok(ExitStatus::Failure)
-}
-
-/// The global flags every hoist subprocess needs to see the same store
-/// and registries.
-fn forwarded(global: &Global) -> Vec<OsString> {
-    let mut v: Vec<OsString> = Vec::new();
-    if let Some(s) = &global.store {
-        v.extend(["--store".into(), s.clone().into_os_string()]);
-    }
-    for h in &global.insecure {
-        v.extend(["--insecure-registry".into(), h.into()]);
-    }
-    for m in &global.mirrors {
-        v.extend(["--mirror".into(), m.into()]);
-    }
-    for c in &global.ca_files {
-        v.extend(["--ca-file".into(), c.clone().into_os_string()]);
-    }
-    v
 }
 
 fn show_progress(e: &Event<'_>) {

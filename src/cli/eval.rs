@@ -87,6 +87,22 @@ pub struct EvalArgs {
     /// Each run's memory, swap excluded (as `hoist run --memory`).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     memory: Option<u64>,
+    /// Write the evaluation as a batch job instead of running it here:
+    /// `slurm` writes OUT/slurm/job.sbatch (a job array, one shard per
+    /// array task) and OUT/slurm/submit.
+    #[arg(long, value_enum, value_name = "ENGINE", conflicts_with = "shard")]
+    emit: Option<Emit>,
+    /// With --emit: how many shards (default: one per task).
+    #[arg(long, value_name = "N", requires = "emit")]
+    shards: Option<usize>,
+    /// With --emit: at most this many shards run at once.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    max_running: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Emit {
+    Slurm,
 }
 
 pub fn run(global: &Global, args: &EvalArgs) -> anyhow::Result<ExitStatus> {
@@ -102,6 +118,9 @@ pub fn run(global: &Global, args: &EvalArgs) -> anyhow::Result<ExitStatus> {
     let client = Client::new(global.registry_options()?)?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let plan = make_plan(global, &store, &client, &rt, args)?;
+    if let Some(engine) = args.emit {
+        return emit(global, args, &plan, engine);
+    }
     let bytes = serde_json::to_vec_pretty(&plan)?;
     export::write_file(&out, "eval.json", &bytes)?;
 
@@ -191,6 +210,112 @@ pub fn run(global: &Global, args: &EvalArgs) -> anyhow::Result<ExitStatus> {
         None if summary.infra_error > 0 => ExitStatus::Failure,
         None => ExitStatus::Success,
     })
+}
+
+/// `--emit`: write the job, say how to submit it.
+fn emit(
+    global: &Global,
+    args: &EvalArgs,
+    plan: &EvalPlan,
+    engine: Emit,
+) -> anyhow::Result<ExitStatus> {
+    let shards = args
+        .shards
+        .unwrap_or(plan.total_tasks)
+        .clamp(1, plan.total_tasks.max(1));
+    let out = std::fs::canonicalize(&args.out)
+        .with_context(|| format!("--out {}", args.out.display()))?;
+    let job = hoist::eval::emit::Job {
+        command: shard_command(global, args)?,
+        out: out.clone(),
+        shards,
+        max_running: args.max_running,
+        cpus: args.jobs.unwrap_or(1),
+    };
+    let submit = match engine {
+        Emit::Slurm => hoist::eval::emit::write_slurm(&job).with_context(|| {
+            format!("writing the Slurm job into {}", out.join("slurm").display())
+        })?,
+    };
+    if !global.quiet {
+        println!(
+            "wrote {} ({} shards of {} tasks); submit it with:\n  {}\nthen sum the shards up with:\n  hoist report {}/shards/* --out {}",
+            submit.display(),
+            shards,
+            plan.total_tasks,
+            submit.display(),
+            out.display(),
+            out.display()
+        );
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// The command every shard of an emitted job runs: this hoist, the
+/// global flags, `eval` and this invocation's own flags but `--out`,
+/// `--shard` and `--emit` (which the job adds per shard). Paths are made
+/// absolute: the job runs elsewhere.
+fn shard_command(global: &Global, args: &EvalArgs) -> anyhow::Result<Vec<String>> {
+    use clap::ValueEnum;
+    let abs = |p: &Path| -> anyhow::Result<String> {
+        Ok(std::fs::canonicalize(p)
+            .with_context(|| p.display().to_string())?
+            .display()
+            .to_string())
+    };
+    let name = |v: Option<clap::builder::PossibleValue>| {
+        v.map(|p| p.get_name().to_string()).unwrap_or_default()
+    };
+    let exe = std::env::current_exe().context("finding this hoist binary")?;
+    let mut c = vec![exe.display().to_string()];
+    c.extend(
+        global
+            .forwarded()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned()),
+    );
+    c.push("eval".into());
+    let mut flag = |f: &str, v: String| {
+        c.push(f.to_string());
+        c.push(v);
+    };
+    if let Some(b) = &args.benchmark {
+        flag("--benchmark", b.clone());
+    }
+    for t in &args.task {
+        flag("--task", t.clone());
+    }
+    if let Some(t) = &args.tasks {
+        flag("--tasks", abs(t)?);
+    }
+    flag("--agent", args.agent.clone());
+    if let Some(g) = &args.gateway {
+        flag("--gateway", g.clone());
+    }
+    if let Some(j) = args.jobs {
+        flag("--jobs", j.to_string());
+    }
+    flag("--retries", args.retries.to_string());
+    flag("--mode", name(args.mode.to_possible_value()));
+    flag("--network", name(args.network.to_possible_value()));
+    flag("--isolation", name(args.isolation.to_possible_value()));
+    flag("--rootfs", name(args.rootfs.to_possible_value()));
+    if let Some(r) = &args.recordings {
+        flag("--recordings", abs(r)?);
+    }
+    if let Some(t) = args.agent_timeout {
+        flag("--agent-timeout", t.to_string());
+    }
+    if let Some(t) = args.grade_timeout {
+        flag("--grade-timeout", t.to_string());
+    }
+    if let Some(m) = args.memory {
+        flag("--memory", m.to_string());
+    }
+    if args.rerun {
+        c.push("--rerun".into());
+    }
+    Ok(c)
 }
 
 fn progress_line(e: &Event<'_>) {

@@ -11,6 +11,7 @@ mod lock;
 mod materialize;
 mod progress;
 mod pull;
+mod report;
 mod run;
 mod store;
 mod task_exec;
@@ -65,6 +66,25 @@ impl Global {
         Ok(Store::open(&root)?)
     }
 
+    /// The global flags every hoist subprocess needs to see the same store
+    /// and registries (conformance's runs, an emitted job's command).
+    pub fn forwarded(&self) -> Vec<std::ffi::OsString> {
+        let mut v: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(s) = &self.store {
+            v.extend(["--store".into(), s.clone().into_os_string()]);
+        }
+        for h in &self.insecure {
+            v.extend(["--insecure-registry".into(), h.into()]);
+        }
+        for m in &self.mirrors {
+            v.extend(["--mirror".into(), m.into()]);
+        }
+        for c in &self.ca_files {
+            v.extend(["--ca-file".into(), c.clone().into_os_string()]);
+        }
+        v
+    }
+
     pub fn registry_options(&self) -> anyhow::Result<RegistryOptions> {
         let mut o = RegistryOptions {
             insecure: self.insecure.clone(),
@@ -110,6 +130,9 @@ enum Command {
     /// JSON Lines file of per-task images), --jobs at a time, resumable;
     /// writes OUT/summary.json and OUT/junit.xml.
     Eval(eval::EvalArgs),
+    /// Sum evaluations up as one: the shards of an evaluation run on many
+    /// machines (summary table, --out DIR for summary.json and junit.xml).
+    Report(report::ReportArgs),
     /// Grade a saved run again: a fresh rootfs of its benchmark (by the
     /// digest in OUT/run.json) plus the agent's changes (OUT/task/changes.tar).
     Grade(grade::GradeArgs),
@@ -190,6 +213,7 @@ pub fn main() -> ExitStatus {
         Command::Run(a) => run::run_cmd(&cli.global, a),
         Command::Grade(a) => grade::run_cmd(&cli.global, a),
         Command::Eval(a) => eval::run(&cli.global, a),
+        Command::Report(a) => report::run(&cli.global, a),
         Command::Lock(a) => lock::run(&cli.global, a),
         Command::Bake(a) => bake::run(&cli.global, a),
         Command::Conformance(a) => conformance::run(&cli.global, a),
@@ -304,6 +328,14 @@ fn exit_status_for(e: &anyhow::Error) -> ExitStatus {
             hoist::export::ExportError::OutNotEmpty { .. }
             | hoist::export::ExportError::OutInUse { .. },
         ) = cause.downcast_ref::<hoist::export::ExportError>()
+        {
+            return ExitStatus::Usage;
+        }
+        if let Some(
+            hoist::eval::EvalError::TasksFile { .. }
+            | hoist::eval::EvalError::BadShard(_)
+            | hoist::eval::EvalError::BadShardEnv { .. },
+        ) = cause.downcast_ref::<hoist::eval::EvalError>()
         {
             return ExitStatus::Usage;
         }

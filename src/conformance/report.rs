@@ -308,6 +308,48 @@ fn seconds(s: f64) -> String {
 
 /// The differences behind every row that is not a clean pass, then the
 /// summary line.
+/// The report as JUnit XML (`hoist conformance --junit FILE`): one case
+/// per matrix case; a case whose modes differ unexpectedly is a failure
+/// naming the fields and paths that differ.
+pub fn junit(report: &Report) -> String {
+    use crate::eval::report::{junit_cases, Case, CaseVerdict};
+    let cases = report.cases.iter().map(|c| {
+        let verdict = match c.status {
+            Status::Fail => {
+                let mut text = String::new();
+                for (mode, run) in [("crane", &c.crane), ("container", &c.container)] {
+                    if let Some(e) = &run.error {
+                        let _ = writeln!(text, "{mode} run ({}): {e}", run.verdict.text());
+                    }
+                }
+                for d in &c.result.differences {
+                    let _ = writeln!(
+                        text,
+                        "result.json {}: {} | {}",
+                        d.path,
+                        show(&d.crane),
+                        show(&d.container)
+                    );
+                }
+                for d in &c.rootfs.differences {
+                    let _ = writeln!(text, "rootfs {}", path_line(d));
+                }
+                CaseVerdict::Failure("crane and container mode differ".into(), text)
+            }
+            Status::Pass | Status::ExpectedDifference | Status::StaleExpectation => {
+                CaseVerdict::Pass
+            }
+        };
+        Case {
+            name: c.name.clone(),
+            classname: report.matrix.clone(),
+            seconds: c.crane.seconds + c.container.seconds,
+            verdict,
+        }
+    });
+    junit_cases("hoist conformance", cases)
+}
+
 pub fn render_details(report: &Report) -> String {
     let mut out = String::new();
     for c in &report.cases {
@@ -551,6 +593,22 @@ INFO docker build of pyfix + agent-scripted + gateway-replay (not a failure: bak
 3 cases: 1 pass, 1 fail, 1 expected to differ; docker build: 1 combination, 1 differ from bake (informational)
 ";
         assert_eq!(render_details(&sample()), expected);
+    }
+
+    #[test]
+    fn junit_fails_only_the_unexpected_difference() {
+        let x = junit(&sample());
+        assert!(
+            x.contains("tests=\"3\" failures=\"1\" errors=\"0\" skipped=\"0\""),
+            "{x}"
+        );
+        assert!(x.contains("<testcase name=\"broken/changed\""), "{x}");
+        assert!(
+            x.contains(
+                "<failure message=\"crane and container mode differ\">rootfs /testbed/t/README.md"
+            ),
+            "{x}"
+        );
     }
 
     #[test]

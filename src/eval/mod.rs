@@ -10,6 +10,7 @@
 //! completed is kept. [`report`] sums the results up (`summary.json`,
 //! the table, `junit.xml`).
 
+pub mod emit;
 pub mod report;
 
 use std::collections::BTreeSet;
@@ -40,6 +41,14 @@ pub enum EvalError {
         line: usize,
         why: String,
     },
+    #[error("task {id:?} is in both {first} and {second}; each task belongs to one shard")]
+    Duplicate {
+        id: String,
+        first: PathBuf,
+        second: PathBuf,
+    },
+    #[error("{path}: not an evaluation's plan: {why}")]
+    BadPlan { path: PathBuf, why: String },
     #[error("--shard {0:?}: expected I/N with 0 <= I < N (e.g. 0/4)")]
     BadShard(String),
     #[error("{var}={value:?}: {why}")]
@@ -312,6 +321,57 @@ pub fn completed(out: &Path, task: &PlannedTask) -> Option<TaskResult> {
             _ => false,
         };
     (same && r.infra_error.is_none()).then_some(r)
+}
+
+/// One task of evaluations being merged (`hoist report DIR...`).
+pub struct Gathered {
+    pub id: String,
+    pub result: Option<TaskResult>,
+    /// Its place in the whole benchmark's order.
+    pub position: usize,
+}
+
+/// The tasks of evaluations `dirs` (shards of one, or whole ones), each
+/// from its `eval.json` and `tasks/<id>/task/result.json`, in the whole
+/// plan's order (shard `I/N`'s `j`-th task is the benchmark's task
+/// `I + j*N`), so that merged shards sum up as one evaluation would.
+pub fn gather(dirs: &[PathBuf]) -> Result<Vec<Gathered>, EvalError> {
+    let mut all: Vec<Gathered> = Vec::new();
+    let mut from: std::collections::HashMap<String, PathBuf> = Default::default();
+    for dir in dirs {
+        let path = dir.join("eval.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| EvalError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let plan: EvalPlan = serde_json::from_str(&text).map_err(|e| EvalError::BadPlan {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
+        if plan.schema != PLAN_SCHEMA {
+            return Err(EvalError::BadPlan {
+                path,
+                why: format!("schema {:?}, expected {PLAN_SCHEMA:?}", plan.schema),
+            });
+        }
+        let (index, count) = plan.shard.map_or((0, 1), |s| (s.index, s.count));
+        for (j, t) in plan.tasks.iter().enumerate() {
+            if let Some(first) = from.insert(t.id.clone(), dir.clone()) {
+                return Err(EvalError::Duplicate {
+                    id: t.id.clone(),
+                    first,
+                    second: dir.clone(),
+                });
+            }
+            all.push(Gathered {
+                id: t.id.clone(),
+                result: read_result(dir, &t.id),
+                position: index + j * count,
+            });
+        }
+    }
+    all.sort_by_key(|g| g.position);
+    Ok(all)
 }
 
 /// How one attempt at a task ended.

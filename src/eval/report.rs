@@ -146,81 +146,123 @@ pub fn table(s: &Summary) -> String {
     t
 }
 
-/// `junit.xml`: one `<testcase>` per task, named by its id, in a suite
-/// named `name`. A resolved task passes; an unresolved one is a
-/// `<failure>`; an infrastructure error is an `<error>`; a task not run
-/// is `<skipped>`.
-pub fn junit<'a>(name: &str, entries: impl IntoIterator<Item = Entry<'a>>) -> String {
-    let mut cases = String::new();
+/// One test case of a JUnit report.
+pub struct Case {
+    pub name: String,
+    pub classname: String,
+    pub seconds: f64,
+    pub verdict: CaseVerdict,
+}
+
+pub enum CaseVerdict {
+    Pass,
+    /// The test ran and did not pass: message and detail text.
+    Failure(String, String),
+    /// It could not be run to a verdict: type and message.
+    Error(String, String),
+    Skipped(String),
+}
+
+/// A JUnit XML report: one suite named `suite` holding `cases`, in the
+/// form GitHub Actions' and GitLab's test reports read.
+pub fn junit_cases(suite: &str, cases: impl IntoIterator<Item = Case>) -> String {
+    let mut body = String::new();
     let (mut tests, mut failures, mut errors, mut skipped) = (0, 0, 0, 0);
-    let mut time_total = 0.0;
-    for e in entries {
+    let mut seconds = 0.0;
+    for c in cases {
         tests += 1;
-        let time = e.result.map_or(0.0, |r| {
-            let d = &r.durations_ms;
-            (d.materialize + d.agent + d.grade) as f64 / 1000.0
-        });
-        time_total += time;
-        let classname = e
-            .result
-            .map_or_else(String::new, |r| r.images.benchmark.reference.clone());
+        seconds += c.seconds;
         let _ = write!(
-            cases,
-            "  <testcase name=\"{}\" classname=\"{}\" time=\"{time:.3}\">",
-            xml(e.id),
-            xml(&classname)
+            body,
+            "  <testcase name=\"{}\" classname=\"{}\" time=\"{:.3}\">",
+            xml(&c.name),
+            xml(&c.classname),
+            c.seconds
         );
-        match e.result {
-            None => {
-                skipped += 1;
-                cases.push_str("<skipped message=\"not run: the evaluation was interrupted\"/>");
+        match &c.verdict {
+            CaseVerdict::Pass => {}
+            CaseVerdict::Failure(message, text) => {
+                failures += 1;
+                let _ = write!(
+                    body,
+                    "<failure message=\"{}\">{}</failure>",
+                    xml(message),
+                    xml(text)
+                );
             }
-            Some(r) => match &r.infra_error {
-                Some(ie) => {
-                    errors += 1;
-                    let stage = serde_json::to_value(ie.stage)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default();
-                    let _ = write!(
-                        cases,
-                        "<error type=\"{}\" message=\"{}\"/>",
-                        xml(&stage),
-                        xml(&ie.message)
-                    );
-                }
-                None if !r.resolved => {
-                    failures += 1;
-                    let failed: Vec<&str> = r
-                        .grade
-                        .tests
-                        .iter()
-                        .filter(|(_, s)| **s != crate::result::TestStatus::Passed)
-                        .map(|(n, _)| n.as_str())
-                        .collect();
-                    let why = if r.agent.timed_out {
-                        "unresolved (the agent timed out)".to_string()
-                    } else if r.grade.timed_out {
-                        "unresolved (grading timed out)".to_string()
-                    } else {
-                        "unresolved".to_string()
-                    };
-                    let _ = write!(
-                        cases,
-                        "<failure message=\"{}\">{}</failure>",
-                        xml(&why),
-                        xml(&failed.join("\n"))
-                    );
-                }
-                None => {}
-            },
+            CaseVerdict::Error(kind, message) => {
+                errors += 1;
+                let _ = write!(
+                    body,
+                    "<error type=\"{}\" message=\"{}\"/>",
+                    xml(kind),
+                    xml(message)
+                );
+            }
+            CaseVerdict::Skipped(message) => {
+                skipped += 1;
+                let _ = write!(body, "<skipped message=\"{}\"/>", xml(message));
+            }
         }
-        cases.push_str("</testcase>\n");
+        body.push_str("</testcase>\n");
     }
     format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n <testsuite name=\"{}\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"{skipped}\" time=\"{time_total:.3}\">\n{cases} </testsuite>\n</testsuites>\n",
-        xml(name)
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites>\n <testsuite name=\"{}\" tests=\"{tests}\" failures=\"{failures}\" errors=\"{errors}\" skipped=\"{skipped}\" time=\"{seconds:.3}\">\n{body} </testsuite>\n</testsuites>\n",
+        xml(suite)
     )
+}
+
+/// `junit.xml` of an evaluation: one case per task, named by its id. A
+/// resolved task passes; an unresolved one is a failure (listing the
+/// tests that did not pass); an infrastructure error is an error; a task
+/// not run is skipped.
+pub fn junit<'a>(suite: &str, entries: impl IntoIterator<Item = Entry<'a>>) -> String {
+    junit_cases(suite, entries.into_iter().map(task_case))
+}
+
+fn task_case(e: Entry<'_>) -> Case {
+    let Some(r) = e.result else {
+        return Case {
+            name: e.id.to_string(),
+            classname: String::new(),
+            seconds: 0.0,
+            verdict: CaseVerdict::Skipped("not run: the evaluation was interrupted".into()),
+        };
+    };
+    let d = &r.durations_ms;
+    let verdict = match &r.infra_error {
+        Some(ie) => CaseVerdict::Error(
+            serde_json::to_value(ie.stage)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            ie.message.clone(),
+        ),
+        None if r.resolved => CaseVerdict::Pass,
+        None => {
+            let why = if r.agent.timed_out {
+                "unresolved (the agent timed out)"
+            } else if r.grade.timed_out {
+                "unresolved (grading timed out)"
+            } else {
+                "unresolved"
+            };
+            let failed: Vec<&str> = r
+                .grade
+                .tests
+                .iter()
+                .filter(|(_, s)| **s != crate::result::TestStatus::Passed)
+                .map(|(n, _)| n.as_str())
+                .collect();
+            CaseVerdict::Failure(why.into(), failed.join("\n"))
+        }
+    };
+    Case {
+        name: e.id.to_string(),
+        classname: r.images.benchmark.reference.clone(),
+        seconds: (d.materialize + d.agent + d.grade) as f64 / 1000.0,
+        verdict,
+    }
 }
 
 /// Text for an XML attribute or element: the five markup characters

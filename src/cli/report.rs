@@ -1,0 +1,61 @@
+//! `hoist report DIR... [--out DIR]`: evaluations (the shards of one, on
+//! many machines) summed up as one (DESIGN §10).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use hoist::eval::report::{self, Entry};
+use hoist::exit::ExitStatus;
+use hoist::export::{self, OutDir};
+
+use super::Global;
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// Evaluation directories (each a `hoist eval --out`).
+    #[arg(value_name = "DIR", required = true)]
+    dirs: Vec<PathBuf>,
+    /// Write summary.json and junit.xml here.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+pub fn run(global: &Global, args: &ReportArgs) -> anyhow::Result<ExitStatus> {
+    let tasks = hoist::eval::gather(&args.dirs)?;
+    // The shards ran side by side: the longest is the evaluation's.
+    let wall_ms = args
+        .dirs
+        .iter()
+        .filter_map(|d| std::fs::read(d.join("summary.json")).ok())
+        .filter_map(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .filter_map(|v| v["wall_ms"].as_u64())
+        .max()
+        .unwrap_or(0);
+    let entries = || {
+        tasks.iter().map(|t| Entry {
+            id: &t.id,
+            result: t.result.as_ref(),
+            resumed: false,
+        })
+    };
+    let summary = report::summarize(entries(), wall_ms);
+    if let Some(out) = &args.out {
+        let dir = OutDir::lock(out)?;
+        export::write_file(&dir, "summary.json", &serde_json::to_vec_pretty(&summary)?)?;
+        export::write_file(
+            &dir,
+            "junit.xml",
+            report::junit("hoist eval", entries()).as_bytes(),
+        )?;
+    }
+    if global.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else if !global.quiet {
+        print!("{}", report::table(&summary));
+    }
+    Ok(if summary.infra_error > 0 {
+        ExitStatus::Failure
+    } else {
+        ExitStatus::Success
+    })
+}
