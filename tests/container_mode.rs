@@ -14,7 +14,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
 use support::*;
@@ -252,56 +252,6 @@ fn agent_timeout_is_enforced_and_the_container_removed() {
         assert_gone(c.as_str().unwrap());
     }
     eprintln!("sleeper with a 2 s timeout: {:.1?}", t.elapsed());
-}
-
-/// The hoist container whose results go to `out` (its
-/// `io.github.hoist.out` label), once one runs.
-fn container_with_output(out: &Path, within: Duration) -> Option<String> {
-    let out = std::fs::canonicalize(out).unwrap();
-    let label = format!("label={}={}", hoist::container::OUT_LABEL, out.display());
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        let names = stdout(&run(docker().args([
-            "ps",
-            "--filter",
-            &label,
-            "--format",
-            "{{.Names}}",
-        ])));
-        if let Some(name) = names.lines().next() {
-            return Some(name.to_string());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    None
-}
-
-#[test]
-fn ctrl_c_removes_the_container() {
-    let Some(s) = samples() else { return };
-    let out = tempfile::tempdir().unwrap();
-    let child = hoist_cmd()
-        .args(["run", "--mode", "container", "--benchmark"])
-        .arg(s.r("pyfix"))
-        .arg("--agent")
-        .arg(s.r("agent-sleeper"))
-        .args(["--task", &s.pyfix_tasks[0], "--out"])
-        .arg(out.path())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let name = container_with_output(out.path(), Duration::from_secs(240));
-    let pid = rustix::process::Pid::from_child(&child);
-    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
-    let o = child.wait_with_output().unwrap();
-    let name = name.expect("the container never started");
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("interrupted by SIGINT"),
-        "{}",
-        stderr(&o)
-    );
-    assert_gone(&name);
 }
 
 #[test]

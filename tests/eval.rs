@@ -113,6 +113,13 @@ fn a_shared_environment_benchmark_runs_every_task_and_resumes() {
         "{table}"
     );
 
+    // `hoist tasks` lists the same tasks the evaluation found.
+    let listed = ok(hoist(&store()).arg("tasks").arg(&bench));
+    assert_eq!(
+        stdout(&listed).lines().collect::<Vec<_>>(),
+        s.pyfix_tasks.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+
     // The plan: every task, every image pinned.
     let plan = read_json(&out.join("eval.json"));
     assert_eq!(plan["schema"], "hoist.eval/v1");

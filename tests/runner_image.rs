@@ -11,14 +11,14 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
 use support::*;
 
 const DOCKER: &str = "/usr/bin/docker";
-const IMAGE: &str = "hoist-runner:dev";
+const IMAGE: &str = RUNNER_IMAGE;
 /// What the issue documents for namespaces inside the runner. (This host
 /// lacks CAP_SYS_RESOURCE, so `--privileged` itself cannot start here.)
 const NAMESPACES_PROFILE: &[&str] = &[
@@ -53,18 +53,6 @@ fn env() -> Option<Env> {
     };
     build_runner_image()?;
     Some(e)
-}
-
-/// Build `hoist-runner:dev` from the static hoist already built (never
-/// cargo from inside a test); concurrent builds wait for each other.
-fn build_runner_image() -> Option<()> {
-    let Some(bin) = static_hoist() else {
-        skip("no static hoist: run scripts/build-static");
-        return None;
-    };
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-runner-image");
-    ok(Command::new(script).arg("--binary").arg(bin));
-    Some(())
 }
 
 impl Env {

@@ -92,17 +92,29 @@ pub struct EvalArgs {
     /// array task) and OUT/slurm/submit.
     #[arg(long, value_enum, value_name = "ENGINE", conflicts_with = "shard")]
     emit: Option<Emit>,
+    /// With a shard (--shard, or the batch system's index): write into
+    /// OUT/shards/I, so the shards of one job can share OUT's volume.
+    #[arg(long)]
+    shard_dir: bool,
     /// With --emit: how many shards (default: one per task).
     #[arg(long, value_name = "N", requires = "emit")]
     shards: Option<usize>,
     /// With --emit: at most this many shards run at once.
     #[arg(long, value_name = "N", default_value_t = 16)]
     max_running: usize,
+    /// With --emit k8s: the runner image the pods run (runner-image/),
+    /// best pinned by digest.
+    #[arg(long, value_name = "REF", required_if_eq("emit", "k8s"))]
+    runner_image: Option<String>,
+    /// With --emit k8s: each pod's node-local disk (store and trees).
+    #[arg(long, value_name = "SIZE", default_value = "40Gi")]
+    ephemeral_storage: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Emit {
     Slurm,
+    K8s,
 }
 
 pub fn run(global: &Global, args: &EvalArgs) -> anyhow::Result<ExitStatus> {
@@ -111,9 +123,6 @@ pub fn run(global: &Global, args: &EvalArgs) -> anyhow::Result<ExitStatus> {
         Mode::Container => Some(Docker::detect()?),
         Mode::Crane => None,
     };
-    // OUT is this evaluation's (resumed when run again): locked, not
-    // cleared.
-    let out = OutDir::lock(&args.out)?;
     let store = global.store()?;
     let client = Client::new(global.registry_options()?)?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -121,6 +130,13 @@ pub fn run(global: &Global, args: &EvalArgs) -> anyhow::Result<ExitStatus> {
     if let Some(engine) = args.emit {
         return emit(global, args, &plan, engine);
     }
+    let out_path = match (args.shard_dir, plan.shard) {
+        (true, Some(s)) => args.out.join("shards").join(s.index.to_string()),
+        _ => args.out.clone(),
+    };
+    // OUT is this evaluation's (resumed when run again): locked, not
+    // cleared.
+    let out = OutDir::lock(&out_path)?;
     let bytes = serde_json::to_vec_pretty(&plan)?;
     export::write_file(&out, "eval.json", &bytes)?;
 
@@ -158,7 +174,7 @@ pub fn run(global: &Global, args: &EvalArgs) -> anyhow::Result<ExitStatus> {
                 .map(|s| format!(" (shard {}/{} of {})", s.index, s.count, plan.total_tasks))
                 .unwrap_or_default(),
             schedule.jobs,
-            args.out.display()
+            out_path.display()
         );
     }
     let runner = TaskRunner {
@@ -168,7 +184,7 @@ pub fn run(global: &Global, args: &EvalArgs) -> anyhow::Result<ExitStatus> {
         rt: &rt,
         docker: docker.as_ref(),
         how: &how,
-        out: &args.out,
+        out: &out_path,
         mode: args.mode,
     };
     let attempt = |t: &PlannedTask| runner.attempt(t);
@@ -182,7 +198,7 @@ pub fn run(global: &Global, args: &EvalArgs) -> anyhow::Result<ExitStatus> {
     // completed is written.
     let region = hoist::interrupt::Region::enter();
     let (outcomes, stopped) = match region {
-        Ok(_r) => eval::run_all(&args.out, &plan, &schedule, &attempt, &note),
+        Ok(_r) => eval::run_all(&out_path, &plan, &schedule, &attempt, &note),
         Err(sig) => (Vec::new(), Some(sig)),
     };
     let wall_ms = started.elapsed().as_millis() as u64;
@@ -223,39 +239,93 @@ fn emit(
         .shards
         .unwrap_or(plan.total_tasks)
         .clamp(1, plan.total_tasks.max(1));
+    std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
     let out = std::fs::canonicalize(&args.out)
         .with_context(|| format!("--out {}", args.out.display()))?;
-    let job = hoist::eval::emit::Job {
-        command: shard_command(global, args)?,
-        out: out.clone(),
-        shards,
-        max_running: args.max_running,
-        cpus: args.jobs.unwrap_or(1),
-    };
-    let submit = match engine {
-        Emit::Slurm => hoist::eval::emit::write_slurm(&job).with_context(|| {
-            format!("writing the Slurm job into {}", out.join("slurm").display())
-        })?,
-    };
-    if !global.quiet {
-        println!(
-            "wrote {} ({} shards of {} tasks); submit it with:\n  {}\nthen sum the shards up with:\n  hoist report {}/shards/* --out {}",
-            submit.display(),
-            shards,
-            plan.total_tasks,
-            submit.display(),
-            out.display(),
-            out.display()
-        );
+    match engine {
+        Emit::Slurm => {
+            let mut command = vec![std::env::current_exe()
+                .context("finding this hoist binary")?
+                .display()
+                .to_string()];
+            command.extend(eval_command(global, args, None, true)?);
+            let job = hoist::eval::emit::Job {
+                command,
+                out: out.clone(),
+                shards,
+                max_running: args.max_running,
+                cpus: args.jobs.unwrap_or(1),
+            };
+            let submit = hoist::eval::emit::write_slurm(&job).with_context(|| {
+                format!("writing the Slurm job into {}", out.join("slurm").display())
+            })?;
+            if !global.quiet {
+                println!(
+                    "wrote {} ({} shards of {} tasks); submit it with:\n  {}\nthen sum the shards up with:\n  hoist report {}/shards/* --out {}",
+                    submit.display(),
+                    shards,
+                    plan.total_tasks,
+                    submit.display(),
+                    out.display(),
+                    out.display()
+                );
+            }
+        }
+        Emit::K8s => {
+            if args.recordings.is_some() {
+                bail!("--recordings with --emit k8s: the pods cannot see this machine's files; bake the recordings into the gateway image");
+            }
+            let tasks_file = match &args.tasks {
+                Some(p) => Some(
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("--tasks {}", p.display()))?,
+                ),
+                None => None,
+            };
+            let k = hoist::eval::emit::K8s {
+                name: "hoist-eval".into(),
+                image: args.runner_image.clone().unwrap_or_default(),
+                eval_args: eval_command(
+                    global,
+                    args,
+                    Some(hoist::eval::emit::K8S_TASKS_PATH),
+                    false,
+                )?,
+                tasks_file,
+                tasks: plan.total_tasks,
+                parallelism: args.max_running,
+                retries: args.retries,
+                cpus: args.jobs.unwrap_or(1),
+                memory: args.memory,
+                ephemeral_storage: args.ephemeral_storage.clone(),
+            };
+            let dir = hoist::eval::emit::write_k8s(&out, &k).with_context(|| {
+                format!("writing the manifests into {}", out.join("k8s").display())
+            })?;
+            if !global.quiet {
+                println!(
+                    "wrote {} (an Indexed Job of {} tasks, one per index); apply it with:\n  kubectl apply -f {}\nthen, from the results volume:\n  hoist report RESULTS/shards/* --out RESULTS",
+                    dir.display(),
+                    plan.total_tasks,
+                    dir.display()
+                );
+            }
+        }
     }
     Ok(ExitStatus::Success)
 }
 
-/// The command every shard of an emitted job runs: this hoist, the
-/// global flags, `eval` and this invocation's own flags but `--out`,
-/// `--shard` and `--emit` (which the job adds per shard). Paths are made
-/// absolute: the job runs elsewhere.
-fn shard_command(global: &Global, args: &EvalArgs) -> anyhow::Result<Vec<String>> {
+/// What every shard of an emitted job runs after hoist itself: the global
+/// flags (`--store` only if `with_store`), `eval` and this invocation's
+/// own flags but `--out`, `--shard` and `--emit` (the job adds them per
+/// shard). Paths are made absolute, the job runs elsewhere; `tasks_at`
+/// names the tasks file where the job sees it instead.
+fn eval_command(
+    global: &Global,
+    args: &EvalArgs,
+    tasks_at: Option<&str>,
+    with_store: bool,
+) -> anyhow::Result<Vec<String>> {
     use clap::ValueEnum;
     let abs = |p: &Path| -> anyhow::Result<String> {
         Ok(std::fs::canonicalize(p)
@@ -266,14 +336,19 @@ fn shard_command(global: &Global, args: &EvalArgs) -> anyhow::Result<Vec<String>
     let name = |v: Option<clap::builder::PossibleValue>| {
         v.map(|p| p.get_name().to_string()).unwrap_or_default()
     };
-    let exe = std::env::current_exe().context("finding this hoist binary")?;
-    let mut c = vec![exe.display().to_string()];
-    c.extend(
-        global
-            .forwarded()
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned()),
-    );
+    let mut c: Vec<String> = Vec::new();
+    let globals: Vec<String> = global
+        .forwarded()
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut g = globals.iter();
+    while let Some(flag) = g.next() {
+        let value = g.next().cloned().unwrap_or_default();
+        if flag != "--store" || with_store {
+            c.extend([flag.clone(), value]);
+        }
+    }
     c.push("eval".into());
     let mut flag = |f: &str, v: String| {
         c.push(f.to_string());
@@ -286,7 +361,13 @@ fn shard_command(global: &Global, args: &EvalArgs) -> anyhow::Result<Vec<String>
         flag("--task", t.clone());
     }
     if let Some(t) = &args.tasks {
-        flag("--tasks", abs(t)?);
+        flag(
+            "--tasks",
+            match tasks_at {
+                Some(p) => p.to_string(),
+                None => abs(t)?,
+            },
+        );
     }
     flag("--agent", args.agent.clone());
     if let Some(g) = &args.gateway {

@@ -15,6 +15,7 @@ mod report;
 mod run;
 mod store;
 mod task_exec;
+mod tasks;
 mod tree_digest;
 
 use std::path::PathBuf;
@@ -130,6 +131,8 @@ enum Command {
     /// JSON Lines file of per-task images), --jobs at a time, resumable;
     /// writes OUT/summary.json and OUT/junit.xml.
     Eval(eval::EvalArgs),
+    /// List the tasks a benchmark image holds (the directories of /tasks).
+    Tasks(tasks::TasksArgs),
     /// Sum evaluations up as one: the shards of an evaluation run on many
     /// machines (summary table, --out DIR for summary.json and junit.xml).
     Report(report::ReportArgs),
@@ -214,6 +217,7 @@ pub fn main() -> ExitStatus {
         Command::Grade(a) => grade::run_cmd(&cli.global, a),
         Command::Eval(a) => eval::run(&cli.global, a),
         Command::Report(a) => report::run(&cli.global, a),
+        Command::Tasks(a) => tasks::run(&cli.global, a),
         Command::Lock(a) => lock::run(&cli.global, a),
         Command::Bake(a) => bake::run(&cli.global, a),
         Command::Conformance(a) => conformance::run(&cli.global, a),
@@ -241,6 +245,7 @@ fn enter_user_namespace_if_unprivileged(command: &Command) -> anyhow::Result<()>
         | Command::Run(_)
         | Command::Grade(_)
         | Command::Eval(_)
+        | Command::Tasks(_)
         | Command::Gc(_)
         | Command::Store(_)
         | Command::Bake(_) => true,

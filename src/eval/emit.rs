@@ -68,7 +68,7 @@ pub fn slurm(job: &Job) -> (String, String) {
     let command: Vec<String> = job.command.iter().map(|a| shell_quote(a)).collect();
     let _ = writeln!(
         sbatch,
-        "exec {} --shard \"$shard/{}\" --out {}/shards/\"$shard\"",
+        "exec {} --shard \"$shard/{}\" --shard-dir --out {}",
         command.join(" "),
         job.shards,
         shell_quote(&out)
@@ -118,6 +118,141 @@ pub fn write_slurm(job: &Job) -> std::io::Result<PathBuf> {
     write("submit", &submit)
 }
 
+/// What a Kubernetes Indexed Job of the evaluation needs beyond [`Job`].
+pub struct K8s {
+    /// The Job's name (and the prefix of its ConfigMap and claim).
+    pub name: String,
+    /// The runner image (`runner-image/`): hoist at /usr/local/bin/hoist,
+    /// nothing else.
+    pub image: String,
+    /// `eval` and its flags, as the runner runs them (a tasks file at
+    /// [`K8S_TASKS_PATH`]).
+    pub eval_args: Vec<String>,
+    /// The tasks file's text, for a ConfigMap the pods mount.
+    pub tasks_file: Option<String>,
+    /// The number of tasks: one index each.
+    pub tasks: usize,
+    pub parallelism: usize,
+    /// Tries of an index beyond the first (infrastructure failures).
+    pub retries: u32,
+    pub cpus: usize,
+    /// Each pod's memory request, bytes.
+    pub memory: Option<u64>,
+    /// Each pod's node-local disk (the store, the runs' trees), e.g. 40Gi.
+    pub ephemeral_storage: String,
+}
+
+/// Where the pods see the tasks file.
+pub const K8S_TASKS_PATH: &str = "/etc/hoist-eval/tasks.jsonl";
+
+/// The runner image's hoist.
+const RUNNER_HOIST: &str = "/usr/local/bin/hoist";
+
+/// The manifests of an Indexed Job that runs the runner image once per
+/// task (`JOB_COMPLETION_INDEX` is its shard): (file name, manifest).
+/// Each index writes `/results/shards/I` on the claim `NAME-results`;
+/// the store is a node-local directory shared by the pods of a node.
+/// An index is tried `retries` more times after a failure; exit 2 (a bad
+/// task file or flag) or 3 (a pinned digest that does not match) fails it
+/// at once; a pod evicted or preempted does not count.
+pub fn k8s(k: &K8s) -> Vec<(String, serde_json::Value)> {
+    use serde_json::json;
+    let mut command = vec![RUNNER_HOIST.to_string()];
+    command.extend(k.eval_args.iter().cloned());
+    command.extend(["--shard-dir".into(), "--out".into(), "/results".into()]);
+    let mut requests = json!({
+        "cpu": k.cpus.max(1).to_string(),
+        "ephemeral-storage": k.ephemeral_storage,
+    });
+    if let Some(m) = k.memory {
+        requests["memory"] = json!(m.to_string());
+    }
+    let mut mounts = vec![
+        json!({"name": "store", "mountPath": "/store"}),
+        json!({"name": "results", "mountPath": "/results"}),
+    ];
+    let mut volumes = vec![
+        json!({"name": "store", "hostPath": {"path": "/var/lib/hoist-store", "type": "DirectoryOrCreate"}}),
+        json!({"name": "results", "persistentVolumeClaim": {"claimName": format!("{}-results", k.name)}}),
+    ];
+    let mut out = Vec::new();
+    if let Some(text) = &k.tasks_file {
+        let cm = format!("{}-tasks", k.name);
+        mounts.push(json!({"name": "tasks", "mountPath": "/etc/hoist-eval", "readOnly": true}));
+        volumes.push(json!({"name": "tasks", "configMap": {"name": cm}}));
+        out.push((
+            "tasks-configmap.json".to_string(),
+            json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": cm},
+                "data": {"tasks.jsonl": text},
+            }),
+        ));
+    }
+    out.push((
+        "results-pvc.json".to_string(),
+        json!({
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": format!("{}-results", k.name)},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "resources": {"requests": {"storage": "10Gi"}},
+            },
+        }),
+    ));
+    out.push((
+        "job.json".to_string(),
+        json!({
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": k.name, "labels": {"app.kubernetes.io/name": "hoist-eval"}},
+            "spec": {
+                "completionMode": "Indexed",
+                "completions": k.tasks,
+                "parallelism": k.parallelism.max(1),
+                "backoffLimitPerIndex": k.retries,
+                "podFailurePolicy": {"rules": [
+                    {"action": "FailIndex", "onExitCodes": {"containerName": "hoist", "operator": "In", "values": [2, 3]}},
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]},
+                "template": {
+                    "metadata": {"labels": {"app.kubernetes.io/name": "hoist-eval"}},
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{
+                            "name": "hoist",
+                            "image": k.image,
+                            "command": command,
+                            "env": [{"name": "HOIST_STORE", "value": "/store"}],
+                            "resources": {
+                                "requests": requests,
+                                "limits": {"ephemeral-storage": k.ephemeral_storage},
+                            },
+                            "volumeMounts": mounts,
+                        }],
+                        "volumes": volumes,
+                    },
+                },
+            },
+        }),
+    ));
+    out
+}
+
+/// Write the Kubernetes manifests into `OUT/k8s/`; returns the directory.
+pub fn write_k8s(out: &Path, k: &K8s) -> std::io::Result<PathBuf> {
+    let dir = out.join("k8s");
+    std::fs::create_dir_all(&dir)?;
+    for (name, manifest) in k8s(k) {
+        let mut text = serde_json::to_string_pretty(&manifest).map_err(std::io::Error::other)?;
+        text.push('\n');
+        std::fs::write(dir.join(name), text)?;
+    }
+    Ok(dir)
+}
+
 /// The directories the shards of an emitted job write.
 pub fn shard_dirs(out: &Path, shards: usize) -> Vec<PathBuf> {
     (0..shards)
@@ -150,7 +285,7 @@ mod tests {
         assert!(sbatch.contains("#SBATCH --cpus-per-task=2"), "{sbatch}");
         assert!(
             sbatch.contains(
-                "exec /usr/bin/hoist eval --agent 'reg/agent'\\''s:1' --shard \"$shard/10\" --out /shared/eval/shards/\"$shard\""
+                "exec /usr/bin/hoist eval --agent 'reg/agent'\\''s:1' --shard \"$shard/10\" --shard-dir --out /shared/eval"
             ),
             "{sbatch}"
         );
@@ -158,7 +293,11 @@ mod tests {
             submit.contains("sbatch --parsable --array=0-9%8 /shared/eval/slurm/job.sbatch 0\n"),
             "{submit}"
         );
-        assert_eq!(submit.matches("sbatch ").count(), 1, "{submit}");
+        assert_eq!(
+            submit.lines().filter(|l| l.starts_with("sbatch")).count(),
+            1,
+            "{submit}"
+        );
     }
 
     #[test]
@@ -173,6 +312,55 @@ mod tests {
                 "sbatch --parsable --array=0-291%8 /shared/eval/slurm/job.sbatch 2002",
             ]
         );
+    }
+
+    #[test]
+    fn an_indexed_job_runs_one_task_per_index() {
+        let k = K8s {
+            name: "hoist-eval".into(),
+            image: "reg/hoist-runner@sha256:1".into(),
+            eval_args: vec!["eval".into(), "--tasks".into(), K8S_TASKS_PATH.into()],
+            tasks_file: Some("{\"id\":\"a\",\"benchmark\":\"r\"}\n".into()),
+            tasks: 2294,
+            parallelism: 50,
+            retries: 2,
+            cpus: 2,
+            memory: Some(4 << 30),
+            ephemeral_storage: "40Gi".into(),
+        };
+        let m = k8s(&k);
+        let names: Vec<&str> = m.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            ["tasks-configmap.json", "results-pvc.json", "job.json"]
+        );
+        let job = &m[2].1;
+        assert_eq!(job["spec"]["completionMode"], "Indexed");
+        assert_eq!(job["spec"]["completions"], 2294);
+        assert_eq!(job["spec"]["backoffLimitPerIndex"], 2);
+        let c = &job["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(
+            c["command"],
+            serde_json::json!([
+                RUNNER_HOIST,
+                "eval",
+                "--tasks",
+                K8S_TASKS_PATH,
+                "--shard-dir",
+                "--out",
+                "/results"
+            ])
+        );
+        assert_eq!(c["resources"]["requests"]["ephemeral-storage"], "40Gi");
+        assert_eq!(
+            c["resources"]["requests"]["memory"],
+            (4u64 << 30).to_string()
+        );
+        assert_eq!(
+            job["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"],
+            serde_json::json!([2, 3])
+        );
+        assert_eq!(job["spec"]["template"]["spec"]["restartPolicy"], "Never");
     }
 
     #[test]

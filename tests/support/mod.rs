@@ -110,7 +110,8 @@ pub fn ok_child(child: std::process::Child, what: &str) -> Output {
     let o = child.wait_with_output().unwrap();
     assert!(
         o.status.success(),
-        "{what} failed:\nstdout:\n{}\nstderr:\n{}",
+        "{what} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        o.status,
         stdout(&o),
         stderr(&o)
     );
@@ -305,4 +306,19 @@ pub fn assert_store_verifies(store: &Path) {
         stdout(&o),
         stderr(&o)
     );
+}
+
+/// The runner image the tests build (runner-image/).
+pub const RUNNER_IMAGE: &str = "hoist-runner:dev";
+
+/// Build [`RUNNER_IMAGE`] from the static hoist already built (never
+/// cargo from inside a test); concurrent builds wait for each other.
+pub fn build_runner_image() -> Option<()> {
+    let Some(bin) = static_hoist() else {
+        skip("no static hoist: run scripts/build-static");
+        return None;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-runner-image");
+    ok(Command::new(script).arg("--binary").arg(bin));
+    Some(())
 }
