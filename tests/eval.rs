@@ -344,24 +344,6 @@ fn shards_split_the_plan_and_together_cover_it() {
     assert!(stderr(&o).contains("--shard \"2/2\""), "{}", stderr(&o));
 }
 
-/// The command lines of this test's live descendants.
-fn live_descendants() -> Vec<String> {
-    use hoist::confine::procfs::{descendants, Procfs};
-    let me = rustix::process::getpid().as_raw_nonzero().get();
-    let procfs = Procfs::open(Path::new("/proc")).unwrap();
-    let table = procfs.table().unwrap();
-    let mine = descendants(&table, me);
-    table
-        .iter()
-        .filter(|p| p.live && mine.contains(&p.pid))
-        .map(|p| {
-            std::fs::read_to_string(format!("/proc/{}/cmdline", p.pid))
-                .unwrap_or_default()
-                .replace('\0', " ")
-        })
-        .collect()
-}
-
 #[test]
 fn an_interrupted_evaluation_leaves_nothing_and_resumes_to_the_same_summary() {
     let Some(s) = samples() else { return };

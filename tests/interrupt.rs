@@ -71,25 +71,6 @@ impl Setup {
     }
 }
 
-/// The command lines of this test's live descendants (whatever their
-/// uid): what a run started here left running.
-fn live_descendants() -> Vec<String> {
-    use hoist::confine::procfs::{descendants, Procfs};
-    let me = rustix::process::getpid().as_raw_nonzero().get();
-    let procfs = Procfs::open(Path::new("/proc")).unwrap();
-    let table = procfs.table().unwrap();
-    let mine = descendants(&table, me);
-    table
-        .iter()
-        .filter(|p| p.live && mine.contains(&p.pid))
-        .map(|p| {
-            std::fs::read_to_string(format!("/proc/{}/cmdline", p.pid))
-                .unwrap_or_default()
-                .replace('\0', " ")
-        })
-        .collect()
-}
-
 /// Wait until the agent sleeps (a descendant `sleep 100000`), and return
 /// the run's work directory, read from the sandbox stage's command line
 /// (`__sandbox STORE/work/run-XXXX/agent/sandbox.json`), or for container

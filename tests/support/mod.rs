@@ -199,6 +199,26 @@ pub fn processes_of(uid: u32, prefix: &str) -> Vec<String> {
     v
 }
 
+/// The command lines of this test's live descendants, whatever their
+/// uid: what a run started here left running (with [`adopt_orphans`],
+/// orphans included).
+pub fn live_descendants() -> Vec<String> {
+    use hoist::confine::procfs::{descendants, Procfs};
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    let procfs = Procfs::open(Path::new("/proc")).unwrap();
+    let table = procfs.table().unwrap();
+    let mine = descendants(&table, me);
+    table
+        .iter()
+        .filter(|p| p.live && mine.contains(&p.pid))
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{}/cmdline", p.pid))
+                .unwrap_or_default()
+                .replace('\0', " ")
+        })
+        .collect()
+}
+
 /// What the hostile probe agent reported in `out/task/`: at least 30
 /// attempts, every one denied, nothing escaped, and its install.sh's four
 /// attempts on the hidden files denied by the install jail. Returns the
