@@ -86,6 +86,23 @@ fn comparable(path: &Path) -> Value {
     s
 }
 
+/// A tasks file of the swe-mini tasks, in order, each image pinned by
+/// its digest.
+fn assert_pinned(s: &Samples, text: &str) {
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, s.swe_tasks, "{text}");
+    for (l, t) in lines.iter().zip(&s.swe_tasks) {
+        let bench = format!("oci:{}@{}", s.oci, sample_digest(&format!("swe-mini-{t}")));
+        assert_eq!(l["benchmark"], bench, "{text}");
+        let agent = format!("oci:{}@{}", s.oci, sample_digest("agent-oracle"));
+        assert_eq!(l["agent"], agent, "{text}");
+    }
+}
+
 /// `hoist report OUT/shards/* --out OUT`.
 fn report(out: &Path) {
     let mut shards: Vec<PathBuf> = std::fs::read_dir(out.join("shards"))
@@ -119,6 +136,12 @@ fn a_slurm_job_array_runs_the_shards_and_reports_as_one_machine() {
     assert!(
         sbatch.contains("--shard \"$shard/2\" --shard-dir"),
         "{sbatch}"
+    );
+    // The shards run the plan, every image pinned by digest.
+    assert!(sbatch.contains("slurm/tasks.jsonl"), "{sbatch}");
+    assert_pinned(
+        &s,
+        &std::fs::read_to_string(out.join("slurm/tasks.jsonl")).unwrap(),
     );
     let submitted = ok(Command::new(out.join("slurm/submit")).env("SLURM_CONF", &conf));
     let jobs: Vec<String> = stdout(&submitted)
@@ -233,11 +256,12 @@ fn the_kubernetes_indexed_job_validates_and_runs_per_index_in_the_runner_image()
     let n = s.swe_tasks.len();
     assert_eq!(job["spec"]["completions"], n);
     assert_eq!(job["spec"]["parallelism"], 2);
+    // The pods get the plan, every image pinned by digest.
     let cm = read_json(&dir.join("tasks-configmap.json"));
-    assert_eq!(
-        cm["data"]["tasks.jsonl"],
-        std::fs::read_to_string(&tasks).unwrap()
-    );
+    let pinned = cm["data"]["tasks.jsonl"].as_str().unwrap().to_string();
+    assert_pinned(&s, &pinned);
+    let pinned_file = tmp.path().join("pinned.jsonl");
+    std::fs::write(&pinned_file, &pinned).unwrap();
     let container = &job["spec"]["template"]["spec"]["containers"][0];
     let command: Vec<String> = container["command"]
         .as_array()
@@ -264,7 +288,7 @@ fn the_kubernetes_indexed_job_validates_and_runs_per_index_in_the_runner_image()
             .arg("-v")
             .arg(format!(
                 "{}:/etc/hoist-eval/tasks.jsonl:ro",
-                tasks.display()
+                pinned_file.display()
             ))
             .arg("-v")
             .arg(format!("{0}:{0}:ro", s.oci))

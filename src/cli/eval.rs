@@ -228,6 +228,47 @@ pub fn run(global: &Global, args: &EvalArgs) -> anyhow::Result<ExitStatus> {
     })
 }
 
+/// The plan as a tasks file, every reference pinned to the digest it
+/// resolved to (`REF@digest`; one that could not be resolved stays as
+/// given, and fails in its shard as it would here).
+fn pinned_tasks(plan: &EvalPlan) -> anyhow::Result<String> {
+    let pinned = |p: &Pin| -> anyhow::Result<String> {
+        let Some(d) = &p.digest else {
+            return Ok(p.reference.clone());
+        };
+        let digest = d
+            .parse()
+            .with_context(|| format!("the planned digest {d}"))?;
+        Ok(match p.reference.parse::<Reference>()? {
+            Reference::Registry(mut r) => {
+                r.digest = Some(digest);
+                r.to_string()
+            }
+            Reference::Layout(mut l) => {
+                l.digest = Some(digest);
+                l.to_string()
+            }
+        })
+    };
+    let mut text = String::new();
+    for t in &plan.tasks {
+        let mut line = serde_json::json!({
+            "id": t.id,
+            "benchmark": pinned(&t.benchmark)?,
+            "agent": pinned(&t.agent)?,
+        });
+        if let Some(g) = &t.gateway {
+            line["gateway"] = pinned(g)?.into();
+        }
+        if let Some(s) = t.agent_timeout_sec {
+            line["agent_timeout_sec"] = s.into();
+        }
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    Ok(text)
+}
+
 /// `--emit`: write the job, say how to submit it.
 fn emit(
     global: &Global,
@@ -248,7 +289,17 @@ fn emit(
                 .context("finding this hoist binary")?
                 .display()
                 .to_string()];
-            command.extend(eval_command(global, args, None, true)?);
+            let tasks_path = out.join("slurm").join("tasks.jsonl");
+            std::fs::create_dir_all(out.join("slurm"))
+                .with_context(|| out.join("slurm").display().to_string())?;
+            std::fs::write(&tasks_path, pinned_tasks(plan)?)
+                .with_context(|| tasks_path.display().to_string())?;
+            command.extend(eval_command(
+                global,
+                args,
+                &tasks_path.display().to_string(),
+                true,
+            )?);
             let job = hoist::eval::emit::Job {
                 command,
                 out: out.clone(),
@@ -275,22 +326,11 @@ fn emit(
             if args.recordings.is_some() {
                 bail!("--recordings with --emit k8s: the pods cannot see this machine's files; bake the recordings into the gateway image");
             }
-            let tasks_file = match &args.tasks {
-                Some(p) => Some(
-                    std::fs::read_to_string(p)
-                        .with_context(|| format!("--tasks {}", p.display()))?,
-                ),
-                None => None,
-            };
+            let tasks_file = Some(pinned_tasks(plan)?);
             let k = hoist::eval::emit::K8s {
                 name: "hoist-eval".into(),
                 image: args.runner_image.clone().unwrap_or_default(),
-                eval_args: eval_command(
-                    global,
-                    args,
-                    Some(hoist::eval::emit::K8S_TASKS_PATH),
-                    false,
-                )?,
+                eval_args: eval_command(global, args, hoist::eval::emit::K8S_TASKS_PATH, false)?,
                 tasks_file,
                 tasks: plan.total_tasks,
                 parallelism: args.max_running,
@@ -316,14 +356,14 @@ fn emit(
 }
 
 /// What every shard of an emitted job runs after hoist itself: the global
-/// flags (`--store` only if `with_store`), `eval` and this invocation's
-/// own flags but `--out`, `--shard` and `--emit` (the job adds them per
-/// shard). Paths are made absolute, the job runs elsewhere; `tasks_at`
-/// names the tasks file where the job sees it instead.
+/// flags (`--store` only if `with_store`), `eval --tasks TASKS_AT` (the
+/// pinned plan, see [`pinned_tasks`]) and this invocation's own flags but
+/// `--out`, `--shard` and `--emit` (the job adds them per shard). Paths
+/// are made absolute: the job runs elsewhere.
 fn eval_command(
     global: &Global,
     args: &EvalArgs,
-    tasks_at: Option<&str>,
+    tasks_at: &str,
     with_store: bool,
 ) -> anyhow::Result<Vec<String>> {
     use clap::ValueEnum;
@@ -354,25 +394,11 @@ fn eval_command(
         c.push(f.to_string());
         c.push(v);
     };
-    if let Some(b) = &args.benchmark {
-        flag("--benchmark", b.clone());
-    }
-    for t in &args.task {
-        flag("--task", t.clone());
-    }
-    if let Some(t) = &args.tasks {
-        flag(
-            "--tasks",
-            match tasks_at {
-                Some(p) => p.to_string(),
-                None => abs(t)?,
-            },
-        );
-    }
+    // The plan's tasks, every image pinned, in a tasks file of the job's
+    // own: each shard runs exactly the images planned here, even if a tag
+    // moves before it starts.
+    flag("--tasks", tasks_at.to_string());
     flag("--agent", args.agent.clone());
-    if let Some(g) = &args.gateway {
-        flag("--gateway", g.clone());
-    }
     if let Some(j) = args.jobs {
         flag("--jobs", j.to_string());
     }
