@@ -622,22 +622,19 @@ pub fn run(
         out_label: &out_label,
         prepare_ms,
     };
+    let images = images_json(&req.axes);
+    let facts = Stopped {
+        task: req.task.as_deref(),
+        images: &images,
+        platform: req.axes.benchmark.platform.to_string(),
+        mode: "container",
+        isolation: "docker",
+        started_at: &started_at,
+    };
     let Sessions {
         ran: sessions,
         interrupted,
-    } = run_sessions(&backend, Start::Agent, &task_dir, work.path())?;
-    let images = images_json(&req.axes);
-    if let Some(sig) = interrupted {
-        let stopped = Stopped {
-            task: req.task.as_deref(),
-            images: &images,
-            platform: req.axes.benchmark.platform.to_string(),
-            mode: "container",
-            isolation: "docker",
-            started_at: &started_at,
-        };
-        orchestrate::write_interrupted(&task_dir, sig, &stopped)?;
-    }
+    } = run_sessions(&backend, Start::Agent, &task_dir, work.path(), &facts)?;
     let t = totals(sessions, interrupted);
     let record = RunRecord {
         schema: "hoist.run/v1",

@@ -192,21 +192,18 @@ pub fn run(
         work: work.path(),
     };
     let name = start.record_name();
+    let facts = Stopped {
+        task: req.task.as_deref(),
+        images: &images,
+        platform: req.benchmark.platform.to_string(),
+        mode: "crane",
+        isolation: isolation.as_str(),
+        started_at: &started_at,
+    };
     let Sessions {
         ran: sessions,
         interrupted,
-    } = run_sessions(&crane, start, &task_dir, work.path())?;
-    if let Some(sig) = interrupted {
-        let stopped = Stopped {
-            task: req.task.as_deref(),
-            images: &images,
-            platform: req.benchmark.platform.to_string(),
-            mode: "crane",
-            isolation: isolation.as_str(),
-            started_at: &started_at,
-        };
-        orchestrate::write_interrupted(&task_dir, sig, &stopped)?;
-    }
+    } = run_sessions(&crane, start, &task_dir, work.path(), &facts)?;
     let rootfs = sessions
         .first()
         .and_then(|s| s.record.rootfs)

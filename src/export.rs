@@ -28,8 +28,8 @@
 
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
@@ -209,7 +209,9 @@ impl OutDir {
             None => {}
             Some(_) if force => {
                 for name in &entries {
-                    remove_entry(&dir.fd, name).map_err(errno_at(&dir.path.join(name)))?;
+                    // Never through a link: a planted one goes, not its target.
+                    crate::unpack::fsops::remove_all(dir.fd.as_fd(), name.as_bytes())
+                        .map_err(io_at(&dir.path.join(name)))?;
                 }
             }
             Some(first) => {
@@ -242,15 +244,11 @@ impl OutDir {
 
     /// The names in the directory, sorted.
     fn entries(&self) -> Result<Vec<std::ffi::OsString>, ExportError> {
-        let mut d = rustix::fs::Dir::read_from(&self.fd).map_err(errno_at(&self.path))?;
-        let mut names = Vec::new();
-        while let Some(e) = d.read() {
-            let e = e.map_err(errno_at(&self.path))?;
-            let name = OsStr::from_bytes(e.file_name().to_bytes());
-            if name != "." && name != ".." {
-                names.push(name.to_os_string());
-            }
-        }
+        let mut names: Vec<std::ffi::OsString> = crate::unpack::fsops::list(self.fd.as_fd())
+            .map_err(io_at(&self.path))?
+            .into_iter()
+            .map(std::ffi::OsString::from_vec)
+            .collect();
         names.sort();
         Ok(names)
     }
@@ -403,28 +401,6 @@ fn check_plain(name: &str) -> Result<(), ExportError> {
 
 /// Write `bytes` to `dir/name` as a fresh 0644 file renamed into place:
 /// a symlink planted at `name` is replaced, never written through.
-/// Remove `name` beneath `dir`, a directory with all it holds; a link is
-/// removed itself, never followed.
-fn remove_entry(dir: &OwnedFd, name: &OsStr) -> Result<(), Errno> {
-    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-        Err(Errno::ISDIR | Errno::PERM) => {}
-        other => return other,
-    }
-    let sub = rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty())?;
-    let mut d = rustix::fs::Dir::read_from(&sub)?;
-    let mut names = Vec::new();
-    while let Some(e) = d.read() {
-        let n = OsStr::from_bytes(e?.file_name().to_bytes()).to_os_string();
-        if n != "." && n != ".." {
-            names.push(n);
-        }
-    }
-    for n in &names {
-        remove_entry(&sub, n)?;
-    }
-    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
-}
-
 pub fn write_file(dir: &OutDir, name: &str, bytes: &[u8]) -> Result<(), ExportError> {
     check_plain(name)?;
     dir.install(name, &mut &bytes[..], u64::MAX)?;

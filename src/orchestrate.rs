@@ -158,12 +158,14 @@ pub fn clear_stale(task_dir: &OutDir, start: &Start) -> Result<(), OrchestrateEr
 /// The sessions of one run, in order; their outputs are in `task_dir`.
 /// `work` is the run's private directory (the copy of `changes.tar`). A
 /// signal ends the run between sessions or in one (the backend kills its
-/// sandbox); what ran until then is returned, with the signal.
+/// sandbox): result.json then says so (from `facts`), and what ran until
+/// then is returned, with the signal.
 pub fn run_sessions<B: Backend>(
     backend: &B,
     start: Start,
     task_dir: &OutDir,
     work: &Path,
+    facts: &Stopped<'_>,
 ) -> Result<Sessions, B::Error> {
     let mut ran = Vec::new();
     let step = |spec: &SessionSpec<'_>| -> Result<Result<SessionRan, Interrupted>, B::Error> {
@@ -175,7 +177,8 @@ pub fn run_sessions<B: Backend>(
             Err(e) => B::interruption(&e).map(Err).ok_or(e),
         }
     };
-    let stopped = |ran, sig| {
+    let stopped = |ran, sig| -> Result<Sessions, B::Error> {
+        write_interrupted(task_dir, sig, facts)?;
         Ok(Sessions {
             ran,
             interrupted: Some(sig),
@@ -227,8 +230,8 @@ pub fn run_sessions<B: Backend>(
     })
 }
 
-/// What the host knows of a run that a signal stopped, for the
-/// result.json it writes in the supervisor's place.
+/// What the host knows of a run, for the result.json it writes in the
+/// supervisor's place when the run ends on its side.
 pub struct Stopped<'a> {
     pub task: Option<&'a str>,
     pub images: &'a serde_json::Value,
@@ -240,7 +243,7 @@ pub struct Stopped<'a> {
 
 /// Write `OUT/task/result.json` for a run `sig` stopped: an infrastructure
 /// error at stage `interrupted`, never a verdict.
-pub fn write_interrupted(
+fn write_interrupted(
     task_dir: &OutDir,
     sig: Interrupted,
     facts: &Stopped<'_>,

@@ -79,14 +79,6 @@ fn summary(out: &Path) -> Value {
     read_json(&out.join("summary.json"))
 }
 
-/// The summary with what differs between two evaluations of the same
-/// tasks (wall time, what was kept) taken out.
-fn comparable(mut s: Value) -> Value {
-    s.as_object_mut().unwrap().remove("wall_ms");
-    s.as_object_mut().unwrap().remove("resumed");
-    s
-}
-
 fn ids(v: &Value) -> Vec<String> {
     v.as_array()
         .unwrap()
@@ -170,7 +162,7 @@ fn a_shared_environment_benchmark_runs_every_task_and_resumes() {
     ok(&mut s.eval("agent-oracle", &out, &["--benchmark", &bench]));
     let again = summary(&out);
     assert_eq!(again["resumed"], n);
-    assert_eq!(comparable(again), comparable(first.clone()));
+    assert_eq!(comparable_summary(again), comparable_summary(first.clone()));
     assert_eq!(
         std::fs::read(&run_json).unwrap(),
         before,
@@ -309,7 +301,10 @@ fn shards_split_the_plan_and_together_cover_it() {
         .arg("--out")
         .arg(&merged));
     assert!(stdout(&o).contains("resolved"), "{}", stdout(&o));
-    assert_eq!(comparable(summary(&merged)), comparable(summary(&whole)));
+    assert_eq!(
+        comparable_summary(summary(&merged)),
+        comparable_summary(summary(&whole))
+    );
     let junit = std::fs::read_to_string(merged.join("junit.xml")).unwrap();
     assert!(junit.contains(&format!("tests=\"{n}\"")), "{junit}");
     // A task in two directories is an error naming both.
@@ -430,8 +425,8 @@ fn an_interrupted_evaluation_leaves_nothing_and_resumes_to_the_same_summary() {
     ok(&mut s.eval("agent-sleeper", &fresh_out, &args));
     let fresh = summary(&fresh_out);
     assert_eq!(
-        comparable(resumed.clone()),
-        comparable(fresh),
+        comparable_summary(resumed.clone()),
+        comparable_summary(fresh),
         "{resumed:#}"
     );
     assert_eq!(resumed["unresolved"], s.pyfix_tasks.len());

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context as _};
 use clap::Args;
 use hoist::container::Docker;
-use hoist::eval::report::{self, Entry};
+use hoist::eval::report::Entry;
 use hoist::eval::{
     self, Attempt, EvalPlan, Event, Outcome, Pin, PlannedTask, Schedule, Shard, TaskLine,
 };
@@ -22,13 +22,11 @@ use hoist::pull::{pull, resolve, NoProgress, PullOptions, Pulled};
 use hoist::reference::Reference;
 use hoist::registry::Client;
 use hoist::result::{Stage, TaskResult};
-use hoist::rootfs::RootfsMode;
-use hoist::sandbox::cgroup::parse_size;
-use hoist::sandbox::{Isolation, Network};
 use hoist::store::Store;
 
 use super::materialize::pull_axes;
-use super::run::{execute, How, Mode};
+use super::report::publish;
+use super::run::{execute, How, Mode, TaskFlags};
 use super::Global;
 
 #[derive(Args)]
@@ -71,22 +69,9 @@ pub struct EvalArgs {
     rerun: bool,
     #[arg(long, value_enum, default_value = "crane")]
     mode: Mode,
-    #[arg(long, value_enum, default_value = "none")]
-    network: Network,
-    #[arg(long, value_enum, default_value = "auto")]
-    isolation: Isolation,
-    #[arg(long, value_enum, default_value = "auto")]
-    rootfs: RootfsMode,
-    /// Recorded model responses for the gateway, mounted at /recordings.
-    #[arg(long, value_name = "DIR")]
-    recordings: Option<PathBuf>,
-    #[arg(long, value_name = "SEC")]
-    agent_timeout: Option<u64>,
-    #[arg(long, value_name = "SEC")]
-    grade_timeout: Option<u64>,
-    /// Each run's memory, swap excluded (as `hoist run --memory`).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    memory: Option<u64>,
+    /// How each task runs, as `hoist run`.
+    #[command(flatten)]
+    flags: TaskFlags,
     /// Write the evaluation as a batch job instead of running it here:
     /// `slurm` writes OUT/slurm/job.sbatch (a job array, one shard per
     /// array task) and OUT/slurm/submit.
@@ -140,24 +125,11 @@ pub fn run(global: &Global, args: &EvalArgs) -> anyhow::Result<ExitStatus> {
     let bytes = serde_json::to_vec_pretty(&plan)?;
     export::write_file(&out, "eval.json", &bytes)?;
 
-    let recordings = args
-        .recordings
-        .as_ref()
-        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()));
-    let how = How {
-        task: None,
-        network: args.network,
-        isolation: args.isolation,
-        rootfs: args.rootfs,
-        recordings,
-        agent_timeout: args.agent_timeout,
-        grade_timeout: args.grade_timeout,
-        memory: args.memory,
-        image: None,
-        lock_file: None,
-    };
+    let how = args.flags.how(None, None, None);
     let schedule = Schedule {
-        jobs: args.jobs.unwrap_or_else(|| eval::default_jobs(args.memory)),
+        jobs: args
+            .jobs
+            .unwrap_or_else(|| eval::default_jobs(args.flags.memory)),
         retries: args.retries,
         backoff: std::env::var("HOIST_EVAL_BACKOFF_MS")
             .ok()
@@ -202,25 +174,15 @@ pub fn run(global: &Global, args: &EvalArgs) -> anyhow::Result<ExitStatus> {
         Err(sig) => (Vec::new(), Some(sig)),
     };
     let wall_ms = started.elapsed().as_millis() as u64;
-    let entries = || {
-        outcomes.iter().map(|o: &Outcome| Entry {
+    let entries: Vec<Entry<'_>> = outcomes
+        .iter()
+        .map(|o: &Outcome| Entry {
             id: &o.id,
             result: o.result.as_ref(),
             resumed: o.resumed,
         })
-    };
-    let summary = report::summarize(entries(), wall_ms);
-    export::write_file(&out, "summary.json", &serde_json::to_vec_pretty(&summary)?)?;
-    export::write_file(
-        &out,
-        "junit.xml",
-        report::junit("hoist eval", entries()).as_bytes(),
-    )?;
-    if global.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else if !quiet {
-        print!("{}", report::table(&summary));
-    }
+        .collect();
+    let summary = publish(global, Some(&out), &entries, wall_ms)?;
     Ok(match stopped.or_else(hoist::interrupt::pending) {
         Some(sig) => ExitStatus::Interrupted(sig),
         None if summary.infra_error > 0 => ExitStatus::Failure,
@@ -232,22 +194,18 @@ pub fn run(global: &Global, args: &EvalArgs) -> anyhow::Result<ExitStatus> {
 /// resolved to (`REF@digest`; one that could not be resolved stays as
 /// given, and fails in its shard as it would here).
 fn pinned_tasks(plan: &EvalPlan) -> anyhow::Result<String> {
+    // As each task pulls it, and a layout pinned too: the shards run
+    // elsewhere, where its tag may point at something else.
     let pinned = |p: &Pin| -> anyhow::Result<String> {
-        let Some(d) = &p.digest else {
-            return Ok(p.reference.clone());
-        };
-        let digest = d
-            .parse()
-            .with_context(|| format!("the planned digest {d}"))?;
-        Ok(match p.reference.parse::<Reference>()? {
-            Reference::Registry(mut r) => {
-                r.digest = Some(digest);
-                r.to_string()
-            }
-            Reference::Layout(mut l) => {
-                l.digest = Some(digest);
+        Ok(match (pinned_reference(p)?, &p.digest) {
+            (Reference::Layout(mut l), Some(d)) => {
+                l.digest = Some(
+                    d.parse()
+                        .with_context(|| format!("the planned digest {d}"))?,
+                );
                 l.to_string()
             }
+            (r, _) => r.to_string(),
         })
     };
     let mut text = String::new();
@@ -289,11 +247,7 @@ fn emit(
                 .context("finding this hoist binary")?
                 .display()
                 .to_string()];
-            let tasks_path = out.join("slurm").join("tasks.jsonl");
-            std::fs::create_dir_all(out.join("slurm"))
-                .with_context(|| out.join("slurm").display().to_string())?;
-            std::fs::write(&tasks_path, pinned_tasks(plan)?)
-                .with_context(|| tasks_path.display().to_string())?;
+            let tasks_path = hoist::eval::emit::slurm_tasks_path(&out);
             command.extend(eval_command(
                 global,
                 args,
@@ -302,6 +256,7 @@ fn emit(
             )?);
             let job = hoist::eval::emit::Job {
                 command,
+                tasks: pinned_tasks(plan)?,
                 out: out.clone(),
                 shards,
                 max_running: args.max_running,
@@ -323,7 +278,7 @@ fn emit(
             }
         }
         Emit::K8s => {
-            if args.recordings.is_some() {
+            if args.flags.recordings.is_some() {
                 bail!("--recordings with --emit k8s: the pods cannot see this machine's files; bake the recordings into the gateway image");
             }
             let tasks_file = Some(pinned_tasks(plan)?);
@@ -336,7 +291,7 @@ fn emit(
                 parallelism: args.max_running,
                 retries: args.retries,
                 cpus: args.jobs.unwrap_or(1),
-                memory: args.memory,
+                memory: args.flags.memory,
                 ephemeral_storage: args.ephemeral_storage.clone(),
             };
             let dir = hoist::eval::emit::write_k8s(&out, &k).with_context(|| {
@@ -404,19 +359,22 @@ fn eval_command(
     }
     flag("--retries", args.retries.to_string());
     flag("--mode", name(args.mode.to_possible_value()));
-    flag("--network", name(args.network.to_possible_value()));
-    flag("--isolation", name(args.isolation.to_possible_value()));
-    flag("--rootfs", name(args.rootfs.to_possible_value()));
-    if let Some(r) = &args.recordings {
+    flag("--network", name(args.flags.network.to_possible_value()));
+    flag(
+        "--isolation",
+        name(args.flags.isolation.to_possible_value()),
+    );
+    flag("--rootfs", name(args.flags.rootfs.to_possible_value()));
+    if let Some(r) = &args.flags.recordings {
         flag("--recordings", abs(r)?);
     }
-    if let Some(t) = args.agent_timeout {
+    if let Some(t) = args.flags.agent_timeout {
         flag("--agent-timeout", t.to_string());
     }
-    if let Some(t) = args.grade_timeout {
+    if let Some(t) = args.flags.grade_timeout {
         flag("--grade-timeout", t.to_string());
     }
-    if let Some(m) = args.memory {
+    if let Some(m) = args.flags.memory {
         flag("--memory", m.to_string());
     }
     if args.rerun {
@@ -546,11 +504,7 @@ fn make_plan(
     Ok(EvalPlan {
         schema: eval::PLAN_SCHEMA.into(),
         created_at: rfc3339(SystemTime::now()),
-        mode: match args.mode {
-            Mode::Crane => "crane",
-            Mode::Container => "container",
-        }
-        .into(),
+        mode: args.mode.as_str().into(),
         shard,
         total_tasks: total,
         tasks,
@@ -694,10 +648,7 @@ impl TaskRunner<'_> {
             task: Some(&task.id),
             images: &images,
             platform: hoist::platform::Platform::host().to_string(),
-            mode: match self.mode {
-                Mode::Crane => "crane",
-                Mode::Container => "container",
-            },
+            mode: self.mode.as_str(),
             isolation: "none",
             started_at: &started_at,
         };

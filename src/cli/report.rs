@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use hoist::eval::report::{self, Entry};
+use hoist::eval::report::{self, Entry, Summary};
 use hoist::exit::ExitStatus;
 use hoist::export::{self, OutDir};
 
@@ -31,21 +31,38 @@ pub fn run(global: &Global, args: &ReportArgs) -> anyhow::Result<ExitStatus> {
         .filter_map(|v| v["wall_ms"].as_u64())
         .max()
         .unwrap_or(0);
-    let entries = || {
-        tasks.iter().map(|t| Entry {
+    let entries: Vec<Entry<'_>> = tasks
+        .iter()
+        .map(|t| Entry {
             id: &t.id,
             result: t.result.as_ref(),
             resumed: false,
         })
-    };
-    let summary = report::summarize(entries(), wall_ms);
-    if let Some(out) = &args.out {
-        let dir = OutDir::lock(out)?;
-        export::write_file(&dir, "summary.json", &serde_json::to_vec_pretty(&summary)?)?;
+        .collect();
+    let out = args.out.as_deref().map(OutDir::lock).transpose()?;
+    let summary = publish(global, out.as_ref(), &entries, wall_ms)?;
+    Ok(if summary.infra_error > 0 {
+        ExitStatus::Failure
+    } else {
+        ExitStatus::Success
+    })
+}
+
+/// Sum `entries` up: `summary.json` and `junit.xml` into `out` (when
+/// given), and the table (or, with `--json`, the document) on stdout.
+pub fn publish(
+    global: &Global,
+    out: Option<&OutDir>,
+    entries: &[Entry<'_>],
+    wall_ms: u64,
+) -> anyhow::Result<Summary> {
+    let summary = report::summarize(entries.iter().copied(), wall_ms);
+    if let Some(dir) = out {
+        export::write_file(dir, "summary.json", &serde_json::to_vec_pretty(&summary)?)?;
         export::write_file(
-            &dir,
+            dir,
             "junit.xml",
-            report::junit("hoist eval", entries()).as_bytes(),
+            report::junit("hoist eval", entries.iter().copied()).as_bytes(),
         )?;
     }
     if global.json {
@@ -53,9 +70,5 @@ pub fn run(global: &Global, args: &ReportArgs) -> anyhow::Result<ExitStatus> {
     } else if !global.quiet {
         print!("{}", report::table(&summary));
     }
-    Ok(if summary.infra_error > 0 {
-        ExitStatus::Failure
-    } else {
-        ExitStatus::Success
-    })
+    Ok(summary)
 }

@@ -29,6 +29,16 @@ pub enum Mode {
     Container,
 }
 
+impl Mode {
+    /// As result.json and eval.json name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Crane => "crane",
+            Mode::Container => "container",
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct RunArgs {
     #[arg(long, value_enum, default_value = "crane")]
@@ -49,32 +59,14 @@ pub struct RunArgs {
     /// Clear a non-empty --out first (an earlier run's output is lost).
     #[arg(long)]
     force: bool,
-    #[arg(long, value_enum, default_value = "none")]
-    network: Network,
-    #[arg(long, value_enum, default_value = "auto")]
-    isolation: Isolation,
-    #[arg(long, value_enum, default_value = "auto")]
-    rootfs: RootfsMode,
+    #[command(flatten)]
+    flags: TaskFlags,
     /// Fail (exit 3) if any axis resolves to another digest than the lock
     /// file pins.
     #[arg(long)]
     locked: bool,
     #[arg(long = "lock-file", value_name = "FILE", default_value = DEFAULT_FILE)]
     lock_file: PathBuf,
-    /// Recorded model responses for the gateway, mounted at /recordings.
-    #[arg(long, value_name = "DIR")]
-    recordings: Option<PathBuf>,
-    /// Override the task's agent timeout (seconds).
-    #[arg(long, value_name = "SEC")]
-    agent_timeout: Option<u64>,
-    /// Override the task's grade timeout (seconds).
-    #[arg(long, value_name = "SEC")]
-    grade_timeout: Option<u64>,
-    /// Limit the run's memory, swap excluded (512M, 2G, bytes): a cgroup
-    /// in crane mode, where a run that cannot have one fails; Docker's
-    /// --memory in container mode.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    memory: Option<u64>,
     /// --mode container: run this combination image (HOST/REPO:TAG or
     /// oci:PATH:TAG, made by `hoist bake`) instead of baking one; its
     /// labels must name the same axes.
@@ -82,13 +74,56 @@ pub struct RunArgs {
     image: Option<String>,
 }
 
-impl RunArgs {
-    /// `--recordings`, made absolute (it is bound into the sandbox or the
-    /// container by path).
-    fn recordings_dir(&self) -> Option<PathBuf> {
-        self.recordings
-            .as_ref()
-            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+/// How each task runs: `hoist run`'s flags, which `hoist eval` passes to
+/// every task.
+#[derive(Args, Clone)]
+pub struct TaskFlags {
+    #[arg(long, value_enum, default_value = "none")]
+    pub network: Network,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub isolation: Isolation,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub rootfs: RootfsMode,
+    /// Recorded model responses for the gateway, mounted at /recordings.
+    #[arg(long, value_name = "DIR")]
+    pub recordings: Option<PathBuf>,
+    /// Override the task's agent timeout (seconds).
+    #[arg(long, value_name = "SEC")]
+    pub agent_timeout: Option<u64>,
+    /// Override the task's grade timeout (seconds).
+    #[arg(long, value_name = "SEC")]
+    pub grade_timeout: Option<u64>,
+    /// Limit the run's memory, swap excluded (512M, 2G, bytes): a cgroup
+    /// in crane mode, where a run that cannot have one fails; Docker's
+    /// --memory in container mode.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory: Option<u64>,
+}
+
+impl TaskFlags {
+    /// How to run `task`, `--recordings` made absolute (it is bound into
+    /// the sandbox or the container by path).
+    pub fn how(
+        &self,
+        task: Option<String>,
+        image: Option<String>,
+        lock_file: Option<PathBuf>,
+    ) -> How {
+        How {
+            task,
+            network: self.network,
+            isolation: self.isolation,
+            rootfs: self.rootfs,
+            recordings: self
+                .recordings
+                .as_ref()
+                .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
+            agent_timeout: self.agent_timeout,
+            grade_timeout: self.grade_timeout,
+            memory: self.memory,
+            image,
+            lock_file,
+        }
     }
 }
 
@@ -104,18 +139,11 @@ pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
     let out = OutDir::claim(&args.out, args.force)?;
     let store = global.store()?;
     let (pulled, pull_ms) = pull_checked(global, &store, args)?;
-    let how = How {
-        task: args.task.clone(),
-        network: args.network,
-        isolation: args.isolation,
-        rootfs: args.rootfs,
-        recordings: args.recordings_dir(),
-        agent_timeout: args.agent_timeout,
-        grade_timeout: args.grade_timeout,
-        memory: args.memory,
-        image: args.image.clone(),
-        lock_file: args.locked.then(|| args.lock_file.clone()),
-    };
+    let how = args.flags.how(
+        args.task.clone(),
+        args.image.clone(),
+        args.locked.then(|| args.lock_file.clone()),
+    );
     let (result, isolation) = execute(
         global,
         &store,

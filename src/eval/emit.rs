@@ -16,6 +16,9 @@ pub struct Job {
     /// `hoist` and its global flags, then `eval` and its own (no `--out`,
     /// `--shard` or `--emit`): what every array task runs.
     pub command: Vec<String>,
+    /// The plan as a tasks file, every image pinned
+    /// (`OUT/slurm/tasks.jsonl`, which `command` names).
+    pub tasks: String,
     /// The evaluation's directory; shard `I` writes `OUT/shards/I`.
     pub out: PathBuf,
     /// How many shards (array tasks).
@@ -102,11 +105,18 @@ pub fn slurm(job: &Job) -> (String, String) {
     (sbatch, submit)
 }
 
-/// Write the Slurm job into `OUT/slurm/`; returns the submit script.
+/// Where the Slurm job's tasks file goes: `OUT/slurm/tasks.jsonl`.
+pub fn slurm_tasks_path(out: &Path) -> PathBuf {
+    out.join("slurm").join("tasks.jsonl")
+}
+
+/// Write the Slurm job (its tasks file, the sbatch script and the submit
+/// script) into `OUT/slurm/`; returns the submit script.
 pub fn write_slurm(job: &Job) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let dir = job.out.join("slurm");
     std::fs::create_dir_all(&dir)?;
+    std::fs::write(slurm_tasks_path(&job.out), &job.tasks)?;
     let (sbatch, submit) = slurm(job);
     let write = |name: &str, text: &str| -> std::io::Result<PathBuf> {
         let p = dir.join(name);
@@ -272,6 +282,7 @@ mod tests {
                 "--agent".into(),
                 "reg/agent's:1".into(),
             ],
+            tasks: String::new(),
             out: PathBuf::from("/shared/eval"),
             shards,
             max_running: 8,

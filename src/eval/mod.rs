@@ -260,21 +260,15 @@ pub fn list_tasks(
         let top = std::fs::File::open(&m.root)?;
         let tasks = crate::beneath::open_dir_beneath(top.as_fd(), "tasks")?;
         let mut ids = Vec::new();
-        let mut dir = rustix::fs::Dir::read_from(&tasks)?;
-        while let Some(e) = dir.read() {
-            let e = e?;
-            let Ok(name) = e.file_name().to_str() else {
+        for name in crate::unpack::fsops::list(tasks.as_fd())? {
+            let Ok(name) = String::from_utf8(name) else {
                 continue;
             };
-            let kind = e.file_type();
-            let maybe_dir = matches!(
-                kind,
-                rustix::fs::FileType::Directory | rustix::fs::FileType::Unknown
-            );
-            if !is_safe_id(name) || !maybe_dir {
+            if !is_safe_id(&name) {
                 continue;
             }
-            let has_spec = crate::beneath::open_dir_beneath(tasks.as_fd(), name)
+            // A directory (never through a link) holding a regular task.json.
+            let has_spec = crate::beneath::open_dir_beneath(tasks.as_fd(), &name)
                 .and_then(|d| {
                     rustix::fs::statat(&d, "task.json", rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
                         .map_err(std::io::Error::from)
@@ -284,7 +278,7 @@ pub fn list_tasks(
                         == rustix::fs::FileType::RegularFile
                 });
             if has_spec {
-                ids.push(name.to_string());
+                ids.push(name);
             }
         }
         ids.sort();

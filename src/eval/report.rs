@@ -53,6 +53,7 @@ pub struct Digests {
 }
 
 /// One task as the summary sees it.
+#[derive(Clone, Copy)]
 pub struct Entry<'a> {
     pub id: &'a str,
     pub result: Option<&'a TaskResult>,

@@ -342,3 +342,11 @@ pub fn build_runner_image() -> Option<()> {
     ok(Command::new(script).arg("--binary").arg(bin));
     Some(())
 }
+
+/// An evaluation's summary.json without what differs between two
+/// evaluations of the same tasks (the wall time, what was kept).
+pub fn comparable_summary(mut s: serde_json::Value) -> serde_json::Value {
+    s.as_object_mut().unwrap().remove("wall_ms");
+    s.as_object_mut().unwrap().remove("resumed");
+    s
+}
