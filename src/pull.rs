@@ -324,6 +324,7 @@ pub async fn pull(
         urls: None,
     };
     store.record(&name, &desc)?;
+    store.mark_used(&manifest_digest)?;
     Ok(Pulled {
         reference: ref_str,
         name,

@@ -24,6 +24,11 @@ struct Owner {
     pid: u32,
     target: PathBuf,
     keep: bool,
+    /// The layer and subtree cache entries its overlays read: while the
+    /// run lives, eviction keeps these. Absent (an older hoist's run):
+    /// every entry counts as used.
+    #[serde(default)]
+    uses: Option<Vec<PathBuf>>,
 }
 
 pub(crate) struct RunDir {
@@ -35,7 +40,12 @@ fn runs_dir(store: &Store) -> PathBuf {
 }
 
 impl RunDir {
-    pub(crate) fn create(store: &Store, target: &Path, keep: bool) -> Result<RunDir, RootfsError> {
+    pub(crate) fn create(
+        store: &Store,
+        target: &Path,
+        keep: bool,
+        uses: &[PathBuf],
+    ) -> Result<RunDir, RootfsError> {
         let base = runs_dir(store);
         fs::create_dir_all(&base).map_err(|source| RootfsError::Io {
             path: base.clone(),
@@ -53,6 +63,13 @@ impl RunDir {
             pid: std::process::id(),
             target: fs::canonicalize(target).unwrap_or_else(|_| target.to_path_buf()),
             keep,
+            // Absolute and resolved, as sweep compares them: another
+            // hoist may name the same store otherwise.
+            uses: Some(
+                uses.iter()
+                    .map(|p| fs::canonicalize(p).unwrap_or_else(|_| p.clone()))
+                    .collect(),
+            ),
         };
         let json = serde_json::to_vec(&owner).unwrap_or_default();
         let path = dir.join("owner.json");
@@ -184,22 +201,37 @@ pub fn gc(store: &Store) -> Result<GcReport, RootfsError> {
         runs: reap_dead_runs(store),
         ..Default::default()
     };
+    sweep_unreferenced(store, &mut report, &mut |_| {})?;
+    Ok(report)
+}
+
+/// With the gc lock held: remove every blob, unpacked layer and subtree
+/// that no image in index.json references and no live run reads, adding
+/// to `report`; `removed` hears each path before it goes.
+pub(crate) fn sweep_unreferenced(
+    store: &Store,
+    report: &mut GcReport,
+    removed: &mut dyn FnMut(&Path),
+) -> Result<(), RootfsError> {
     let live = live_set(store)?;
     let blobs = store.root().join("blobs/sha256");
     for (name, path) in list(&blobs) {
         if !live.blobs.contains(&name) {
+            removed(&path);
             report.bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             fs::remove_file(&path).map_err(|source| RootfsError::Io { path, source })?;
+            // Its use record goes with it (a manifest's).
+            let _ = fs::remove_file(store.root().join("used").join(&name));
             report.blobs += 1;
         }
     }
     for dir in cache_dirs(store, "layers") {
-        report.layers += sweep(&dir.join("sha256"), &live.blobs, &live.in_use)?;
+        report.layers += sweep(&dir.join("sha256"), &live.blobs, &live.in_use, removed)?;
     }
     for dir in cache_dirs(store, "subtrees") {
-        report.subtrees += sweep(&dir, &live.subtrees, &live.in_use)?;
+        report.subtrees += sweep(&dir, &live.subtrees, &live.in_use, removed)?;
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Remove the cache entries of `dir` (and their `.lock`/`.tmp` companions)
@@ -208,18 +240,21 @@ fn sweep(
     dir: &Path,
     live: &BTreeSet<String>,
     in_use: &BTreeSet<PathBuf>,
+    removed: &mut dyn FnMut(&Path),
 ) -> Result<usize, RootfsError> {
-    let mut removed = 0;
+    let mut count = 0;
     for (name, path) in list(dir) {
         let key = name.split('.').next().unwrap_or_default();
-        if !live.contains(key) && !in_use.contains(&path) {
+        let used = || in_use.contains(&fs::canonicalize(&path).unwrap_or_else(|_| path.clone()));
+        if !live.contains(key) && !used() {
+            removed(&path);
             remove_tree(&path)?;
             if !name.contains('.') {
-                removed += 1;
+                count += 1;
             }
         }
     }
-    Ok(removed)
+    Ok(count)
 }
 
 struct Live {
@@ -275,15 +310,32 @@ fn live_set(store: &Store) -> Result<Live, RootfsError> {
             Err(_) => {}
         }
     }
-    // While any run is live, unpacked layers and subtrees are all kept: a
-    // mounted overlay may use any of them, whatever index.json now says.
-    let runs_live = fs::read_dir(runs_dir(store)).is_ok_and(|mut d| d.next().is_some());
-    if runs_live {
+    // A live run's overlays read the cache entries its owner.json lists,
+    // whatever index.json now says. A run that does not say (being made,
+    // or an older hoist's) may read any of them: all are kept.
+    let mut says_all = false;
+    for (_, dir) in list(&runs_dir(store)) {
+        let owner: Option<Owner> = fs::read(dir.join("owner.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        match owner {
+            Some(o) if owner_gone(&o, mount::is_mount_point(&o.target)) => {}
+            Some(Owner {
+                uses: Some(uses), ..
+            }) => live.in_use.extend(uses),
+            _ => says_all = true,
+        }
+    }
+    if says_all {
         let dirs = cache_dirs(store, "layers")
             .into_iter()
             .map(|d| d.join("sha256"));
         for dir in dirs.chain(cache_dirs(store, "subtrees")) {
-            live.in_use.extend(list(&dir).into_iter().map(|(_, p)| p));
+            live.in_use.extend(
+                list(&dir)
+                    .into_iter()
+                    .map(|(_, p)| fs::canonicalize(&p).unwrap_or(p)),
+            );
         }
     }
     Ok(live)

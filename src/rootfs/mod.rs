@@ -14,6 +14,8 @@
 //!   where mounting is not permitted (an unprivileged container).
 
 mod cache;
+pub mod evict;
+pub(crate) use cache::{layers_dir, subtrees_dir};
 pub mod gc;
 pub mod mount;
 pub mod verify;
@@ -110,6 +112,12 @@ pub fn materialize(
     keep: bool,
 ) -> Result<Materialized, RootfsError> {
     prepare_out(out)?;
+    // Held until the run's owner.json names the cache entries it reads
+    // (overlay) or the copy is made: gc and eviction wait for it.
+    let _gc = store.gc_lock_shared().map_err(|e| RootfsError::Io {
+        path: store.root().join("gc.lock"),
+        source: std::io::Error::other(e.to_string()),
+    })?;
     gc::reap_dead_runs(store);
     // Rootless hoist mounts in a mount namespace of its own, which ends
     // with the process: a rootfs the user keeps must be a copy.
@@ -205,7 +213,12 @@ fn materialize_overlay(
     // Root of a user namespace may mount overlays only with `userxattr`,
     // reading the user.overlay.* markers its layer cache was written with.
     let userxattr = !crate::userns::in_initial_namespace();
-    let run = gc::RunDir::create(store, out, keep)?;
+    let uses: Vec<PathBuf> = lowers
+        .iter()
+        .chain(subtrees.iter().map(|(dir, _)| dir))
+        .cloned()
+        .collect();
+    let run = gc::RunDir::create(store, out, keep, &uses)?;
     let mounted = (|| {
         let target = File::open(out).map_err(io(out))?;
         let (upper, work) = run.upper_work("root")?;

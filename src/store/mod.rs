@@ -231,15 +231,7 @@ impl Store {
     /// Record `desc` under `name` (`org.opencontainers.image.ref.name`) in
     /// `index.json`, replacing an older entry of that name.
     pub fn record(&self, name: &str, desc: &Descriptor) -> Result<(), StoreError> {
-        let lock_path = self.root.join("index.json.lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| io_err(&lock_path)(e.into()))?;
+        let _lock = self.index_lock()?;
         let mut index = self.index()?;
         let mut entry = desc.clone();
         entry
@@ -256,6 +248,63 @@ impl Store {
             .manifests
             .sort_by(|a, b| ref_name(a).cmp(&ref_name(b)));
         self.write_atomic(&self.root.join("index.json"), &to_json(&index))
+    }
+
+    /// Remove from `index.json` every entry `drop` picks; returns them.
+    /// Their blobs stay until `hoist gc` (or eviction) sweeps what no
+    /// entry left references.
+    pub fn forget(
+        &self,
+        drop: impl Fn(&Descriptor) -> bool,
+    ) -> Result<Vec<Descriptor>, StoreError> {
+        let _lock = self.index_lock()?;
+        let mut index = self.index()?;
+        let (gone, kept): (Vec<_>, Vec<_>) = index.manifests.into_iter().partition(|d| drop(d));
+        if !gone.is_empty() {
+            index.manifests = kept;
+            self.write_atomic(&self.root.join("index.json"), &to_json(&index))?;
+        }
+        Ok(gone)
+    }
+
+    /// `index.json.lock`, held while index.json is read and rewritten.
+    fn index_lock(&self) -> Result<File, StoreError> {
+        let lock_path = self.root.join("index.json.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io_err(&lock_path)(e.into()))?;
+        Ok(lock)
+    }
+
+    /// Note that the image whose manifest is `manifest` was just used (a
+    /// pull, which every run and every task of an evaluation does):
+    /// `used/HEX`'s modification time. `--max-store-size` evicts the least
+    /// recently used images first.
+    pub fn mark_used(&self, manifest: &Digest) -> Result<(), StoreError> {
+        let dir = self.root.join("used");
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let path = dir.join(manifest.hex());
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        f.set_modified(std::time::SystemTime::now())
+            .map_err(io_err(&path))
+    }
+
+    /// When the image of `manifest` was last used ([`Store::mark_used`]);
+    /// None if never since the store had `used/`.
+    pub fn last_used(&self, manifest: &Digest) -> Option<std::time::SystemTime> {
+        fs::metadata(self.root.join("used").join(manifest.hex()))
+            .and_then(|m| m.modified())
+            .ok()
     }
 
     /// The descriptor recorded under `name`, if any.
