@@ -35,6 +35,7 @@ use crate::orchestrate::{
     self, host_info, run_sessions, totals, Backend, DockerFacts, Durations, OrchestrateError,
     RunRecord, SessionRan, SessionRecord, SessionSpec, Sessions, Start, Stopped, Tree,
 };
+use crate::phase::{self, Phase, PhaseHook};
 use crate::pipeline::clock::rfc3339;
 use crate::pipeline::context::{self as ctx, RunContext};
 use crate::pull::Pulled;
@@ -431,6 +432,9 @@ pub struct ContainerRequest<'a> {
     /// `--isolation strict`: refuse to run with anything in
     /// `not_isolated`, here and in the supervisor.
     pub strict: bool,
+    /// Told as each phase begins (see [`crate::phase`]); the caller tells
+    /// [`Phase::Fuse`] before [`prepare`].
+    pub phase: Option<PhaseHook>,
 }
 
 /// The limits of the run: the sandbox's defaults and `--memory`.
@@ -634,7 +638,14 @@ pub fn run(
     let Sessions {
         ran: sessions,
         interrupted,
-    } = run_sessions(&backend, Start::Agent, &task_dir, work.path(), &facts)?;
+    } = run_sessions(
+        &backend,
+        Start::Agent,
+        &task_dir,
+        work.path(),
+        &facts,
+        req.phase.as_ref(),
+    )?;
     let t = totals(sessions, interrupted);
     let record = RunRecord {
         schema: "hoist.run/v1",
@@ -791,6 +802,12 @@ impl Backend for Plan<'_> {
         let (docker, req) = (self.docker, self.req);
         let (name, session, changes) = (spec.name, spec.session.clone(), spec.changes);
         let prepare_ms = self.prepare_ms;
+        if session == ctx::Session::Agent {
+            // The host cannot see install.sh end and the agent start inside
+            // the container (only `docker cp` after it ends reads its
+            // /output): the whole session shows as `install`.
+            phase::enter(req.phase.as_ref(), Phase::Install);
+        }
         // The agent session's gateway runs in a container of its own, from
         // the untouched image, whose network the agent's container joins.
         let gateway = match (&session, req.axes.gateway) {

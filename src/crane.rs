@@ -6,7 +6,7 @@
 //! against the lock file) by the caller.
 
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::export::{self, ExportError, OutDir};
 use crate::lock::{LockError, LockFile};
@@ -14,6 +14,7 @@ use crate::orchestrate::{
     self, host_info, run_sessions, totals, Backend, Durations, OrchestrateError, RunRecord,
     SessionRan, SessionRecord, SessionSpec, Sessions, Start, Stopped,
 };
+use crate::phase::{self, Phase, PhaseHook};
 use crate::pipeline::clock::rfc3339;
 use crate::pipeline::context::{self as ctx, RunContext};
 use crate::pull::Pulled;
@@ -45,6 +46,8 @@ pub struct RunRequest<'a> {
     pub lock_file: Option<PathBuf>,
     pub command_line: Vec<String>,
     pub pull_ms: u64,
+    /// Told as each phase begins (see [`crate::phase`]), for progress.
+    pub phase: Option<PhaseHook>,
 }
 
 /// What runs before grading.
@@ -203,7 +206,14 @@ pub fn run(
     let Sessions {
         ran: sessions,
         interrupted,
-    } = run_sessions(&crane, start, &task_dir, work.path(), &facts)?;
+    } = run_sessions(
+        &crane,
+        start,
+        &task_dir,
+        work.path(),
+        &facts,
+        req.phase.as_ref(),
+    )?;
     let rootfs = sessions
         .first()
         .and_then(|s| s.record.rootfs)
@@ -298,6 +308,13 @@ impl Backend for Crane<'_> {
         // namespaces, a directory of the session's own (0700, in the 0700
         // work dir) bound there; in chroot, the rootfs copy's own /output.
         let private = private_output(&dir, self.isolation, &rootfs_dir)?;
+        // Grading's own tree is part of grading (announced by
+        // run_sessions); the agent session's is the run's fusing.
+        let hook = self.req.phase.as_ref();
+        let agent_session = spec.session == ctx::Session::Agent;
+        if agent_session {
+            phase::enter(hook, Phase::Fuse);
+        }
         let t = Instant::now();
         let m = rootfs::materialize(self.store, &axes, &rootfs_dir, self.rootfs_mode, false)?;
         // The gateway's own tree: the benchmark and the gateway, never the
@@ -321,14 +338,24 @@ impl Backend for Crane<'_> {
             None => None,
         };
         let materialize_ms = t.elapsed().as_millis() as u64;
-        let result = run_in(
-            self,
-            &m,
-            spec.session.clone(),
-            spec.materialized_before + materialize_ms,
-            (&dir, &private.dir),
-            (spec.changes, gateway.as_ref().map(|g| g.root.as_path())),
-        );
+        let sandboxed = || {
+            run_in(
+                self,
+                &m,
+                spec.session.clone(),
+                spec.materialized_before + materialize_ms,
+                (&dir, &private.dir),
+                (spec.changes, gateway.as_ref().map(|g| g.root.as_path())),
+            )
+        };
+        let result = match (agent_session, hook) {
+            (true, Some(hook)) => {
+                phase::enter(Some(hook), Phase::Install);
+                let agent_log = private.base.join(private.rel).join("agent.log");
+                watch_agent_start(hook, &agent_log, sandboxed)
+            }
+            _ => sandboxed(),
+        };
         // Whatever the sandbox returned, and before the rootfs (chroot's
         // /output) is taken down: the logs explain a failure too.
         let exported = export::copy_out(&private.base, private.rel, task_dir);
@@ -361,6 +388,52 @@ impl Backend for Crane<'_> {
             (Ok(_), Err(x)) => Err(x.into()),
         }
     }
+}
+
+/// How often the host looks for the agent's log while an agent session
+/// runs under a [`PhaseHook`]: one stat, cheap next to any sandbox.
+const AGENT_LOG_POLL: Duration = Duration::from_millis(250);
+
+/// Run `session` (the agent session's sandbox), telling `hook`
+/// [`Phase::Agent`] once `agent_log` exists in the session's private
+/// output. install.sh and the agent run in one supervisor, which writes
+/// nothing the host reads until it ends; but it creates `agent.log` just
+/// before it starts the agent (and only if install.sh succeeded), and the
+/// private output is fresh for each session. In chroot isolation that
+/// output is the rootfs copy's own `/output`, which an image could have
+/// shipped an `agent.log` in: the display would then say `agent` early,
+/// nothing else. The watcher ends with the session.
+fn watch_agent_start<R>(hook: &PhaseHook, agent_log: &Path, session: impl FnOnce() -> R) -> R {
+    let (done, ended) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let watcher = std::thread::Builder::new()
+            .name("agent-log-watch".into())
+            .spawn_scoped(s, move || loop {
+                // Nothing is ever sent: the sender is dropped when the
+                // session ends, which ends the wait at once. One last look
+                // then: a quick agent may have started and ended between
+                // two polls, and its phase is still worth telling.
+                let over = !matches!(
+                    ended.recv_timeout(AGENT_LOG_POLL),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                );
+                if std::fs::symlink_metadata(agent_log).is_ok() {
+                    phase::enter(Some(hook), Phase::Agent);
+                    return;
+                }
+                if over {
+                    return;
+                }
+            });
+        if let Err(e) = watcher {
+            // Progress is not worth failing the run over: it shows
+            // `install` until grading.
+            tracing::debug!(error = %e, "could not start the agent-log watcher");
+        }
+        let r = session();
+        drop(done);
+        r
+    })
 }
 
 /// The sandbox's limits and `--memory`.

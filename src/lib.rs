@@ -30,6 +30,7 @@ pub mod interrupt;
 pub mod lock;
 pub mod manifest;
 pub mod orchestrate;
+pub mod phase;
 pub mod pipeline;
 pub mod platform;
 pub mod pull;

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::export::{self, ExportError, ExportReport, OutDir};
 use crate::interrupt::Interrupted;
+use crate::phase::{Phase, PhaseHook};
 use crate::pipeline::context::{AgentPhase, Session, MAX_AGENT_PHASE_BYTES};
 use crate::rootfs::{Fidelity, RootfsMode};
 use crate::sandbox::cgroup::RunLimits;
@@ -159,13 +160,16 @@ pub fn clear_stale(task_dir: &OutDir, start: &Start) -> Result<(), OrchestrateEr
 /// `work` is the run's private directory (the copy of `changes.tar`). A
 /// signal ends the run between sessions or in one (the backend kills its
 /// sandbox): result.json then says so (from `facts`), and what ran until
-/// then is returned, with the signal.
+/// then is returned, with the signal. `phases` hears grading begin; the
+/// agent session's phases are the backend's to tell (only it knows when
+/// its tree is ready and its sandbox starts).
 pub fn run_sessions<B: Backend>(
     backend: &B,
     start: Start,
     task_dir: &OutDir,
     work: &Path,
     facts: &Stopped<'_>,
+    phases: Option<&PhaseHook>,
 ) -> Result<Sessions, B::Error> {
     let mut ran = Vec::new();
     let step = |spec: &SessionSpec<'_>| -> Result<Result<SessionRan, Interrupted>, B::Error> {
@@ -210,6 +214,7 @@ pub fn run_sessions<B: Backend>(
             interrupted: None,
         });
     };
+    crate::phase::enter(phases, Phase::Grade);
     let changes = match &saved {
         Some(dir) => private_changes(&OutDir::open(dir).map_err(OrchestrateError::from)?, work)?,
         None => private_changes(task_dir, work)?,

@@ -75,6 +75,47 @@ impl Samples {
     }
 }
 
+/// `hoist eval` on a store of the test's own: download counts and
+/// eviction need one no other test fills.
+fn eval_in(store: &Path, agent: &str, tasks: &Path, out: &Path, args: &[&str]) -> Output {
+    ok(hoist(store)
+        .arg("eval")
+        .arg("--agent")
+        .arg(agent)
+        .arg("--tasks")
+        .arg(tasks)
+        .arg("--out")
+        .arg(out)
+        .args(args))
+}
+
+/// The distinct blobs (configs and layers) of the sample images `tags`,
+/// from the samples' layout: what a fresh store must download, once each.
+fn unique_blobs(oci: &str, tags: &[String]) -> (u64, u64) {
+    let blob = |d: &str| read_json(&Path::new(oci).join("blobs/sha256").join(&d[7..]));
+    let index = read_json(&Path::new(oci).join("index.json"));
+    let mut seen = std::collections::BTreeMap::new();
+    for m in index["manifests"].as_array().unwrap() {
+        let name = m["annotations"]["org.opencontainers.image.ref.name"]
+            .as_str()
+            .unwrap_or_default();
+        if !tags.iter().any(|t| t == name) {
+            continue;
+        }
+        let mut doc = blob(m["digest"].as_str().unwrap());
+        if doc.get("layers").is_none() {
+            doc = blob(doc["manifests"][0]["digest"].as_str().unwrap());
+        }
+        for d in std::iter::once(&doc["config"]).chain(doc["layers"].as_array().unwrap()) {
+            seen.insert(
+                d["digest"].as_str().unwrap().to_string(),
+                d["size"].as_u64().unwrap(),
+            );
+        }
+    }
+    (seen.len() as u64, seen.values().sum())
+}
+
 fn summary(out: &Path) -> Value {
     read_json(&out.join("summary.json"))
 }
@@ -307,6 +348,27 @@ fn shards_split_the_plan_and_together_cover_it() {
     );
     let junit = std::fs::read_to_string(merged.join("junit.xml")).unwrap();
     assert!(junit.contains(&format!("tests=\"{n}\"")), "{junit}");
+    // A shard missing (its job never wrote it) is an error naming it,
+    // unless --partial.
+    let o = run(hoist(&store()).arg("report").arg(&shards[0]));
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains(&format!(
+            "hold {} of the {n} tasks planned (missing shards: 1/2)",
+            n.div_ceil(2)
+        )),
+        "{}",
+        stderr(&o)
+    );
+    let partial = tmp.path().join("partial");
+    let o = ok(hoist(&store())
+        .arg("report")
+        .arg(&shards[0])
+        .arg("--partial")
+        .arg("--out")
+        .arg(&partial));
+    assert!(stderr(&o).contains("missing shards: 1/2"), "{}", stderr(&o));
+    assert_eq!(summary(&partial)["total"], n.div_ceil(2));
     // A task in two directories is an error naming both.
     let o = run(hoist(&store()).arg("report").args([&shards[0], &shards[0]]));
     assert_eq!(o.status.code(), Some(1));
@@ -444,4 +506,122 @@ fn ok_child_status(child: std::process::Child) -> Output {
         std::thread::sleep(Duration::from_millis(50));
     }
     child.wait_with_output().unwrap()
+}
+
+#[test]
+fn four_jobs_on_one_store_give_one_jobs_results_and_download_each_blob_once() {
+    let Some(s) = samples() else { return };
+    let Some(registry) = env_or_skip("HOIST_SAMPLES_REGISTRY") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = |tag: &str| format!("{registry}/{tag}@{}", sample_digest(tag));
+    let mut text = String::new();
+    for t in &s.swe_tasks {
+        let image = reg(&format!("swe-mini-{t}"));
+        text.push_str(&format!(
+            "{{\"id\": \"{t}\", \"benchmark\": \"{image}\"}}\n"
+        ));
+    }
+    let tasks = tmp.path().join("tasks.jsonl");
+    std::fs::write(&tasks, text).unwrap();
+    let mut tags: Vec<String> = s
+        .swe_tasks
+        .iter()
+        .map(|t| format!("swe-mini-{t}"))
+        .collect();
+    tags.push("agent-oracle".into());
+    let (blobs, bytes) = unique_blobs(&s.oci, &tags);
+
+    let mut summaries = Vec::new();
+    for jobs in ["1", "4"] {
+        let store = tmp.path().join(format!("store-{jobs}"));
+        let out = tmp.path().join(format!("eval-{jobs}"));
+        eval_in(&store, &reg("agent-oracle"), &tasks, &out, &["-j", jobs]);
+        let sum = summary(&out);
+        assert_eq!(sum["resolved"], s.swe_tasks.len(), "-j {jobs}: {sum:#}");
+        // Every blob came over the network exactly once, however many
+        // tasks wanted it at the same time.
+        assert_eq!(sum["downloaded"]["blobs"], blobs, "-j {jobs}: {sum:#}");
+        assert_eq!(sum["downloaded"]["bytes"], bytes, "-j {jobs}: {sum:#}");
+        for t in &s.swe_tasks {
+            assert_host_clean_output(&out.join("tasks").join(t));
+        }
+        assert_store_verifies(&store);
+        summaries.push(comparable_summary(sum));
+    }
+    assert_eq!(summaries[0], summaries[1]);
+}
+
+#[test]
+fn a_store_size_limit_evicts_only_what_no_running_or_pending_task_needs() {
+    let Some(s) = samples() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let tasks = s.tasks_file(tmp.path(), &[]);
+    let store = tmp.path().join("store");
+    let out = tmp.path().join("eval");
+    // Smaller than any one task's images: after each task, everything no
+    // other task still needs goes.
+    let o = eval_in(
+        &store,
+        &s.r("agent-oracle"),
+        &tasks,
+        &out,
+        &["-j", "2", "--max-store-size", "6M"],
+    );
+    let sum = summary(&out);
+    assert_eq!(sum["resolved"], s.swe_tasks.len(), "{sum:#}");
+    // What a pending task needed was never evicted: each blob was fetched
+    // once (the shared base layer, too).
+    let mut tags: Vec<String> = s
+        .swe_tasks
+        .iter()
+        .map(|t| format!("swe-mini-{t}"))
+        .collect();
+    tags.push("agent-oracle".into());
+    let (blobs, _) = unique_blobs(&s.oci, &tags);
+    assert_eq!(sum["downloaded"]["blobs"], blobs, "{sum:#}");
+    // The limit above what the tasks in flight need is said once.
+    let err = stderr(&o);
+    assert_eq!(err.matches("above --max-store-size").count(), 1, "{err}");
+    // With nothing left to run, the least recently used images went
+    // until the store fit: every benchmark image (they share the large
+    // base layer), their blobs, their unpacked layers. The agent, used as
+    // late as the last benchmark and small, may stay.
+    let index = read_json(&store.join("index.json"));
+    let names: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert!(names.iter().all(|n| *n == s.r("agent-oracle")), "{index:#}");
+    let mut used = 0;
+    for entry in std::fs::read_dir(&store).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "blobs" || name.starts_with("layers") || name.starts_with("subtrees") {
+            used += disk_usage(&entry.path());
+        }
+    }
+    assert!(used <= 6 << 20, "the store holds {used} bytes");
+    assert_store_verifies(&store);
+    // The same tasks without a limit give the same summary.
+    let whole = tmp.path().join("whole");
+    eval_in(&store, &s.r("agent-oracle"), &tasks, &whole, &["-j", "2"]);
+    assert_eq!(comparable_summary(summary(&whole)), comparable_summary(sum));
+}
+
+/// Bytes on disk under `path` (`du -s -B1`).
+fn disk_usage(path: &Path) -> u64 {
+    let o = ok(Command::new("du").args(["-s", "-B1"]).arg(path));
+    stdout(&o)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }

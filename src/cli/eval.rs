@@ -3,12 +3,13 @@
 //! `OUT/junit.xml`, and the summary table.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context as _};
 use clap::Args;
 use hoist::container::Docker;
+use hoist::eval::report::Downloaded;
 use hoist::eval::report::Entry;
 use hoist::eval::{
     self, Attempt, EvalPlan, Event, Outcome, Pin, PlannedTask, Schedule, Shard, TaskLine,
@@ -18,13 +19,15 @@ use hoist::export::{self, OutDir};
 use hoist::interrupt::Interrupted;
 use hoist::orchestrate::{host_result, Stopped};
 use hoist::pipeline::clock::rfc3339;
-use hoist::pull::{pull, resolve, NoProgress, PullOptions, Pulled};
+use hoist::pull::{pull, resolve, Progress, PullOptions, Pulled};
 use hoist::reference::Reference;
 use hoist::registry::Client;
 use hoist::result::{Stage, TaskResult};
+use hoist::rootfs::evict::{evict, Sizes};
 use hoist::store::Store;
 
 use super::materialize::pull_axes;
+use super::progress::EvalBoard;
 use super::report::publish;
 use super::run::{execute, How, Mode, TaskFlags};
 use super::Global;
@@ -55,6 +58,10 @@ pub struct EvalArgs {
     /// memory, or per --memory).
     #[arg(long, short = 'j', value_name = "N")]
     jobs: Option<usize>,
+    /// Pull the images of up to N tasks ahead while the running ones run
+    /// (default: as many as --jobs; 0: pull each when its task starts).
+    #[arg(long, value_name = "N")]
+    prefetch: Option<usize>,
     /// Run task k (in the plan's order) when k mod N = I. Unset: from
     /// SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, or JOB_COMPLETION_INDEX
     /// (one task per index).
@@ -94,6 +101,17 @@ pub struct EvalArgs {
     /// With --emit k8s: each pod's node-local disk (store and trees).
     #[arg(long, value_name = "SIZE", default_value = "40Gi")]
     ephemeral_storage: String,
+    /// Keep the store below SIZE (512M, 40G, bytes): after each task, the
+    /// images least recently used that no running or pending task needs
+    /// are dropped, and their blobs and unpacked layers removed.
+    #[arg(long, value_name = "SIZE", value_parser = hoist::sandbox::cgroup::parse_bytes)]
+    max_store_size: Option<u64>,
+    /// Print what the evaluation would pull, from the manifests alone:
+    /// the unique layers, the bytes to download and the peak disk. Runs
+    /// nothing; with --tasks it writes nothing (with --benchmark, that
+    /// image is pulled to list its tasks).
+    #[arg(long, conflicts_with = "emit")]
+    dry_run: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -115,6 +133,20 @@ pub fn run(global: &Global, args: &EvalArgs) -> anyhow::Result<ExitStatus> {
     if let Some(engine) = args.emit {
         return emit(global, args, &plan, engine);
     }
+    if args.dry_run {
+        let jobs = args
+            .jobs
+            .unwrap_or_else(|| eval::default_jobs(args.flags.memory));
+        return super::dryrun::run(
+            global,
+            &store,
+            &client,
+            &rt,
+            &plan,
+            args.max_store_size,
+            jobs,
+        );
+    }
     let out_path = match (args.shard_dir, plan.shard) {
         (true, Some(s)) => args.out.join("shards").join(s.index.to_string()),
         _ => args.out.clone(),
@@ -126,10 +158,12 @@ pub fn run(global: &Global, args: &EvalArgs) -> anyhow::Result<ExitStatus> {
     export::write_file(&out, "eval.json", &bytes)?;
 
     let how = args.flags.how(None, None, None);
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| eval::default_jobs(args.flags.memory));
     let schedule = Schedule {
-        jobs: args
-            .jobs
-            .unwrap_or_else(|| eval::default_jobs(args.flags.memory)),
+        jobs,
+        prefetch: args.prefetch.unwrap_or(jobs),
         retries: args.retries,
         backoff: std::env::var("HOIST_EVAL_BACKOFF_MS")
             .ok()
@@ -149,8 +183,10 @@ pub fn run(global: &Global, args: &EvalArgs) -> anyhow::Result<ExitStatus> {
             out_path.display()
         );
     }
+    let board = EvalBoard::new(quiet, plan.tasks.len());
     let runner = TaskRunner {
         global,
+        board: &board,
         store: &store,
         client: &client,
         rt: &rt,
@@ -158,21 +194,21 @@ pub fn run(global: &Global, args: &EvalArgs) -> anyhow::Result<ExitStatus> {
         how: &how,
         out: &out_path,
         mode: args.mode,
+        downloads: Arc::new(Downloads::default()),
+        max_store_size: args.max_store_size,
+        sizes: Mutex::new((Sizes::default(), false)),
     };
     let attempt = |t: &PlannedTask| runner.attempt(t);
-    let note = |e: Event<'_>| {
-        if !quiet {
-            progress_line(&e);
-        }
-    };
+    let note = |e: Event<'_>| board.event(&e);
     // Held while tasks run: a signal stops the scheduling and each
     // running task takes its sandbox down; then the summary of what
     // completed is written.
     let region = hoist::interrupt::Region::enter();
     let (outcomes, stopped) = match region {
-        Ok(_r) => eval::run_all(&out_path, &plan, &schedule, &attempt, &note),
+        Ok(_r) => eval::run_all(&out_path, &plan, &schedule, &attempt, &note, &runner),
         Err(sig) => (Vec::new(), Some(sig)),
     };
+    board.finish();
     let wall_ms = started.elapsed().as_millis() as u64;
     let entries: Vec<Entry<'_>> = outcomes
         .iter()
@@ -182,7 +218,13 @@ pub fn run(global: &Global, args: &EvalArgs) -> anyhow::Result<ExitStatus> {
             resumed: o.resumed,
         })
         .collect();
-    let summary = publish(global, Some(&out), &entries, wall_ms)?;
+    let summary = publish(
+        global,
+        Some(&out),
+        &entries,
+        wall_ms,
+        Some(runner.downloads.total()),
+    )?;
     Ok(match stopped.or_else(hoist::interrupt::pending) {
         Some(sig) => ExitStatus::Interrupted(sig),
         None if summary.infra_error > 0 => ExitStatus::Failure,
@@ -383,38 +425,6 @@ fn eval_command(
     Ok(c)
 }
 
-fn progress_line(e: &Event<'_>) {
-    match e {
-        Event::Started { task, attempt } if *attempt > 1 => {
-            eprintln!("{}: attempt {attempt}", task.id)
-        }
-        Event::Started { .. } => {}
-        Event::Retrying { task, after, why } => eprintln!(
-            "{}: infrastructure error ({why}); again in {:.1} s",
-            task.id,
-            after.as_secs_f64()
-        ),
-        Event::Ended {
-            task,
-            outcome,
-            done,
-            total,
-        } => {
-            let verdict = match &outcome.result {
-                None => "not run".to_string(),
-                Some(r) => match &r.infra_error {
-                    Some(e) => format!("infrastructure error: {}", e.message),
-                    None if r.resolved => "RESOLVED".into(),
-                    None if r.agent.timed_out => "unresolved (agent timed out)".into(),
-                    None => "unresolved".into(),
-                },
-            };
-            let kept = if outcome.resumed { " (kept)" } else { "" };
-            eprintln!("[{done}/{total}] {}: {verdict}{kept}", task.id);
-        }
-    }
-}
-
 /// The plan: this shard's tasks, every image pinned by digest.
 fn make_plan(
     global: &Global,
@@ -514,6 +524,8 @@ fn make_plan(
 /// What every task's attempt shares.
 struct TaskRunner<'a> {
     global: &'a Global,
+    /// The progress display: each attempt's phases go to its line.
+    board: &'a EvalBoard,
     store: &'a Store,
     client: &'a Client,
     rt: &'a tokio::runtime::Runtime,
@@ -521,6 +533,105 @@ struct TaskRunner<'a> {
     how: &'a How,
     out: &'a Path,
     mode: Mode,
+    /// What this evaluation's pulls downloaded (summary.json).
+    downloads: Arc<Downloads>,
+    /// `--max-store-size`, kept after each task.
+    max_store_size: Option<u64>,
+    /// The store's measured cache entries, and whether the limit was
+    /// found too small for the tasks in flight (said once).
+    sizes: Mutex<(Sizes, bool)>,
+}
+
+/// Counts the blobs this evaluation's pulls downloaded (not those found
+/// in the store): with one store, each blob is downloaded once, however
+/// many tasks at once need it.
+#[derive(Default)]
+struct Downloads {
+    /// Each blob started, with the bytes it still had to come.
+    pending: Mutex<std::collections::HashMap<hoist::digest::Digest, u64>>,
+    done: Mutex<Downloaded>,
+}
+
+impl Downloads {
+    fn total(&self) -> Downloaded {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Progress for Downloads {
+    fn blob_started(&self, digest: &hoist::digest::Digest, size: u64, resumed_from: u64) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(digest.clone(), size.saturating_sub(resumed_from));
+    }
+
+    fn blob_finished(&self, digest: &hoist::digest::Digest, downloaded: bool) {
+        // A blob found present was never started here; another pull of
+        // it may be downloading it right now, and its entry is that one's.
+        if !downloaded {
+            return;
+        }
+        let bytes = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(digest)
+            .unwrap_or(0);
+        let mut d = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        d.blobs += 1;
+        d.bytes += bytes;
+    }
+}
+
+impl eval::Housekeeping for TaskRunner<'_> {
+    fn prefetch(&self, task: &PlannedTask) {
+        match self.pull(task) {
+            Ok(_) => tracing::debug!(task = %task.id, "images prefetched"),
+            // The task meets (and retries) it when it runs.
+            Err(PullFailed::Error(e)) => {
+                tracing::debug!(task = %task.id, error = %format!("{e:#}"), "prefetch failed")
+            }
+            Err(PullFailed::Interrupted(_)) => {}
+        }
+    }
+
+    fn tidy(&self, needed: &[&PlannedTask]) {
+        let Some(max) = self.max_store_size else {
+            return;
+        };
+        let keep: std::collections::BTreeSet<String> = needed
+            .iter()
+            .flat_map(|t| {
+                [Some(&t.benchmark), Some(&t.agent), t.gateway.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p.digest.clone())
+            })
+            .collect();
+        let mut sizes = self.sizes.lock().unwrap_or_else(|e| e.into_inner());
+        let (sizes, warned) = &mut *sizes;
+        match evict(self.store, max, &keep, sizes) {
+            Ok(e) => {
+                if !e.images.is_empty() {
+                    tracing::info!(
+                        images = e.images.len(),
+                        before = e.before,
+                        after = e.after,
+                        "--max-store-size: evicted the least recently used images"
+                    );
+                }
+                if e.after > max && !*warned {
+                    *warned = true;
+                    eprintln!(
+                        "hoist eval: the store holds {} after eviction, above --max-store-size {}: the running and pending tasks need more (a smaller --jobs or --prefetch needs less)",
+                        e.after, max
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not keep the store under --max-store-size"),
+        }
+    }
 }
 
 /// Why a task's images could not be had.
@@ -539,6 +650,8 @@ impl TaskRunner<'_> {
             Ok(d) => d,
             Err(e) => return self.host_error(task, None, Stage::Sandbox, &e.into()),
         };
+        let hook = self.board.hook(&task.id);
+        hoist::phase::enter(Some(&hook), hoist::phase::Phase::Pull);
         let t = Instant::now();
         let pulled = match self.pull(task) {
             Ok(p) => p,
@@ -549,6 +662,7 @@ impl TaskRunner<'_> {
         let how = How {
             task: Some(task.id.clone()),
             agent_timeout: task.agent_timeout_sec.or(self.how.agent_timeout),
+            phase: Some(hook),
             ..self.how.clone()
         };
         match execute(
@@ -602,7 +716,7 @@ impl TaskRunner<'_> {
                 client,
                 r,
                 &PullOptions::default(),
-                Arc::new(NoProgress),
+                self.downloads.clone(),
             )
             .await
             .with_context(|| format!("pulling {r}"))

@@ -116,6 +116,7 @@ pub fn run_cmd(global: &Global, args: &GradeArgs) -> anyhow::Result<ExitStatus> 
         lock_file: None,
         command_line: std::env::args().collect(),
         pull_ms,
+        phase: None,
     };
     let (result, record) = run(&store, &req)?;
     if let Some(before) = before.and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())

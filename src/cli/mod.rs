@@ -4,6 +4,7 @@
 mod bake;
 mod conformance;
 mod doctor;
+mod dryrun;
 mod eval;
 mod gc;
 mod grade;

@@ -18,10 +18,23 @@ pub struct ReportArgs {
     /// Write summary.json and junit.xml here.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Sum up what the directories hold even when shards of the plan are
+    /// missing (a job that never wrote its shard); said on stderr.
+    #[arg(long)]
+    partial: bool,
 }
 
 pub fn run(global: &Global, args: &ReportArgs) -> anyhow::Result<ExitStatus> {
-    let tasks = hoist::eval::gather(&args.dirs)?;
+    let tasks = match hoist::eval::gather(&args.dirs, false) {
+        Err(e @ hoist::eval::EvalError::Incomplete { .. }) if args.partial => {
+            eprintln!(
+                "hoist report: {}",
+                e.to_string().split("; give").next().unwrap_or_default()
+            );
+            hoist::eval::gather(&args.dirs, true)?
+        }
+        other => other?,
+    };
     // The shards ran side by side: the longest is the evaluation's.
     let wall_ms = args
         .dirs
@@ -40,7 +53,7 @@ pub fn run(global: &Global, args: &ReportArgs) -> anyhow::Result<ExitStatus> {
         })
         .collect();
     let out = args.out.as_deref().map(OutDir::lock).transpose()?;
-    let summary = publish(global, out.as_ref(), &entries, wall_ms)?;
+    let summary = publish(global, out.as_ref(), &entries, wall_ms, None)?;
     Ok(if summary.infra_error > 0 {
         ExitStatus::Failure
     } else {
@@ -55,8 +68,12 @@ pub fn publish(
     out: Option<&OutDir>,
     entries: &[Entry<'_>],
     wall_ms: u64,
+    downloaded: Option<report::Downloaded>,
 ) -> anyhow::Result<Summary> {
-    let summary = report::summarize(entries.iter().copied(), wall_ms);
+    let summary = Summary {
+        downloaded,
+        ..report::summarize(entries.iter().copied(), wall_ms)
+    };
     if let Some(dir) = out {
         export::write_file(dir, "summary.json", &serde_json::to_vec_pretty(&summary)?)?;
         export::write_file(

@@ -10,6 +10,7 @@ use hoist::crane::{check_lock, run, Agents, RunRequest};
 use hoist::exit::ExitStatus;
 use hoist::export::OutDir;
 use hoist::lock::{LockFile, DEFAULT_FILE};
+use hoist::phase::{self, Phase, PhaseHook};
 use hoist::pull::Pulled;
 use hoist::reference::Reference;
 use hoist::registry::Client;
@@ -19,6 +20,7 @@ use hoist::sandbox::{Isolation, Network};
 use hoist::store::Store;
 
 use super::materialize::pull_axes;
+use super::progress::RunSpinner;
 use super::Global;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -123,6 +125,7 @@ impl TaskFlags {
             memory: self.memory,
             image,
             lock_file,
+            phase: None,
         }
     }
 }
@@ -138,12 +141,20 @@ pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
     };
     let out = OutDir::claim(&args.out, args.force)?;
     let store = global.store()?;
+    // As pull.rs's bars: stdout may be a --json document, stderr a
+    // terminal.
+    let spinner = RunSpinner::for_terminal(global.quiet || global.json);
+    let hook = spinner.hook();
+    phase::enter(hook.as_ref(), Phase::Pull);
     let (pulled, pull_ms) = pull_checked(global, &store, args)?;
-    let how = args.flags.how(
-        args.task.clone(),
-        args.image.clone(),
-        args.locked.then(|| args.lock_file.clone()),
-    );
+    let how = How {
+        phase: hook,
+        ..args.flags.how(
+            args.task.clone(),
+            args.image.clone(),
+            args.locked.then(|| args.lock_file.clone()),
+        )
+    };
     let (result, isolation) = execute(
         global,
         &store,
@@ -153,6 +164,7 @@ pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
         &out,
         pull_ms,
     )?;
+    spinner.finish();
     print_result(global, &result, isolation)
 }
 
@@ -172,6 +184,9 @@ pub struct How {
     pub image: Option<String>,
     /// The lock file checked, for run.json.
     pub lock_file: Option<PathBuf>,
+    /// Told as each phase of the run begins (`hoist run`'s spinner,
+    /// `hoist eval`'s board); the caller tells [`Phase::Pull`].
+    pub phase: Option<PhaseHook>,
 }
 
 /// Run one task on the pulled axes (benchmark, agent, gateway) into
@@ -204,6 +219,7 @@ pub fn execute(
             lock_file: how.lock_file.clone(),
             command_line: std::env::args().collect(),
             pull_ms,
+            phase: how.phase.clone(),
         };
         let (result, record) = run(store, &req)?;
         return Ok((result, record.isolation));
@@ -215,6 +231,9 @@ pub fn execute(
         agent,
         gateway,
     };
+    // Baking and loading the combination image is container mode's
+    // counterpart of fusing the rootfs.
+    phase::enter(how.phase.as_ref(), Phase::Fuse);
     let hoist_binary;
     let stored;
     let source = match how.image.as_deref() {
@@ -248,6 +267,7 @@ pub fn execute(
         command_line: std::env::args().collect(),
         pull_ms,
         strict: how.isolation == Isolation::Strict,
+        phase: how.phase.clone(),
     };
     let (result, _record) = container::run(docker, store, &req, &prepared)?;
     Ok((result, "docker"))

@@ -10,6 +10,7 @@
 //! completed is kept. [`report`] sums the results up (`summary.json`,
 //! the table, `junit.xml`).
 
+pub mod dryrun;
 pub mod emit;
 pub mod report;
 
@@ -46,6 +47,13 @@ pub enum EvalError {
         id: String,
         first: PathBuf,
         second: PathBuf,
+    },
+    #[error("the directories hold {found} of the {total} tasks planned{}; give every shard's directory, or --partial to sum up what is there", missing_shards(.missing))]
+    Incomplete {
+        found: usize,
+        total: usize,
+        /// Shards of the plan no directory holds (`I/N`).
+        missing: Vec<String>,
     },
     #[error("{path}: not an evaluation's plan: {why}")]
     BadPlan { path: PathBuf, why: String },
@@ -317,6 +325,14 @@ pub fn completed(out: &Path, task: &PlannedTask) -> Option<TaskResult> {
     (same && r.infra_error.is_none()).then_some(r)
 }
 
+fn missing_shards(missing: &[String]) -> String {
+    match missing.len() {
+        0 => String::new(),
+        n if n <= 10 => format!(" (missing shards: {})", missing.join(", ")),
+        n => format!(" ({n} shards missing, first {})", missing[..10].join(", ")),
+    }
+}
+
 /// One task of evaluations being merged (`hoist report DIR...`).
 pub struct Gathered {
     pub id: String,
@@ -329,9 +345,13 @@ pub struct Gathered {
 /// from its `eval.json` and `tasks/<id>/task/result.json`, in the whole
 /// plan's order (shard `I/N`'s `j`-th task is the benchmark's task
 /// `I + j*N`), so that merged shards sum up as one evaluation would.
-pub fn gather(dirs: &[PathBuf]) -> Result<Vec<Gathered>, EvalError> {
+/// Fewer tasks than the plans' whole benchmark is an error (a shard whose
+/// job died before writing anything), unless `partial`.
+pub fn gather(dirs: &[PathBuf], partial: bool) -> Result<Vec<Gathered>, EvalError> {
     let mut all: Vec<Gathered> = Vec::new();
     let mut from: std::collections::HashMap<String, PathBuf> = Default::default();
+    let mut total = 0;
+    let mut shards: std::collections::BTreeMap<usize, BTreeSet<usize>> = Default::default();
     for dir in dirs {
         let path = dir.join("eval.json");
         let text = std::fs::read_to_string(&path).map_err(|source| EvalError::Io {
@@ -349,6 +369,8 @@ pub fn gather(dirs: &[PathBuf]) -> Result<Vec<Gathered>, EvalError> {
             });
         }
         let (index, count) = plan.shard.map_or((0, 1), |s| (s.index, s.count));
+        total = total.max(plan.total_tasks);
+        shards.entry(count).or_default().insert(index);
         for (j, t) in plan.tasks.iter().enumerate() {
             if let Some(first) = from.insert(t.id.clone(), dir.clone()) {
                 return Err(EvalError::Duplicate {
@@ -363,6 +385,21 @@ pub fn gather(dirs: &[PathBuf]) -> Result<Vec<Gathered>, EvalError> {
                 position: index + j * count,
             });
         }
+    }
+    if all.len() < total && !partial {
+        let missing = shards
+            .iter()
+            .flat_map(|(&count, have)| {
+                (0..count)
+                    .filter(|i| !have.contains(i))
+                    .map(move |i| format!("{i}/{count}"))
+            })
+            .collect();
+        return Err(EvalError::Incomplete {
+            found: all.len(),
+            total,
+            missing,
+        });
     }
     all.sort_by_key(|g| g.position);
     Ok(all)
@@ -392,6 +429,9 @@ pub struct Outcome {
 /// How [`run_all`] runs.
 pub struct Schedule {
     pub jobs: usize,
+    /// How many tasks ahead of the running ones have their images pulled
+    /// while those run (0: none).
+    pub prefetch: usize,
     /// Further tries of a task that ended with an infrastructure error.
     pub retries: u32,
     /// The pause before the first retry; doubled each time, at most 5 min.
@@ -400,15 +440,36 @@ pub struct Schedule {
     pub rerun: bool,
 }
 
+/// What an evaluation does to its store around the tasks.
+pub trait Housekeeping: Sync {
+    /// Pull a task's images before its turn. A failure is the task's to
+    /// meet (and retry) when it runs.
+    fn prefetch(&self, task: &PlannedTask);
+    /// After a task ended; `needed` are the tasks still running or not
+    /// yet started, whose images must stay.
+    fn tidy(&self, needed: &[&PlannedTask]);
+}
+
+/// No prefetching, no limit on the store.
+pub struct NoHousekeeping;
+
+impl Housekeeping for NoHousekeeping {
+    fn prefetch(&self, _: &PlannedTask) {}
+    fn tidy(&self, _: &[&PlannedTask]) {}
+}
+
 /// Run the plan's tasks, `schedule.jobs` at a time. `attempt` runs one
 /// task into `task_out(out, id)` (and must leave its result.json there);
-/// `note` hears each task's start and end, for the progress lines.
+/// `note` hears each task's start and end, for the progress lines;
+/// `keeper` pulls the next `schedule.prefetch` tasks' images ahead and
+/// tidies the store after each task.
 pub fn run_all(
     out: &Path,
     plan: &EvalPlan,
     schedule: &Schedule,
     attempt: &(dyn Fn(&PlannedTask) -> Attempt + Sync),
     note: &(dyn Fn(Event<'_>) + Sync),
+    keeper: &dyn Housekeeping,
 ) -> (Vec<Outcome>, Option<Interrupted>) {
     let next = AtomicUsize::new(0);
     let outcomes: Mutex<Vec<Option<Outcome>>> =
@@ -416,6 +477,48 @@ pub fn run_all(
     let stopped: Mutex<Option<Interrupted>> = Mutex::new(None);
     let total = plan.tasks.len();
     let done = AtomicUsize::new(0);
+    let running: Mutex<BTreeSet<usize>> = Mutex::new(BTreeSet::new());
+    let workers = schedule.jobs.max(1);
+    let workers_left = AtomicUsize::new(workers);
+    // The tasks whose images must stay: running, or not yet started.
+    let tidy = || {
+        // Read together with the task being taken (below), so a task is
+        // always either pending or running.
+        let (from, running) = {
+            let r = running.lock().unwrap_or_else(|e| e.into_inner());
+            (next.load(Ordering::SeqCst), r.clone())
+        };
+        let needed: Vec<&PlannedTask> = running
+            .iter()
+            .chain(&(from..total).collect::<Vec<_>>())
+            .filter_map(|&k| plan.tasks.get(k))
+            .collect();
+        keeper.tidy(&needed);
+    };
+    // Pulls the images of the tasks after the running ones, at most
+    // `prefetch` ahead of the next to start, while any worker runs.
+    let prefetcher = || {
+        let mut k = 0;
+        while k < total && workers_left.load(Ordering::SeqCst) > 0 {
+            if crate::interrupt::pending().is_some() {
+                return;
+            }
+            let started = next.load(Ordering::SeqCst);
+            if k < started {
+                k = started;
+                continue;
+            }
+            if k >= started + schedule.prefetch {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            let task = &plan.tasks[k];
+            if schedule.rerun || completed(out, task).is_none() {
+                keeper.prefetch(task);
+            }
+            k += 1;
+        }
+    };
     let worker = || loop {
         if let Err(sig) = crate::interrupt::check() {
             stopped
@@ -424,7 +527,12 @@ pub fn run_all(
                 .get_or_insert(sig);
             return;
         }
-        let k = next.fetch_add(1, Ordering::SeqCst);
+        let k = {
+            let mut r = running.lock().unwrap_or_else(|e| e.into_inner());
+            let k = next.fetch_add(1, Ordering::SeqCst);
+            r.insert(k);
+            k
+        };
         let Some(task) = plan.tasks.get(k) else {
             return;
         };
@@ -462,11 +570,22 @@ pub fn run_all(
             done: n,
             total,
         });
+        let ran = !outcome.resumed;
         outcomes.lock().unwrap_or_else(|e| e.into_inner())[k] = Some(outcome);
+        running.lock().unwrap_or_else(|e| e.into_inner()).remove(&k);
+        if ran {
+            tidy();
+        }
     };
     std::thread::scope(|s| {
-        for _ in 0..schedule.jobs.max(1) {
-            s.spawn(worker);
+        for _ in 0..workers {
+            s.spawn(|| {
+                worker();
+                workers_left.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+        if schedule.prefetch > 0 {
+            s.spawn(prefetcher);
         }
     });
     let outcomes = outcomes.into_inner().unwrap_or_else(|e| e.into_inner());

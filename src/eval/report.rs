@@ -34,6 +34,18 @@ pub struct Summary {
     /// Tasks kept from an earlier, interrupted or partial, evaluation.
     pub resumed: usize,
     pub wall_ms: u64,
+    /// What this evaluation's pulls downloaded; absent in a summary of
+    /// merged shards (`hoist report`), which cannot know.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downloaded: Option<Downloaded>,
+}
+
+/// Blobs downloaded, and their bytes (a blob found in the store, or
+/// resumed, counts only what came over the network).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Downloaded {
+    pub blobs: u64,
+    pub bytes: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

@@ -201,7 +201,9 @@ impl Client {
         &self.opts
     }
 
-    fn endpoints(&self, r: &RegistryRef, by_tag: bool) -> Result<Vec<Endpoint>, RegistryError> {
+    /// The endpoints to try for `r`, in order (mirrors, then the registry);
+    /// `by_tag`: only those that may answer a tag. Refused when blocked.
+    pub fn endpoints(&self, r: &RegistryRef, by_tag: bool) -> Result<Vec<Endpoint>, RegistryError> {
         if self.opts.conf.blocked(&r.registry, &r.repository) {
             return Err(RegistryError::Blocked {
                 reference: r.to_string(),
@@ -432,7 +434,7 @@ impl Client {
 
     /// Send a GET to `path` on an endpoint, authenticating on a 401
     /// challenge and following redirects by hand.
-    async fn send(
+    pub async fn send(
         &self,
         r: &RegistryRef,
         ep: &Endpoint,

@@ -209,10 +209,11 @@ impl RunCgroup {
 
     /// Make (on v2: reuse) the cgroup directory for `c` and set its limit.
     fn add(&mut self, c: Controller, name: &str, limits: &Limits) -> Result<Version, String> {
-        let (version, parent) = locate(c)?;
-        if version == Version::V2 {
-            enable(&parent, c)?;
-        }
+        let (version, own) = locate(c)?;
+        let parent = match version {
+            Version::V2 => v2_parent(&own, c)?,
+            Version::V1 => own,
+        };
         let dir = parent.join(name);
         if !self.dirs.iter().any(|d| d.path == dir) {
             remove_stale(&parent);
@@ -442,27 +443,131 @@ fn root_of_mount<'a>(mountinfo: &'a str, mount_point: &Path, id: Option<u64>) ->
     })
 }
 
+/// Where the run's v2 cgroup goes, with `c` enabled for its children.
+///
+/// v2 lets only the root cgroup, or a cgroup without processes of its
+/// own, enable controllers for its children, and hoist is a process of
+/// its own cgroup `own`. So, in order:
+/// 1. `own`, when `c` is enabled there already or can be (the root
+///    cgroup; a cgroup whose processes hoist's caller moved out);
+/// 2. the root of a cgroup namespace (a container's own cgroup, as Docker
+///    makes it on v2 with `--cgroupns private`): its processes are all the
+///    container's, so, as Docker-in-Docker's entrypoint does, they move
+///    into a leaf `init` beside the runs, and `c` is enabled;
+/// 3. as root, `/sys/fs/cgroup/hoist`, as Docker's cgroupfs driver puts
+///    containers under `/sys/fs/cgroup/docker`: the host's root cgroup may
+///    enable controllers whatever it holds (a cgroup namespace's top, only
+///    when its processes are all in leaves). The run is then outside
+///    hoist's caller's cgroup: that cgroup's limits do not bound it, the
+///    run's own do.
+fn v2_parent(own: &Path, c: Controller) -> Result<PathBuf, String> {
+    let busy = match enable(own, c) {
+        Ok(()) => return Ok(own.to_path_buf()),
+        Err(Enable::Busy) => format!(
+            "{} holds processes, and cgroup v2 lets only a cgroup without processes of its own enable controllers for its children",
+            own.display()
+        ),
+        Err(Enable::Failed(why)) => return Err(why),
+    };
+    let root = Path::new(ROOT);
+    if own == root {
+        // The top of what this cgroup namespace shows, not the host's root
+        // cgroup (which is exempt from the rule): a container's own.
+        evacuate(own)?;
+        return match enable(own, c) {
+            Ok(()) => Ok(own.to_path_buf()),
+            Err(Enable::Busy) => Err(format!(
+                "{busy}; its processes were moved into {}/init, but it still holds some",
+                own.display()
+            )),
+            Err(Enable::Failed(why)) => Err(why),
+        };
+    }
+    if !rustix::process::geteuid().is_root() {
+        return Err(busy);
+    }
+    let ours = root.join("hoist");
+    match std::fs::create_dir(&ours) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("{busy}; and creating {}: {e}", ours.display())),
+    }
+    for dir in [root, ours.as_path()] {
+        match enable(dir, c) {
+            Ok(()) => {}
+            Err(Enable::Busy) => {
+                return Err(format!("{busy}; and {} holds processes too", dir.display()))
+            }
+            Err(Enable::Failed(why)) => return Err(format!("{busy}; and {why}")),
+        }
+    }
+    Ok(ours)
+}
+
+/// Move every process of the v2 cgroup `dir` into its leaf `dir/init`
+/// (made if missing). A process that exits meanwhile is no matter; one
+/// that cannot be moved (a kernel thread) fails it.
+fn evacuate(dir: &Path) -> Result<(), String> {
+    let init = dir.join("init");
+    match std::fs::create_dir(&init) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("creating {}: {e}", init.display())),
+    }
+    let procs = init.join("cgroup.procs");
+    // Processes may fork while they move: list again until none is left.
+    for _ in 0..10 {
+        let left = parse_pids(&read(&dir.join("cgroup.procs"))?);
+        if left.is_empty() {
+            return Ok(());
+        }
+        for pid in left {
+            match std::fs::write(&procs, pid.as_raw_nonzero().to_string()) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error()) => {}
+                Err(e) => {
+                    return Err(format!(
+                        "moving process {} into {}: {e}",
+                        pid.as_raw_nonzero(),
+                        init.display()
+                    ))
+                }
+            }
+        }
+    }
+    Err(format!(
+        "{} keeps gaining processes while they move into {}",
+        dir.display(),
+        init.display()
+    ))
+}
+
+enum Enable {
+    /// The cgroup holds processes (EBUSY).
+    Busy,
+    Failed(String),
+}
+
 /// Enable `c` for the children of the v2 cgroup `parent`, unless it is.
-fn enable(parent: &Path, c: Controller) -> Result<(), String> {
+fn enable(parent: &Path, c: Controller) -> Result<(), Enable> {
     let control = parent.join("cgroup.subtree_control");
-    if read(&control)?.split_whitespace().any(|x| x == c.name()) {
+    if read(&control)
+        .map_err(Enable::Failed)?
+        .split_whitespace()
+        .any(|x| x == c.name())
+    {
         return Ok(());
     }
     match std::fs::write(&control, format!("+{}", c.name())) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => {
-            Err(format!(
-                "cannot enable {} in {}: {} holds processes, and cgroup v2 lets only a cgroup without processes of its own enable controllers for its children",
-                c.name(),
-                control.display(),
-                parent.display()
-            ))
+            Err(Enable::Busy)
         }
-        Err(e) => Err(format!(
+        Err(e) => Err(Enable::Failed(format!(
             "cannot enable {} in {}: {e}",
             c.name(),
             control.display()
-        )),
+        ))),
     }
 }
 
@@ -610,6 +715,16 @@ fn parse_pids(text: &str) -> Vec<rustix::process::Pid> {
 /// after the unit is allowed), as Docker reads its `--memory`. At least
 /// 6M, Docker's minimum.
 pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bytes = parse_bytes(s)?;
+    if bytes < MIN_MEMORY {
+        return Err(format!("{s:?} is too little memory for a run: at least 6M"));
+    }
+    Ok(bytes)
+}
+
+/// A size in bytes as [`parse_size`] reads it, with no minimum (a disk
+/// size: `--max-store-size`).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let bad =
         || format!("{s:?} is not a size: write bytes, or a number and K, M, G or T (512M, 2G)");
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -628,13 +743,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "t" => 40,
         _ => return Err(bad()),
     };
-    let bytes = n
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))?;
-    if bytes < MIN_MEMORY {
-        return Err(format!("{s:?} is too little memory for a run: at least 6M"));
-    }
-    Ok(bytes)
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[cfg(test)]
