@@ -26,6 +26,7 @@ pub mod doctor;
 pub mod eval;
 pub mod exit;
 pub mod export;
+pub mod inspect;
 pub mod interrupt;
 pub mod lock;
 pub mod manifest;

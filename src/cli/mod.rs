@@ -8,13 +8,17 @@ mod dryrun;
 mod eval;
 mod gc;
 mod grade;
+mod images;
+mod inspect;
 mod lock;
 mod materialize;
 mod progress;
 mod pull;
 mod report;
+mod rmi;
 mod run;
 mod store;
+mod system;
 mod task_exec;
 mod tasks;
 mod tree_digest;
@@ -134,6 +138,15 @@ enum Command {
     Eval(eval::EvalArgs),
     /// List the tasks a benchmark image holds (the directories of /tasks).
     Tasks(tasks::TasksArgs),
+    /// Show an image's digest, platform, layers, labels and the axes it
+    /// can serve, from its manifest and config (no layer download).
+    Inspect(inspect::InspectArgs),
+    /// List the images in the store, with sizes and unpacked layers.
+    Images(images::ImagesArgs),
+    /// Remove images from the store, and what no other image uses.
+    Rmi(rmi::RmiArgs),
+    /// The store's disk use: `hoist system df`.
+    System(system::SystemArgs),
     /// Sum evaluations up as one: the shards of an evaluation run on many
     /// machines (summary table, --out DIR for summary.json and junit.xml).
     Report(report::ReportArgs),
@@ -219,6 +232,10 @@ pub fn main() -> ExitStatus {
         Command::Eval(a) => eval::run(&cli.global, a),
         Command::Report(a) => report::run(&cli.global, a),
         Command::Tasks(a) => tasks::run(&cli.global, a),
+        Command::Inspect(a) => inspect::run(&cli.global, a),
+        Command::Images(a) => images::run(&cli.global, a),
+        Command::Rmi(a) => rmi::run(&cli.global, a),
+        Command::System(a) => system::run(&cli.global, a),
         Command::Lock(a) => lock::run(&cli.global, a),
         Command::Bake(a) => bake::run(&cli.global, a),
         Command::Conformance(a) => conformance::run(&cli.global, a),
@@ -248,6 +265,8 @@ fn enter_user_namespace_if_unprivileged(command: &Command) -> anyhow::Result<()>
         | Command::Eval(_)
         | Command::Tasks(_)
         | Command::Gc(_)
+        | Command::Rmi(_)
+        | Command::System(_)
         | Command::Store(_)
         | Command::Bake(_) => true,
         Command::TreeDigest(a) => a.is_directory(),

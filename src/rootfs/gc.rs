@@ -31,6 +31,18 @@ struct Owner {
     uses: Option<Vec<PathBuf>>,
 }
 
+/// How long a run directory may be without its owner.json before it
+/// counts as a crash's rather than one being created.
+const CREATING: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A run directory without owner.json that is young enough to be one
+/// another hoist is creating.
+fn being_created(dir: &Path) -> bool {
+    fs::symlink_metadata(dir)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < CREATING))
+}
+
 pub(crate) struct RunDir {
     path: PathBuf,
 }
@@ -151,7 +163,12 @@ pub fn reap_dead_runs(store: &Store) -> usize {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
         let Some(owner) = owner else {
-            // A run directory without an owner is a crash during creation.
+            // A run directory without an owner is one being created (for
+            // an instant: another hoist may be between the directory and
+            // its owner.json), or, once older, a crash during creation.
+            if being_created(&dir) {
+                continue;
+            }
             if let Err(err) = remove_tree(&dir) {
                 tracing::warn!(path = %dir.display(), error = %err, "could not remove run directory");
             }
@@ -349,4 +366,164 @@ fn list(dir: &Path) -> Vec<(String, PathBuf)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// `hoist rmi`: drop from `index.json` every entry `drop` picks, then sweep
+/// what no remaining image references and no live run reads, under the gc
+/// lock as [`gc`] holds it. Dead runs are taken down first, as gc and
+/// eviction do, so nothing is swept from under an overlay a crashed run
+/// left mounted. Returns the entries dropped and what was removed; with
+/// nothing dropped, nothing is swept.
+pub fn remove_images(
+    store: &Store,
+    drop: impl Fn(&crate::manifest::Descriptor) -> bool,
+) -> Result<(Vec<crate::manifest::Descriptor>, GcReport), RootfsError> {
+    let store_err = |e: crate::store::StoreError| RootfsError::Io {
+        path: store.root().to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    };
+    let _lock = store.gc_lock_exclusive().map_err(store_err)?;
+    let gone = store.forget(drop).map_err(store_err)?;
+    let mut report = GcReport::default();
+    if !gone.is_empty() {
+        report.runs = reap_dead_runs(store);
+        sweep_unreferenced(store, &mut report, &mut |_| {})?;
+    }
+    Ok((gone, report))
+}
+
+/// Everything [`gc`] looks at, each path marked with whether gc would
+/// remove it if it ran now: for `hoist system df`, which must say what gc
+/// reclaims without removing it. Read under the gc lock taken shared, so
+/// no gc or eviction runs meanwhile.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    /// `blobs/ALG/HEX` (gc sweeps only sha256).
+    pub blobs: Vec<Found>,
+    /// Unpacked layers of every flavour, with their `.json`, `.treedigest`
+    /// and `.lock` companions.
+    pub layers: Vec<Found>,
+    /// `/opt/agent` and `/opt/gateway` subtrees, with their companions.
+    pub subtrees: Vec<Found>,
+    /// `runs/ID`: the writable layers of runs and kept rootfs.
+    pub runs: Vec<Found>,
+    /// The report [`gc`] would print now.
+    pub gc: GcReport,
+}
+
+#[derive(Debug)]
+pub struct Found {
+    pub path: PathBuf,
+    /// An entry gc counts (a blob, cache entry or run), not a companion.
+    pub counted: bool,
+    /// gc would remove it.
+    pub reclaimable: bool,
+}
+
+/// See [`Inventory`]. Mirrors [`gc`] step by step: runs are judged as
+/// [`reap_dead_runs`] judges them (one without `owner.json` is removed
+/// but not counted), then the cache entries as [`sweep_unreferenced`]
+/// judges them with only the surviving runs' `uses` protecting entries.
+pub fn inventory(store: &Store) -> Result<Inventory, RootfsError> {
+    let _lock = store.gc_lock_shared().map_err(|source| RootfsError::Io {
+        path: store.root().to_path_buf(),
+        source: std::io::Error::other(source.to_string()),
+    })?;
+    let mut inv = Inventory::default();
+    let mut staying = Vec::new();
+    for (_, dir) in list(&runs_dir(store)) {
+        let owner: Option<Owner> = fs::read(dir.join("owner.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let gone = match &owner {
+            Some(o) => owner_gone(o, mount::is_mount_point(&o.target)),
+            None => !being_created(&dir),
+        };
+        match owner {
+            Some(_) if gone => inv.gc.runs += 1,
+            Some(o) => staying.push(o),
+            None => {}
+        }
+        inv.runs.push(Found {
+            path: dir,
+            counted: true,
+            reclaimable: gone,
+        });
+    }
+    let live = live_set(store)?;
+    let in_use = in_use_by(store, &staying);
+    for (alg, dir) in list(&store.root().join("blobs")) {
+        for (name, path) in list(&dir) {
+            let reclaimable = alg == "sha256" && !live.blobs.contains(&name);
+            if reclaimable {
+                inv.gc.blobs += 1;
+                inv.gc.bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            }
+            inv.blobs.push(Found {
+                path,
+                counted: true,
+                reclaimable,
+            });
+        }
+    }
+    for dir in cache_dirs(store, "layers") {
+        let found = judge(&dir.join("sha256"), &live.blobs, &in_use);
+        inv.gc.layers += found.iter().filter(|f| f.counted && f.reclaimable).count();
+        inv.layers.extend(found);
+    }
+    for dir in cache_dirs(store, "subtrees") {
+        let found = judge(&dir, &live.subtrees, &in_use);
+        inv.gc.subtrees += found.iter().filter(|f| f.counted && f.reclaimable).count();
+        inv.subtrees.extend(found);
+    }
+    Ok(inv)
+}
+
+/// The entries of a cache directory as [`sweep`] would judge them.
+fn judge(dir: &Path, live: &BTreeSet<String>, in_use: &BTreeSet<PathBuf>) -> Vec<Found> {
+    list(dir)
+        .into_iter()
+        .map(|(name, path)| {
+            let key = name.split('.').next().unwrap_or_default();
+            let used = in_use.contains(&fs::canonicalize(&path).unwrap_or_else(|_| path.clone()));
+            Found {
+                reclaimable: !live.contains(key) && !used,
+                counted: !name.contains('.'),
+                path,
+            }
+        })
+        .collect()
+}
+
+/// The cache entries the runs in `owners` read, as [`live_set`] gathers
+/// them, for runs that outlive a gc: a run that does not say keeps all.
+fn in_use_by(store: &Store, owners: &[Owner]) -> BTreeSet<PathBuf> {
+    let mut in_use = BTreeSet::new();
+    for o in owners {
+        match &o.uses {
+            Some(uses) => in_use.extend(uses.iter().cloned()),
+            None => {
+                let dirs = cache_dirs(store, "layers")
+                    .into_iter()
+                    .map(|d| d.join("sha256"));
+                for dir in dirs.chain(cache_dirs(store, "subtrees")) {
+                    in_use.extend(
+                        list(&dir)
+                            .into_iter()
+                            .map(|(_, p)| fs::canonicalize(&p).unwrap_or(p)),
+                    );
+                }
+                break;
+            }
+        }
+    }
+    in_use
+}
+
+/// Whether the layer `digest` is unpacked in the layer cache, in any
+/// flavour (`layers`, `layers-userns-…`): `hoist images` shows it.
+pub fn layer_unpacked(store: &Store, digest: &Digest) -> bool {
+    cache_dirs(store, "layers").iter().any(|d| {
+        fs::symlink_metadata(d.join("sha256").join(digest.hex())).is_ok_and(|m| m.is_dir())
+    })
 }
