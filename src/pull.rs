@@ -251,17 +251,7 @@ pub async fn pull(
     let (manifest_bytes, manifest_digest, manifest) = match doc {
         Document::Manifest(m) => (bytes, top_digest.clone(), m),
         Document::Index(index) => {
-            let chosen = choose_platform(&index.manifests, &wanted).ok_or_else(|| {
-                PullError::PlatformMissing {
-                    reference: ref_str.clone(),
-                    wanted: wanted.clone(),
-                    available: index
-                        .manifests
-                        .iter()
-                        .filter_map(|d| d.platform.clone())
-                        .collect(),
-                }
-            })?;
+            let chosen = platform_entry(&index, &wanted, &ref_str)?;
             let (b, ct, d) = source
                 .fetch_document(store, &chosen.digest.to_string(), Some(&chosen.digest))
                 .await?;
@@ -339,6 +329,24 @@ pub async fn pull(
     })
 }
 
+/// [`choose_platform`], or the error naming `reference`, what was wanted
+/// and what the index offers.
+pub fn platform_entry<'a>(
+    index: &'a crate::manifest::Index,
+    wanted: &Platform,
+    reference: &str,
+) -> Result<&'a Descriptor, PullError> {
+    choose_platform(&index.manifests, wanted).ok_or_else(|| PullError::PlatformMissing {
+        reference: reference.to_string(),
+        wanted: wanted.clone(),
+        available: index
+            .manifests
+            .iter()
+            .filter_map(|d| d.platform.clone())
+            .collect(),
+    })
+}
+
 /// The first index entry for `wanted`, exact variant preferred.
 pub fn choose_platform<'a>(entries: &'a [Descriptor], wanted: &Platform) -> Option<&'a Descriptor> {
     let candidates: Vec<&Descriptor> = entries
@@ -352,7 +360,9 @@ pub fn choose_platform<'a>(entries: &'a [Descriptor], wanted: &Platform) -> Opti
         .copied()
 }
 
-fn layout_top(l: &LayoutRef) -> Result<Descriptor, PullError> {
+/// The `index.json` entry of a layout that `l` names: its digest (listed
+/// or not), its tag, or the only entry.
+pub(crate) fn layout_top(l: &LayoutRef) -> Result<Descriptor, PullError> {
     let index = read_layout_index(&l.path)?;
     if let Some(d) = &l.digest {
         if let Some(found) = index.manifests.iter().find(|m| &m.digest == d) {

@@ -42,7 +42,7 @@ use super::{EvalPlan, Pin};
 use crate::digest::{Digest, DigestError};
 use crate::manifest::{self, parse_document, Descriptor, Document, Manifest, MAX_DOCUMENT_SIZE};
 use crate::platform::Platform;
-use crate::pull::{choose_platform, PullError};
+use crate::pull::PullError;
 use crate::reference::{Reference, ReferenceError, RegistryRef};
 use crate::registry::{Client, Endpoint, RegistryError};
 use crate::rootfs::{AGENT_PATH, GATEWAY_PATH};
@@ -393,17 +393,7 @@ async fn resolve_manifest(
     let (digest, manifest) = match parse(&bytes, ctype.as_deref())? {
         Document::Manifest(m) => (w.digest.clone(), m),
         Document::Index(index) => {
-            let chosen = choose_platform(&index.manifests, platform).ok_or_else(|| {
-                PullError::PlatformMissing {
-                    reference: w.shown.clone(),
-                    wanted: platform.clone(),
-                    available: index
-                        .manifests
-                        .iter()
-                        .filter_map(|d| d.platform.clone())
-                        .collect(),
-                }
-            })?;
+            let chosen = crate::pull::platform_entry(&index, platform, &w.shown)?;
             let (b, ct) = document(store, client, w, &chosen.digest).await?;
             let ct = ct.or(Some(chosen.media_type.clone()));
             match parse(&b, ct.as_deref())? {

@@ -17,10 +17,10 @@ use crate::manifest::{
     MAX_DOCUMENT_SIZE,
 };
 use crate::platform::Platform;
-use crate::pull::{choose_platform, PullError};
+use crate::pull::PullError;
 use crate::reference::{LayoutRef, Reference, RegistryRef};
 use crate::registry::Client;
-use crate::store::{read_layout_index, resolve_in_index, Begin, Store};
+use crate::store::{Begin, Store};
 
 /// The `schema` of `hoist inspect --json`.
 pub const SCHEMA: &str = "hoist.inspect/v1";
@@ -211,7 +211,7 @@ impl Source<'_> {
                 Ok((m.bytes, m.content_type, m.digest))
             }
             Source::Layout(l) => {
-                let top = layout_entry(l)?;
+                let top = crate::pull::layout_top(l)?;
                 Ok((self.document(store, &top.digest).await?, None, top.digest))
             }
         }
@@ -230,13 +230,7 @@ impl Source<'_> {
             .iter()
             .filter_map(|d| d.platform.clone())
             .collect();
-        let entry = choose_platform(&index.manifests, wanted).ok_or_else(|| {
-            PullError::PlatformMissing {
-                reference: reference.to_string(),
-                wanted: wanted.clone(),
-                available: platforms.clone(),
-            }
-        })?;
+        let entry = crate::pull::platform_entry(index, wanted, reference)?;
         let raw = self.document(store, &entry.digest).await?;
         let doc = parse_document(&raw, Some(&entry.media_type)).map_err(|source| {
             PullError::Manifest {
@@ -358,39 +352,6 @@ async fn axes_of(
     .unwrap_or_else(|e| Err(format!("the layer reader failed: {e}")));
     scanned.unwrap_or_else(|why| {
         axes::from_labels(labels, format!("the layers could not be read: {why}"))
-    })
-}
-
-/// The `index.json` entry of a layout that `l` names (its tag, its
-/// digest, or the only entry), as `hoist pull` resolves it.
-fn layout_entry(l: &LayoutRef) -> Result<Descriptor, PullError> {
-    let index = read_layout_index(&l.path)?;
-    if let Some(d) = &l.digest {
-        // A digest not listed may still be a blob there (a platform
-        // manifest under an index); reading it checks that.
-        return Ok(index
-            .manifests
-            .iter()
-            .find(|m| &m.digest == d)
-            .cloned()
-            .unwrap_or(Descriptor {
-                media_type: String::new(),
-                digest: d.clone(),
-                size: 0,
-                platform: None,
-                annotations: None,
-                urls: None,
-            }));
-    }
-    let name = l.tag.as_deref().unwrap_or("");
-    resolve_in_index(&index, name).ok_or_else(|| PullError::LayoutName {
-        path: l.path.clone(),
-        name: name.to_string(),
-        available: index
-            .manifests
-            .iter()
-            .filter_map(|d| crate::store::ref_name_of(d).map(str::to_string))
-            .collect(),
     })
 }
 
