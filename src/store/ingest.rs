@@ -29,14 +29,7 @@ impl Ingest {
         let stem = format!("{}-{}", d.algorithm().as_str(), d.hex());
         let dir = store.ingest_dir();
         let lock_path = dir.join(format!("{stem}.lock"));
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| io_err(&lock_path)(e.into()))?;
+        let lock = super::flocked(&lock_path, rustix::fs::FlockOperation::LockExclusive)?;
         if store.has_blob(d, desc.size) {
             return Ok(None);
         }

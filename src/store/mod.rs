@@ -208,15 +208,7 @@ impl Store {
     }
 
     fn gc_lock(&self, op: rustix::fs::FlockOperation) -> Result<File, StoreError> {
-        let path = self.root.join("gc.lock");
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        rustix::fs::flock(&f, op).map_err(|e| io_err(&path)(e.into()))?;
-        Ok(f)
+        flocked(&self.root.join("gc.lock"), op)
     }
 
     pub(crate) fn ingest_dir(&self) -> PathBuf {
@@ -269,16 +261,10 @@ impl Store {
 
     /// `index.json.lock`, held while index.json is read and rewritten.
     fn index_lock(&self) -> Result<File, StoreError> {
-        let lock_path = self.root.join("index.json.lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| io_err(&lock_path)(e.into()))?;
-        Ok(lock)
+        flocked(
+            &self.root.join("index.json.lock"),
+            rustix::fs::FlockOperation::LockExclusive,
+        )
     }
 
     /// Note that the image whose manifest is `manifest` was just used (a
@@ -327,6 +313,19 @@ impl Store {
         tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
         Ok(())
     }
+}
+
+/// The lock file `path` (created if missing, never truncated), locked
+/// with `op` (waiting for it): held while the returned file is open.
+pub(crate) fn flocked(path: &Path, op: rustix::fs::FlockOperation) -> Result<File, StoreError> {
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    rustix::fs::flock(&f, op).map_err(|e| io_err(path)(e.into()))?;
+    Ok(f)
 }
 
 /// The `org.opencontainers.image.ref.name` of an index entry.
