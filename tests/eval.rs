@@ -604,7 +604,7 @@ fn a_store_size_limit_evicts_only_what_no_running_or_pending_task_needs() {
     for entry in std::fs::read_dir(&store).unwrap().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name == "blobs" || name.starts_with("layers") || name.starts_with("subtrees") {
-            used += disk_usage(&entry.path());
+            used += du(&entry.path());
         }
     }
     assert!(used <= 6 << 20, "the store holds {used} bytes");
@@ -613,15 +613,4 @@ fn a_store_size_limit_evicts_only_what_no_running_or_pending_task_needs() {
     let whole = tmp.path().join("whole");
     eval_in(&store, &s.r("agent-oracle"), &tasks, &whole, &["-j", "2"]);
     assert_eq!(comparable_summary(summary(&whole)), comparable_summary(sum));
-}
-
-/// Bytes on disk under `path` (`du -s -B1`).
-fn disk_usage(path: &Path) -> u64 {
-    let o = ok(Command::new("du").args(["-s", "-B1"]).arg(path));
-    stdout(&o)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
 }

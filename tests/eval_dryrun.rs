@@ -492,15 +492,6 @@ impl Drop for Mounted {
 }
 
 /// `du -s -B1`: bytes on disk, hard links once, as eviction counts them.
-fn du(path: &Path) -> u64 {
-    let o = ok(Command::new("du").arg("-s").arg("-B1").arg(path));
-    stdout(&o)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
 
 #[test]
 fn unpacked_layers_and_subtrees_in_the_cache_are_measured() {

@@ -2,14 +2,12 @@
 //! shows it, and what `hoist gc` would reclaim now ([`gc::inventory`]
 //! judges every path as gc would, removing nothing).
 
-use std::collections::HashSet;
-use std::fs;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Serialize;
 
 use super::InspectError;
+use crate::rootfs::evict::disk_usage;
 use crate::rootfs::gc::{self, Found, GcReport};
 use crate::store::Store;
 
@@ -90,38 +88,10 @@ fn row(found: &[Found]) -> Row {
     r
 }
 
-/// Bytes allocated under `path`: each inode once, links not followed,
-/// nothing mounted below it (a kept rootfs's overlay) entered.
-pub(crate) fn disk_usage(path: &Path) -> u64 {
-    let Ok(top) = fs::symlink_metadata(path) else {
-        return 0;
-    };
-    let mut seen = HashSet::new();
-    let mut total = 0;
-    let mut todo = vec![(path.to_path_buf(), top)];
-    while let Some((p, m)) = todo.pop() {
-        if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
-            continue;
-        }
-        total += m.blocks() * 512;
-        if !m.is_dir() {
-            continue;
-        }
-        let Ok(rd) = fs::read_dir(&p) else { continue };
-        for e in rd.flatten() {
-            if let Ok(cm) = fs::symlink_metadata(e.path()) {
-                if cm.dev() == m.dev() {
-                    todo.push((e.path(), cm));
-                }
-            }
-        }
-    }
-    total
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn rows_add_entries_and_companions() {
@@ -148,15 +118,5 @@ mod tests {
         assert_eq!(r.size, disk_usage(&a) + disk_usage(&b));
         assert_eq!(r.reclaimable, disk_usage(&a));
         assert!(disk_usage(&a) >= 8192);
-    }
-
-    #[test]
-    fn a_hard_linked_file_counts_once() {
-        let d = tempfile::tempdir().unwrap();
-        let f = d.path().join("f");
-        fs::write(&f, vec![7u8; 64 * 1024]).unwrap();
-        let one = disk_usage(d.path());
-        fs::hard_link(&f, d.path().join("g")).unwrap();
-        assert_eq!(disk_usage(d.path()), one);
     }
 }

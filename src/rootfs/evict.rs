@@ -139,21 +139,30 @@ fn resolved_from(d: &crate::manifest::Descriptor) -> Option<String> {
         .cloned()
 }
 
-/// Bytes on disk under `path`, each inode once, links not followed.
+/// Bytes allocated under `path`: each inode once, links not followed,
+/// nothing mounted below it (a kept rootfs's overlay) entered.
 pub(crate) fn disk_usage(path: &Path) -> u64 {
+    let Ok(top) = fs::symlink_metadata(path) else {
+        return 0;
+    };
     let mut seen = HashSet::new();
     let mut total = 0;
-    let mut todo = vec![path.to_path_buf()];
-    while let Some(p) = todo.pop() {
-        let Ok(m) = fs::symlink_metadata(&p) else {
-            continue;
-        };
+    let mut todo = vec![(path.to_path_buf(), top)];
+    while let Some((p, m)) = todo.pop() {
         if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
             continue;
         }
         total += m.blocks() * 512;
-        if m.is_dir() {
-            todo.extend(list(&p));
+        if !m.is_dir() {
+            continue;
+        }
+        let Ok(rd) = fs::read_dir(&p) else { continue };
+        for e in rd.flatten() {
+            if let Ok(cm) = fs::symlink_metadata(e.path()) {
+                if cm.dev() == m.dev() {
+                    todo.push((e.path(), cm));
+                }
+            }
         }
     }
     total

@@ -352,3 +352,14 @@ pub fn comparable_summary(mut s: serde_json::Value) -> serde_json::Value {
     s.as_object_mut().unwrap().remove("downloaded");
     s
 }
+
+/// Bytes on disk under `path`, as `du -s -B1` counts them.
+pub fn du(path: &Path) -> u64 {
+    let o = ok(Command::new("du").arg("-s").arg("-B1").arg(path));
+    stdout(&o)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
