@@ -74,6 +74,19 @@ _apt_update_once() {
     fi
 }
 need_pkgs() {
+    _need_pkgs_once "$@"
+    # Installing one package can remove another that was there: this machine image held a
+    # backported qemu-utils that qemu-system-x86 from bookworm conflicts with, and apt removed
+    # it silently. So check again; a second pass installs the matching versions together.
+    _need_pkgs_once "$@"
+    local p
+    for p in "$@"; do
+        [[ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)" == installed ]] ||
+            die "Debian package $p is still not installed after apt-get install"
+    done
+}
+
+_need_pkgs_once() {
     local missing=() p status
     for p in "$@"; do
         status="$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)"
