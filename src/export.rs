@@ -10,10 +10,10 @@
 //! this module moves bytes from there into the user's `--out`, and every
 //! write the host makes into `--out` goes through it:
 //!
-//! - the source is opened beneath its base with `openat2`
-//!   (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`,
-//!   `O_NOFOLLOW`); only regular files with one link and a plain name are
-//!   read, by descriptor;
+//! - the source directory is opened beneath its base by
+//!   [`crate::beneath`], its files with `openat2` (`RESOLVE_BENEATH |
+//!   RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`, `O_NOFOLLOW`); only
+//!   regular files with one link and a plain name are read, by descriptor;
 //! - the destination is a directory handle opened without following a
 //!   symlink ([`OutDir`]); each file is created there as a fresh temp file
 //!   (`O_CREAT | O_EXCL`, mode 0644, owned by whoever runs hoist) and
@@ -35,6 +35,8 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 use serde::Serialize;
+
+use crate::beneath::{Access, DirError};
 
 /// The environment variable that bounds the bytes one run may copy into
 /// `--out`.
@@ -425,13 +427,14 @@ fn copy_out_limited(
 ) -> Result<ExportReport, ExportError> {
     let src_path = base.join(rel);
     let base_fd = rustix::fs::open(base, DIR_FLAGS, Mode::empty()).map_err(errno_at(base))?;
-    let src = match rustix::fs::openat2(&base_fd, rel, DIR_FLAGS, Mode::empty(), BENEATH) {
+    let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+    let src = match crate::beneath::open_dir(base_fd.as_fd(), &comps, false, Access::Read) {
         Ok(fd) => fd,
-        Err(Errno::NOENT) => return Ok(ExportReport::default()),
-        Err(Errno::LOOP | Errno::XDEV | Errno::NOTDIR) => {
+        Err(DirError::Missing) => return Ok(ExportReport::default()),
+        Err(DirError::Symlink(_) | DirError::NotDir(_)) => {
             return Err(ExportError::SourceNotADirectory { path: src_path })
         }
-        Err(e) => return Err(errno_at(&src_path)(e)),
+        Err(DirError::Io(e)) => return Err(io_at(&src_path)(e)),
     };
     let mut report = ExportReport::default();
     let mut files = Vec::new();
