@@ -27,7 +27,7 @@
 //! other entry that is not a regular file.
 
 use std::ffi::OsStr;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -36,6 +36,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 use serde::Serialize;
 
+use crate::atomic::{Durability, Temp};
 use crate::beneath::{Access, DirError};
 
 /// The environment variable that bounds the bytes one run may copy into
@@ -337,53 +338,21 @@ impl OutDir {
         limit: u64,
     ) -> Result<Option<u64>, ExportError> {
         let target = self.path.join(name);
-        let (tmp, file) = self.temp_file(&target)?;
-        let written = (|| -> Result<Option<u64>, ExportError> {
-            let mut file = std::fs::File::from(file);
-            // std::io::copy uses copy_file_range between two files.
-            let n = io::copy(&mut src.take(limit.saturating_add(1)), &mut file)
-                .map_err(io_at(&target))?;
-            if n > limit {
-                return Ok(None);
-            }
-            file.flush().map_err(io_at(&target))?;
-            // Past the umask: exactly 0644, never a bit of the source's.
-            rustix::fs::fchmod(&file, Mode::from_raw_mode(0o644)).map_err(errno_at(&target))?;
-            Ok(Some(n))
-        })();
-        let renamed = match written {
-            Ok(Some(n)) => rustix::fs::renameat(&self.fd, &tmp, &self.fd, name)
-                .map(|()| Some(n))
-                .map_err(errno_at(&target)),
-            other => other,
-        };
-        if !matches!(renamed, Ok(Some(_))) {
-            // Already gone only if the rename happened, which it did not.
-            let _ = rustix::fs::unlinkat(&self.fd, &tmp, AtFlags::empty());
+        // A random hidden name (never one `plain_name` accepts, so never
+        // one being copied), made in the directory handle; exactly 0644
+        // past the umask, never a bit of the source's.
+        let tmp = Temp::in_dir_fd(self.fd.as_fd(), &self.path, 0o644).map_err(io_at(&target))?;
+        // std::io::copy uses copy_file_range between two files.
+        let n = io::copy(&mut src.take(limit.saturating_add(1)), &mut tmp.file())
+            .map_err(io_at(&target))?;
+        if n > limit {
+            // Dropped, the temp file goes.
+            return Ok(None);
         }
-        renamed
-    }
-
-    /// A new, empty 0644 file of a random hidden name (never a name
-    /// [`plain_name`] accepts, so never one being copied).
-    fn temp_file(&self, target: &Path) -> Result<(String, OwnedFd), ExportError> {
-        let flags = OFlags::WRONLY
-            .union(OFlags::CREATE)
-            .union(OFlags::EXCL)
-            .union(OFlags::NOFOLLOW)
-            .union(OFlags::CLOEXEC);
-        for _ in 0..8 {
-            let tmp = format!(".hoist-export-{:016x}", rand::random::<u64>());
-            match rustix::fs::openat(&self.fd, &tmp, flags, Mode::from_raw_mode(0o644)) {
-                Ok(fd) => return Ok((tmp, fd)),
-                Err(Errno::EXIST) => continue,
-                Err(e) => return Err(errno_at(target)(e)),
-            }
-        }
-        Err(ExportError::Io {
-            path: target.to_path_buf(),
-            source: io::Error::other("no free temp name"),
-        })
+        // Unsynced: a run's output, which a crash makes worthless anyway.
+        tmp.commit_at(self.fd.as_fd(), name, Durability::Unsynced)
+            .map_err(io_at(&target))?;
+        Ok(Some(n))
     }
 }
 

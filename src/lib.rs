@@ -15,6 +15,7 @@
 // are.
 #![deny(unsafe_code)]
 
+pub mod atomic;
 pub mod bake;
 pub mod beneath;
 pub mod confine;

@@ -18,12 +18,13 @@ mod layout;
 pub mod verify;
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 pub use ingest::Ingest;
 pub use layout::{read_layout_index, resolve_in_index};
 
+use crate::atomic::{self, Durability};
 use crate::digest::Digest;
 use crate::manifest::{Descriptor, Index, ANNOTATION_REF_NAME, OCI_INDEX};
 
@@ -71,6 +72,10 @@ pub struct Store {
 }
 
 const OCI_LAYOUT: &str = "{\"imageLayoutVersion\":\"1.0.0\"}";
+
+/// The mode of blobs and layout files: readable by all, as skopeo writes
+/// layouts, since others may read them.
+pub const BLOB_MODE: u32 = 0o644;
 
 impl Store {
     /// `--store`, else `HOIST_STORE`, else `$XDG_CACHE_HOME/hoist`, else
@@ -298,20 +303,11 @@ impl Store {
         Ok(resolve_in_index(&self.index()?, name))
     }
 
-    /// Write `bytes` to `path` by a temp file in the same directory, then
-    /// rename, so readers see the old or the new content, never a mix.
+    /// Write `bytes` to `path` (0644: readable by all, as skopeo writes
+    /// layouts) by [`crate::atomic`], synced: readers see the old or the
+    /// new content, never a mix.
     pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-        let dir = path.parent().unwrap_or(&self.root);
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            // Readable by all, as skopeo writes layouts: others may read them.
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-            .tempfile_in(dir)
-            .map_err(io_err(dir))?;
-        tmp.write_all(bytes).map_err(io_err(tmp.path()))?;
-        tmp.as_file().sync_data().map_err(io_err(path))?;
-        tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
-        Ok(())
+        atomic::write(path, bytes, BLOB_MODE, Durability::Synced).map_err(io_err(path))
     }
 }
 
