@@ -757,9 +757,10 @@ impl<'p> Plan<'p> {
     ) -> Result<(String, Vec<String>), ContainerError> {
         let req = self.req;
         let context_path = self.work.join(format!("context-{session}.json"));
-        // Serialising a plain struct cannot fail.
-        let bytes = serde_json::to_vec_pretty(context).unwrap_or_default();
-        std::fs::write(&context_path, bytes).map_err(io(&context_path))?;
+        crate::json::to_vec_pretty(context, "the run context")
+            .map_err(std::io::Error::from)
+            .and_then(|bytes| std::fs::write(&context_path, bytes))
+            .map_err(io(&context_path))?;
         let mut read_only = vec![(context_path.as_path(), ctx::CONTEXT_PATH)];
         if let (Some(r), true) = (req.recordings.as_deref(), context.recordings) {
             read_only.push((r, "/recordings"));

@@ -479,10 +479,9 @@ fn run_in(
         ..RunContext::default()
     };
     let context_path = work.join("context.json");
-    write_private(
-        &context_path,
-        &serde_json::to_vec_pretty(&context).unwrap_or_default(),
-    )?;
+    let bytes = crate::json::to_vec_pretty(&context, "the run context")
+        .map_err(|e| io(&context_path)(e.into()))?;
+    write_private(&context_path, &bytes)?;
     let cfg = SandboxConfig {
         isolation,
         network: req.network,

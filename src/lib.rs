@@ -29,6 +29,7 @@ pub mod exit;
 pub mod export;
 pub mod inspect;
 pub mod interrupt;
+pub mod json;
 pub mod lock;
 pub mod manifest;
 pub mod orchestrate;

@@ -274,7 +274,11 @@ pub fn write_infra_error(
         .flatten()
         .and_then(|b| AgentPhase::from_json(&b).ok());
     let result = host_result(stage, message, facts, phase.as_ref());
-    export::write_file(task_dir, "result.json", result.to_json().as_bytes())?;
+    let json = result.json().map_err(|e| OrchestrateError::Io {
+        path: task_dir.path().join("result.json"),
+        source: e.into(),
+    })?;
+    export::write_file(task_dir, "result.json", json.as_bytes())?;
     Ok(result)
 }
 
@@ -558,10 +562,11 @@ pub fn finish(
     name: &str,
     record: &RunRecord,
 ) -> Result<serde_json::Value, OrchestrateError> {
-    let bytes = serde_json::to_vec_pretty(record).map_err(|e| OrchestrateError::Io {
-        path: out.path().join(name),
-        source: std::io::Error::other(e),
-    })?;
+    let bytes =
+        crate::json::to_vec_pretty(record, "the run record").map_err(|e| OrchestrateError::Io {
+            path: out.path().join(name),
+            source: e.into(),
+        })?;
     export::write_file(out, name, &bytes)?;
     read_result(task_dir, record.supervisor_exit_code)
 }

@@ -68,8 +68,7 @@ pub fn write_docker_archive(
         "RepoTags": name.map(|n| vec![n.to_string()]),
         "Layers": layer_paths,
     }]);
-    // Serialising a JSON value cannot fail.
-    let manifest = serde_json::to_vec(&manifest).unwrap_or_default();
+    let manifest = crate::json::to_vec(&manifest, "the archive's manifest.json")?;
     w.append(
         b"manifest.json",
         &Meta::root(Kind::File(manifest.len() as u64), 0o644),

@@ -133,7 +133,8 @@ fn read_fidelity(entry: &Path) -> Fidelity {
 
 fn write_fidelity(entry: &Path, f: Fidelity) -> Result<(), RootfsError> {
     let path = stats_path(entry);
-    let bytes = serde_json::to_vec(&f).map_err(|e| io(&path)(e.into()))?;
+    let bytes = crate::json::to_vec(&f, "a cache entry's fidelity record")
+        .map_err(|e| io(&path)(e.into()))?;
     // Unsynced: the entry beside it is not synced either (see atomic).
     atomic::write(&path, &bytes, 0o644, Durability::Unsynced).map_err(io(&path))
 }

@@ -51,6 +51,8 @@ pub enum StoreError {
         "{path} is not an OCI image layout (no oci-layout file with imageLayoutVersion 1.0.0)"
     )]
     NotALayout { path: PathBuf },
+    #[error(transparent)]
+    Json(#[from] crate::json::JsonError),
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -120,7 +122,7 @@ impl Store {
                 manifests: vec![],
                 annotations: None,
             };
-            store.write_atomic(&index, &to_json(&empty))?;
+            store.write_atomic(&index, &to_json(&empty)?)?;
         }
         Ok(store)
     }
@@ -244,7 +246,7 @@ impl Store {
         index
             .manifests
             .sort_by(|a, b| ref_name(a).cmp(&ref_name(b)));
-        self.write_atomic(&self.root.join("index.json"), &to_json(&index))
+        self.write_atomic(&self.root.join("index.json"), &to_json(&index)?)
     }
 
     /// Remove from `index.json` every entry `drop` picks; returns them.
@@ -259,7 +261,7 @@ impl Store {
         let (gone, kept): (Vec<_>, Vec<_>) = index.manifests.into_iter().partition(|d| drop(d));
         if !gone.is_empty() {
             index.manifests = kept;
-            self.write_atomic(&self.root.join("index.json"), &to_json(&index))?;
+            self.write_atomic(&self.root.join("index.json"), &to_json(&index)?)?;
         }
         Ok(gone)
     }
@@ -336,9 +338,8 @@ pub(crate) fn ref_name(d: &Descriptor) -> Option<&str> {
         .map(String::as_str)
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    // Serialising plain structs of strings and numbers cannot fail.
-    serde_json::to_vec(v).expect("index serialises")
+fn to_json(index: &Index) -> Result<Vec<u8>, StoreError> {
+    Ok(crate::json::to_vec(index, "index.json")?)
 }
 
 /// Check that `bytes` hash to `expected`.

@@ -82,7 +82,7 @@ pub fn write(dir: &Path, entry: &Path, cache: &str) -> Result<TreeRecord, Rootfs
         hoist: env!("CARGO_PKG_VERSION").to_string(),
     };
     let path = record_path(entry);
-    let written = serde_json::to_vec(&record)
+    let written = crate::json::to_vec(&record, "a cache entry's tree digest record")
         .map_err(std::io::Error::from)
         // Unsynced: the entry beside it is not synced either (see atomic).
         .and_then(|bytes| atomic::write(&path, &bytes, 0o644, Durability::Unsynced));
