@@ -231,7 +231,7 @@ mod tests {
             .unwrap()
             .to_string_lossy()
             .starts_with(TEMP_PREFIX));
-        (&*tmp.file()).write_all(b"half").unwrap();
+        tmp.file().write_all(b"half").unwrap();
         drop(tmp);
         assert_eq!(std::fs::read(&p).unwrap(), b"before");
         assert_eq!(names(d.path()), ["blob"]);
@@ -244,7 +244,7 @@ mod tests {
         std::fs::create_dir(&ingest).unwrap();
         std::fs::create_dir(&blobs).unwrap();
         let tmp = Temp::in_dir(&ingest, 0o644).unwrap();
-        (&*tmp.file()).write_all(b"layer").unwrap();
+        tmp.file().write_all(b"layer").unwrap();
         tmp.commit(&blobs.join("abc"), Durability::Synced).unwrap();
         assert_eq!(std::fs::read(blobs.join("abc")).unwrap(), b"layer");
         assert!(names(&ingest).is_empty());
@@ -259,7 +259,7 @@ mod tests {
         std::os::unix::fs::symlink(&outside, d.path().join("result.json")).unwrap();
         let tmp = Temp::in_dir_fd(dir.as_fd(), d.path(), 0o644).unwrap();
         assert!(tmp.path().starts_with(d.path()));
-        (&*tmp.file()).write_all(b"{}").unwrap();
+        tmp.file().write_all(b"{}").unwrap();
         tmp.commit_at(dir.as_fd(), "result.json", Durability::Unsynced)
             .unwrap();
         assert_eq!(std::fs::read(&outside).unwrap(), b"keep");
