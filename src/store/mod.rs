@@ -356,3 +356,6 @@ pub fn verify_bytes(expected: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
