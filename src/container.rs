@@ -794,7 +794,9 @@ impl Plan<'_> {
         let task = *self
             .task_timeouts
             .get_or_init(|| task_timeouts_in(self.docker, name, self.req.task.as_deref()));
-        Timeouts::resolve(self.req.agent_timeout_sec, self.req.grade_timeout_sec, task)
+        let t = Timeouts::resolve(self.req.agent_timeout_sec, self.req.grade_timeout_sec, task);
+        tracing::debug!(?t, read = task.is_some(), "the run's timeouts");
+        t
     }
 }
 

@@ -340,11 +340,10 @@ impl Backend for Crane<'_> {
         let materialize_ms = t.elapsed().as_millis() as u64;
         // The task's own timeouts, read from the tree as the supervisor
         // will read them; unreadable, it fails on them itself.
-        let timeouts = Timeouts::resolve(
-            self.req.agent_timeout_sec,
-            self.req.grade_timeout_sec,
-            orchestrate::tree_task_timeouts(&m.root, self.req.task.as_deref()),
-        );
+        let task = orchestrate::tree_task_timeouts(&m.root, self.req.task.as_deref());
+        let timeouts =
+            Timeouts::resolve(self.req.agent_timeout_sec, self.req.grade_timeout_sec, task);
+        tracing::debug!(?timeouts, read = task.is_some(), "the run's timeouts");
         let sandboxed = || {
             run_in(
                 self,
