@@ -33,7 +33,13 @@ pub(super) struct Facts {
     /// `/proc/filesystems` lists `overlay` after the trial, not before:
     /// the kernel loaded the module for it.
     loaded_by_trial: bool,
+    /// The kernel's version, `(major, minor)`.
+    kernel: Option<(u32, u32)>,
 }
+
+/// The first kernel with overlayfs's `lowerdir+`, which hoist mounts
+/// layers with (`crate::rootfs::mount`).
+const LOWERDIR_PLUS: (u32, u32) = (6, 8);
 
 pub(super) fn read(probe_dir: &Path, store: &Path, root: bool) -> Facts {
     let registered = filesystems_has(&super::read("/proc/filesystems"), "overlay");
@@ -56,6 +62,24 @@ pub(super) fn read(probe_dir: &Path, store: &Path, root: bool) -> Facts {
         store_on_overlayfs,
         trial,
         loaded_by_trial,
+        kernel: kernel_version(&super::kernel_release()),
+    }
+}
+
+/// `(major, minor)` of a kernel release (`6.1.0-50-amd64`).
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Why a trial mount may have failed that its error does not say.
+fn too_old(f: &Facts) -> String {
+    match f.kernel {
+        Some((major, minor)) if (major, minor) < LOWERDIR_PLUS => format!(
+            " (hoist passes the layers with lowerdir+, which Linux {major}.{minor} lacks: it needs {}.{})",
+            LOWERDIR_PLUS.0, LOWERDIR_PLUS.1
+        ),
+        _ => String::new(),
     }
 }
 
@@ -124,13 +148,13 @@ pub(super) fn check(f: &Facts) -> Check {
         (Some(Err(e)), Ok(_)) => Check::not_ok(
             NAME,
             Status::Missing,
-            format!("a test overlay in {dir} failed: {e}"),
+            format!("a test overlay in {dir} failed: {e}{}", too_old(f)),
             COST,
         ),
         (Some(Err(e)), Err(none)) => Check::not_ok(
             NAME,
             Status::Missing,
-            format!("{none}; a test overlay in {dir} failed: {e}"),
+            format!("{none}; a test overlay in {dir} failed: {e}{}", too_old(f)),
             COST,
         ),
         (None, Ok(has)) => Check::not_ok(
@@ -223,7 +247,16 @@ mod tests {
             store_on_overlayfs: false,
             trial: trial.map(|t| t.map_err(str::to_string)),
             loaded_by_trial: false,
+            kernel: Some((6, 18)),
         }
+    }
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(kernel_version("6.1.0-50-amd64"), Some((6, 1)));
+        assert_eq!(kernel_version("6.18.44-fc-v1252"), Some((6, 18)));
+        assert_eq!(kernel_version("5.15"), Some((5, 15)));
+        assert_eq!(kernel_version("x"), None);
     }
 
     #[test]
@@ -246,16 +279,15 @@ mod tests {
         assert!(c
             .detail
             .ends_with("the kernel loaded the overlay module for it, as it does for a run"));
-        // Linux 6.1 has no lowerdir+: the mount, not the module, fails.
-        let c = check(&facts(
-            false,
-            true,
-            Some(Err("Invalid argument (os error 22)")),
-        ));
+        // Linux 6.1 has no lowerdir+: the mount, not the module, fails
+        // (what doctor says on Debian 12, scripts/vm).
+        let mut f = facts(false, true, Some(Err("Invalid argument (os error 22)")));
+        f.kernel = Some((6, 1));
+        let c = check(&f);
         assert_eq!(c.status, Status::Missing);
         assert_eq!(
             c.detail,
-            "a test overlay in /var/cache failed: Invalid argument (os error 22)"
+            "a test overlay in /var/cache failed: Invalid argument (os error 22) (hoist passes the layers with lowerdir+, which Linux 6.1 lacks: it needs 6.8)"
         );
         // Not root: nothing is tried, the module is enough to say so.
         let c = check(&facts(false, true, None));
