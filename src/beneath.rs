@@ -94,6 +94,40 @@ pub fn child_dir(dir: BorrowedFd<'_>, name: &[u8], access: Access) -> Result<Own
     child_dir_via(dir, name, access, true)
 }
 
+/// Open the file `name` (a plain name) in `dir` with `flags` (and `mode`,
+/// when they create it), never following a link: a symlink is `ELOOP`.
+/// For a file to read or to mount on; directories are [`open_dir`]'s.
+pub fn open_file(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    flags: OFlags,
+    mode: Mode,
+) -> Result<OwnedFd, Errno> {
+    open_file_via(dir, name, flags, mode, true)
+}
+
+fn open_file_via(
+    dir: BorrowedFd<'_>,
+    name: &str,
+    flags: OFlags,
+    mode: Mode,
+    openat2: bool,
+) -> Result<OwnedFd, Errno> {
+    if !is_plain(name.as_bytes()) {
+        return Err(Errno::INVAL);
+    }
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if openat2 && OPENAT2.load(Ordering::Relaxed) {
+        let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        match openat2_at(dir, name.as_bytes(), flags, mode, how) {
+            Err(Errno::NOSYS) => {}
+            r => return r,
+        }
+    }
+    // One plain name: O_NOFOLLOW is all openat2 would add.
+    rfs::openat(dir, name, flags, mode)
+}
+
 /// [`open_dir`]; with `openat2` false (for tests), by the walk alone.
 fn open_dir_via(
     root: BorrowedFd<'_>,
@@ -145,16 +179,27 @@ fn flags(access: Access) -> OFlags {
     }
 }
 
-/// openat2 with EAGAIN retried; `Err(NOSYS)` when openat2 cannot be used
-/// here, which it then never is again in this process.
+/// openat2 of a directory (see [`openat2_at`]).
 fn openat2_dir(
     dir: BorrowedFd<'_>,
     path: &[u8],
     flags: OFlags,
     how: ResolveFlags,
 ) -> Result<OwnedFd, Errno> {
+    openat2_at(dir, path, flags, Mode::empty(), how)
+}
+
+/// openat2 with EAGAIN retried; `Err(NOSYS)` when openat2 cannot be used
+/// here, which it then never is again in this process.
+fn openat2_at(
+    dir: BorrowedFd<'_>,
+    path: &[u8],
+    flags: OFlags,
+    mode: Mode,
+    how: ResolveFlags,
+) -> Result<OwnedFd, Errno> {
     for _ in 0..EAGAIN_RETRIES {
-        match rfs::openat2(dir, path, flags, Mode::empty(), how) {
+        match rfs::openat2(dir, path, flags, mode, how) {
             Err(Errno::AGAIN) => continue,
             Err(Errno::NOSYS) | Err(Errno::PERM) => {
                 OPENAT2.store(false, Ordering::Relaxed);
@@ -378,6 +423,31 @@ mod tests {
             let fd = open_dir_via(r.as_fd(), &none, false, Access::Read, openat2).unwrap();
             // Readable: it lists.
             assert!(rfs::Dir::read_from(&fd).is_ok());
+        }
+    }
+
+    #[test]
+    fn files_are_opened_and_made_without_following_a_link() {
+        for openat2 in WAYS {
+            let (t, r) = root();
+            let outside = tempfile::tempdir().unwrap();
+            std::fs::write(t.path().join("f"), b"x").unwrap();
+            symlink(outside.path().join("made"), t.path().join("link")).unwrap();
+            let rd = OFlags::RDONLY | OFlags::NONBLOCK;
+            assert!(open_file_via(r.as_fd(), "f", rd, Mode::empty(), openat2).is_ok());
+            let create = OFlags::CREATE | OFlags::RDONLY;
+            let mode = Mode::from_raw_mode(0o644);
+            assert_eq!(
+                open_file_via(r.as_fd(), "link", create, mode, openat2).unwrap_err(),
+                Errno::LOOP
+            );
+            assert!(!outside.path().join("made").exists());
+            open_file_via(r.as_fd(), "new", create, mode, openat2).unwrap();
+            assert!(t.path().join("new").is_file());
+            assert_eq!(
+                open_file_via(r.as_fd(), "../x", rd, Mode::empty(), openat2).unwrap_err(),
+                Errno::INVAL
+            );
         }
     }
 

@@ -10,10 +10,10 @@
 //! this module moves bytes from there into the user's `--out`, and every
 //! write the host makes into `--out` goes through it:
 //!
-//! - the source directory is opened beneath its base by
-//!   [`crate::beneath`], its files with `openat2` (`RESOLVE_BENEATH |
-//!   RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`, `O_NOFOLLOW`); only
-//!   regular files with one link and a plain name are read, by descriptor;
+//! - the source directory and its files are opened beneath its base by
+//!   [`crate::beneath`] (openat2 `RESOLVE_NO_SYMLINKS |
+//!   RESOLVE_NO_MAGICLINKS`, `O_NOFOLLOW`); only regular files with one
+//!   link and a plain name are read, by descriptor;
 //! - the destination is a directory handle opened without following a
 //!   symlink ([`OutDir`]); each file is created there as a fresh temp file
 //!   (`O_CREAT | O_EXCL`, mode 0644, owned by whoever runs hoist) and
@@ -32,7 +32,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 use serde::Serialize;
 
@@ -45,9 +45,6 @@ pub const MAX_BYTES_VAR: &str = "HOIST_OUTPUT_MAX_BYTES";
 /// Its default: generous for logs and a patch, small beside a disk.
 pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 
-const BENEATH: ResolveFlags = ResolveFlags::BENEATH
-    .union(ResolveFlags::NO_SYMLINKS)
-    .union(ResolveFlags::NO_MAGICLINKS);
 const DIR_FLAGS: OFlags = OFlags::DIRECTORY
     .union(OFlags::RDONLY)
     .union(OFlags::NOFOLLOW)
@@ -480,9 +477,12 @@ fn open_source(dir: &OwnedFd, name: &OsStr, seen: &Stat) -> io::Result<Option<Ow
         .union(OFlags::NONBLOCK)
         .union(OFlags::NOCTTY)
         .union(OFlags::CLOEXEC);
-    let fd = match rustix::fs::openat2(dir, name, flags, Mode::empty(), BENEATH) {
+    let Some(name) = name.to_str() else {
+        return Ok(None);
+    };
+    let fd = match crate::beneath::open_file(dir.as_fd(), name, flags, Mode::empty()) {
         Ok(fd) => fd,
-        Err(Errno::LOOP | Errno::XDEV | Errno::NOENT) => return Ok(None),
+        Err(Errno::LOOP | Errno::XDEV | Errno::NOENT | Errno::INVAL) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     let now = rustix::fs::fstat(&fd)?;
