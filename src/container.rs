@@ -16,8 +16,9 @@
 //! read-write: the supervisor writes `/output/task` inside the container,
 //! and when it has ended `docker cp` streams that directory out as a tar,
 //! from which [`crate::export`] takes the regular files into `OUT/task`.
-//! The supervisor enforces the task's timeouts; a backstop kills the
-//! container if it hangs. The container is removed in every case:
+//! The supervisor enforces the task's timeouts; a backstop
+//! ([`orchestrate::backstop`], from the same timeouts, read from the
+//! container's `/tasks` before it starts) kills the container if it hangs. The container is removed in every case:
 //! success, failure, timeout, SIGINT, SIGTERM or SIGHUP.
 
 use std::collections::BTreeMap;
@@ -33,7 +34,7 @@ use crate::digest::Digest;
 use crate::export::{self, ExportError, ExportReport, OutDir};
 use crate::orchestrate::{
     self, host_info, run_sessions, totals, Backend, DockerFacts, Durations, OrchestrateError,
-    RunRecord, SessionRan, SessionRecord, SessionSpec, Sessions, Start, Stopped, Tree,
+    RunRecord, SessionRan, SessionRecord, SessionSpec, Sessions, Start, Stopped, Timeouts, Tree,
 };
 use crate::phase::{self, Phase, PhaseHook};
 use crate::pipeline::clock::rfc3339;
@@ -625,6 +626,7 @@ pub fn run(
         work: work.path(),
         out_label: &out_label,
         prepare_ms,
+        task_timeouts: std::cell::OnceCell::new(),
     };
     let images = images_json(&req.axes);
     let facts = Stopped {
@@ -701,6 +703,9 @@ struct Plan<'a> {
     /// Time spent baking and loading the image: result.json's
     /// `materialize`.
     prepare_ms: u64,
+    /// The task's own timeouts, read from the first container made
+    /// (every session runs the same image and task).
+    task_timeouts: std::cell::OnceCell<Option<Timeouts>>,
 }
 
 /// The run's gateway container while it runs.
@@ -757,9 +762,10 @@ impl<'p> Plan<'p> {
     ) -> Result<(String, Vec<String>), ContainerError> {
         let req = self.req;
         let context_path = self.work.join(format!("context-{session}.json"));
-        // Serialising a plain struct cannot fail.
-        let bytes = serde_json::to_vec_pretty(context).unwrap_or_default();
-        std::fs::write(&context_path, bytes).map_err(io(&context_path))?;
+        crate::json::to_vec_pretty(context, "the run context")
+            .map_err(std::io::Error::from)
+            .and_then(|bytes| std::fs::write(&context_path, bytes))
+            .map_err(io(&context_path))?;
         let mut read_only = vec![(context_path.as_path(), ctx::CONTEXT_PATH)];
         if let (Some(r), true) = (req.recordings.as_deref(), context.recordings) {
             read_only.push((r, "/recordings"));
@@ -779,6 +785,61 @@ impl<'p> Plan<'p> {
         );
         Ok((name, args))
     }
+}
+
+impl Plan<'_> {
+    /// The run's timeouts: the overrides, else the task's own, read once
+    /// from the created (not yet started) container `name`.
+    fn timeouts(&self, name: &str) -> Timeouts {
+        let task = *self
+            .task_timeouts
+            .get_or_init(|| task_timeouts_in(self.docker, name, self.req.task.as_deref()));
+        let t = Timeouts::resolve(self.req.agent_timeout_sec, self.req.grade_timeout_sec, task);
+        tracing::debug!(?t, read = task.is_some(), "the run's timeouts");
+        t
+    }
+}
+
+/// How much of `docker cp CONTAINER:/tasks -` is read for task.json: a
+/// benchmark's /tasks holds small files; past this, the backstop assumes
+/// [`Timeouts::UNREAD`].
+const MAX_TASKS_TAR: u64 = 256 << 20;
+
+/// The timeouts of the task the container `name` will pick, from its
+/// `/tasks` (`docker cp` reads a created container's tree); `None`, said,
+/// when they cannot be read.
+fn task_timeouts_in(docker: &Docker, name: &str, requested: Option<&str>) -> Option<Timeouts> {
+    let source = format!("{name}:/tasks");
+    let child = Command::new(&docker.program)
+        .args(["cp", &source, "-"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn();
+    let found = match child {
+        Ok(mut child) => {
+            let found = child.stdout.take().and_then(|out| {
+                orchestrate::tar_task_timeouts(std::io::Read::take(out, MAX_TASKS_TAR), requested)
+            });
+            // Done reading, whatever docker cp still has to write; it may
+            // have ended already, which wait reports.
+            let _ = child.kill();
+            let _ = child.wait();
+            found
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "docker cp {source}");
+            None
+        }
+    };
+    if found.is_none() {
+        tracing::warn!(
+            container = name,
+            "could not read the task's timeouts from {source}; the hang backstop assumes {:?}",
+            Timeouts::UNREAD
+        );
+    }
+    found
 }
 
 impl Backend for Plan<'_> {
@@ -824,7 +885,6 @@ impl Backend for Plan<'_> {
                 .map_or(Net::Own(req.network), |g| Net::Join(&g.cleanup.name)),
             changes,
         )?;
-        let backstop = orchestrate::backstop(req.agent_timeout_sec, req.grade_timeout_sec);
         let t = Instant::now();
         // Made before the container, so that one half created is removed too.
         let cleanup = Cleanup {
@@ -833,6 +893,7 @@ impl Backend for Plan<'_> {
         };
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         docker.output(&argv)?;
+        let backstop = orchestrate::backstop(self.timeouts(&container));
         let start = ["start", "-a", container.as_str()].map(String::from);
         let ended = supervise(docker, &start, backstop);
         let container_ms = t.elapsed().as_millis() as u64;

@@ -12,7 +12,7 @@ use crate::export::{self, ExportError, OutDir};
 use crate::lock::{LockError, LockFile};
 use crate::orchestrate::{
     self, host_info, run_sessions, totals, Backend, Durations, OrchestrateError, RunRecord,
-    SessionRan, SessionRecord, SessionSpec, Sessions, Start, Stopped,
+    SessionRan, SessionRecord, SessionSpec, Sessions, Start, Stopped, Timeouts,
 };
 use crate::phase::{self, Phase, PhaseHook};
 use crate::pipeline::clock::rfc3339;
@@ -338,6 +338,12 @@ impl Backend for Crane<'_> {
             None => None,
         };
         let materialize_ms = t.elapsed().as_millis() as u64;
+        // The task's own timeouts, read from the tree as the supervisor
+        // will read them; unreadable, it fails on them itself.
+        let task = orchestrate::tree_task_timeouts(&m.root, self.req.task.as_deref());
+        let timeouts =
+            Timeouts::resolve(self.req.agent_timeout_sec, self.req.grade_timeout_sec, task);
+        tracing::debug!(?timeouts, read = task.is_some(), "the run's timeouts");
         let sandboxed = || {
             run_in(
                 self,
@@ -346,6 +352,7 @@ impl Backend for Crane<'_> {
                 spec.materialized_before + materialize_ms,
                 (&dir, &private.dir),
                 (spec.changes, gateway.as_ref().map(|g| g.root.as_path())),
+                orchestrate::backstop(timeouts),
             )
         };
         let result = match (agent_session, hook) {
@@ -451,6 +458,7 @@ fn run_in(
     materialize_ms: u64,
     (work, output): (&Path, &Path),
     (changes, gateway_root): (Option<&Path>, Option<&Path>),
+    backstop: Duration,
 ) -> Result<(i32, u64, RunLimits), RunError> {
     let (req, isolation) = (plan.req, plan.isolation);
     let agent = session == ctx::Session::Agent;
@@ -479,10 +487,9 @@ fn run_in(
         ..RunContext::default()
     };
     let context_path = work.join("context.json");
-    write_private(
-        &context_path,
-        &serde_json::to_vec_pretty(&context).unwrap_or_default(),
-    )?;
+    let bytes = crate::json::to_vec_pretty(&context, "the run context")
+        .map_err(|e| io(&context_path)(e.into()))?;
+    write_private(&context_path, &bytes)?;
     let cfg = SandboxConfig {
         isolation,
         network: req.network,
@@ -497,7 +504,6 @@ fn run_in(
         limits: run_limits(req),
         user_namespace: plan.user_namespace,
     };
-    let backstop = orchestrate::backstop(req.agent_timeout_sec, req.grade_timeout_sec);
     let outcome = sandbox::run(&cfg, &work.join("sandbox.json"), backstop)?;
     Ok((
         outcome.exit_code,

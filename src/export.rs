@@ -10,10 +10,10 @@
 //! this module moves bytes from there into the user's `--out`, and every
 //! write the host makes into `--out` goes through it:
 //!
-//! - the source is opened beneath its base with `openat2`
-//!   (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`,
-//!   `O_NOFOLLOW`); only regular files with one link and a plain name are
-//!   read, by descriptor;
+//! - the source directory and its files are opened beneath its base by
+//!   [`crate::beneath`] (openat2 `RESOLVE_NO_SYMLINKS |
+//!   RESOLVE_NO_MAGICLINKS`, `O_NOFOLLOW`); only regular files with one
+//!   link and a plain name are read, by descriptor;
 //! - the destination is a directory handle opened without following a
 //!   symlink ([`OutDir`]); each file is created there as a fresh temp file
 //!   (`O_CREAT | O_EXCL`, mode 0644, owned by whoever runs hoist) and
@@ -27,14 +27,17 @@
 //! other entry that is not a regular file.
 
 use std::ffi::OsStr;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use rustix::io::Errno;
 use serde::Serialize;
+
+use crate::atomic::{Durability, Temp};
+use crate::beneath::{Access, DirError};
 
 /// The environment variable that bounds the bytes one run may copy into
 /// `--out`.
@@ -42,9 +45,6 @@ pub const MAX_BYTES_VAR: &str = "HOIST_OUTPUT_MAX_BYTES";
 /// Its default: generous for logs and a patch, small beside a disk.
 pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 
-const BENEATH: ResolveFlags = ResolveFlags::BENEATH
-    .union(ResolveFlags::NO_SYMLINKS)
-    .union(ResolveFlags::NO_MAGICLINKS);
 const DIR_FLAGS: OFlags = OFlags::DIRECTORY
     .union(OFlags::RDONLY)
     .union(OFlags::NOFOLLOW)
@@ -335,53 +335,21 @@ impl OutDir {
         limit: u64,
     ) -> Result<Option<u64>, ExportError> {
         let target = self.path.join(name);
-        let (tmp, file) = self.temp_file(&target)?;
-        let written = (|| -> Result<Option<u64>, ExportError> {
-            let mut file = std::fs::File::from(file);
-            // std::io::copy uses copy_file_range between two files.
-            let n = io::copy(&mut src.take(limit.saturating_add(1)), &mut file)
-                .map_err(io_at(&target))?;
-            if n > limit {
-                return Ok(None);
-            }
-            file.flush().map_err(io_at(&target))?;
-            // Past the umask: exactly 0644, never a bit of the source's.
-            rustix::fs::fchmod(&file, Mode::from_raw_mode(0o644)).map_err(errno_at(&target))?;
-            Ok(Some(n))
-        })();
-        let renamed = match written {
-            Ok(Some(n)) => rustix::fs::renameat(&self.fd, &tmp, &self.fd, name)
-                .map(|()| Some(n))
-                .map_err(errno_at(&target)),
-            other => other,
-        };
-        if !matches!(renamed, Ok(Some(_))) {
-            // Already gone only if the rename happened, which it did not.
-            let _ = rustix::fs::unlinkat(&self.fd, &tmp, AtFlags::empty());
+        // A random hidden name (never one `plain_name` accepts, so never
+        // one being copied), made in the directory handle; exactly 0644
+        // past the umask, never a bit of the source's.
+        let tmp = Temp::in_dir_fd(self.fd.as_fd(), &self.path, 0o644).map_err(io_at(&target))?;
+        // std::io::copy uses copy_file_range between two files.
+        let n = io::copy(&mut src.take(limit.saturating_add(1)), &mut tmp.file())
+            .map_err(io_at(&target))?;
+        if n > limit {
+            // Dropped, the temp file goes.
+            return Ok(None);
         }
-        renamed
-    }
-
-    /// A new, empty 0644 file of a random hidden name (never a name
-    /// [`plain_name`] accepts, so never one being copied).
-    fn temp_file(&self, target: &Path) -> Result<(String, OwnedFd), ExportError> {
-        let flags = OFlags::WRONLY
-            .union(OFlags::CREATE)
-            .union(OFlags::EXCL)
-            .union(OFlags::NOFOLLOW)
-            .union(OFlags::CLOEXEC);
-        for _ in 0..8 {
-            let tmp = format!(".hoist-export-{:016x}", rand::random::<u64>());
-            match rustix::fs::openat(&self.fd, &tmp, flags, Mode::from_raw_mode(0o644)) {
-                Ok(fd) => return Ok((tmp, fd)),
-                Err(Errno::EXIST) => continue,
-                Err(e) => return Err(errno_at(target)(e)),
-            }
-        }
-        Err(ExportError::Io {
-            path: target.to_path_buf(),
-            source: io::Error::other("no free temp name"),
-        })
+        // Unsynced: a run's output, which a crash makes worthless anyway.
+        tmp.commit_at(self.fd.as_fd(), name, Durability::Unsynced)
+            .map_err(io_at(&target))?;
+        Ok(Some(n))
     }
 }
 
@@ -425,13 +393,14 @@ fn copy_out_limited(
 ) -> Result<ExportReport, ExportError> {
     let src_path = base.join(rel);
     let base_fd = rustix::fs::open(base, DIR_FLAGS, Mode::empty()).map_err(errno_at(base))?;
-    let src = match rustix::fs::openat2(&base_fd, rel, DIR_FLAGS, Mode::empty(), BENEATH) {
+    let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+    let src = match crate::beneath::open_dir(base_fd.as_fd(), &comps, false, Access::Read) {
         Ok(fd) => fd,
-        Err(Errno::NOENT) => return Ok(ExportReport::default()),
-        Err(Errno::LOOP | Errno::XDEV | Errno::NOTDIR) => {
+        Err(DirError::Missing) => return Ok(ExportReport::default()),
+        Err(DirError::Symlink(_) | DirError::NotDir(_)) => {
             return Err(ExportError::SourceNotADirectory { path: src_path })
         }
-        Err(e) => return Err(errno_at(&src_path)(e)),
+        Err(DirError::Io(e)) => return Err(io_at(&src_path)(e)),
     };
     let mut report = ExportReport::default();
     let mut files = Vec::new();
@@ -508,9 +477,12 @@ fn open_source(dir: &OwnedFd, name: &OsStr, seen: &Stat) -> io::Result<Option<Ow
         .union(OFlags::NONBLOCK)
         .union(OFlags::NOCTTY)
         .union(OFlags::CLOEXEC);
-    let fd = match rustix::fs::openat2(dir, name, flags, Mode::empty(), BENEATH) {
+    let Some(name) = name.to_str() else {
+        return Ok(None);
+    };
+    let fd = match crate::beneath::open_file(dir.as_fd(), name, flags, Mode::empty()) {
         Ok(fd) => fd,
-        Err(Errno::LOOP | Errno::XDEV | Errno::NOENT) => return Ok(None),
+        Err(Errno::LOOP | Errno::XDEV | Errno::NOENT | Errno::INVAL) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
     let now = rustix::fs::fstat(&fd)?;

@@ -15,6 +15,7 @@
 // are.
 #![deny(unsafe_code)]
 
+pub mod atomic;
 pub mod bake;
 pub mod beneath;
 pub mod confine;
@@ -28,6 +29,7 @@ pub mod exit;
 pub mod export;
 pub mod inspect;
 pub mod interrupt;
+pub mod json;
 pub mod lock;
 pub mod manifest;
 pub mod orchestrate;

@@ -19,6 +19,7 @@ use crate::export::{self, ExportError, ExportReport, OutDir};
 use crate::interrupt::Interrupted;
 use crate::phase::{Phase, PhaseHook};
 use crate::pipeline::context::{AgentPhase, Session, MAX_AGENT_PHASE_BYTES};
+use crate::pipeline::task::{choose_task, parse_task, TaskSpec, MAX_TASK_BYTES};
 use crate::rootfs::{Fidelity, RootfsMode};
 use crate::sandbox::cgroup::RunLimits;
 use crate::sandbox::{Isolation, Network};
@@ -274,7 +275,11 @@ pub fn write_infra_error(
         .flatten()
         .and_then(|b| AgentPhase::from_json(&b).ok());
     let result = host_result(stage, message, facts, phase.as_ref());
-    export::write_file(task_dir, "result.json", result.to_json().as_bytes())?;
+    let json = result.json().map_err(|e| OrchestrateError::Io {
+        path: task_dir.path().join("result.json"),
+        source: e.into(),
+    })?;
+    export::write_file(task_dir, "result.json", json.as_bytes())?;
     Ok(result)
 }
 
@@ -397,15 +402,142 @@ pub fn refuse_gaps_when_strict(
     Ok(())
 }
 
+/// The time limits the supervisor enforces in a run: `--agent-timeout`
+/// and `--grade-timeout` where given, else the task's own (task.json,
+/// DESIGN §2, with its defaults). install.sh and the agent share the
+/// agent timeout (one deadline, DESIGN §3); grading has its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub agent_sec: u64,
+    pub grade_sec: u64,
+}
+
+impl Timeouts {
+    /// What the host assumes of a task.json it could not read before the
+    /// supervisor does (which then enforces the real ones): generous, so
+    /// that the backstop never cuts a run that keeps to its timeouts.
+    pub const UNREAD: Timeouts = Timeouts {
+        agent_sec: 4 * 3600,
+        grade_sec: 3600,
+    };
+
+    /// The task's timeouts, as [`crate::pipeline::task::parse_task`]
+    /// reads them.
+    pub fn of_task(task: &TaskSpec) -> Timeouts {
+        Timeouts {
+            agent_sec: task.agent_timeout_sec,
+            grade_sec: task.grade.timeout_sec,
+        }
+    }
+
+    /// The overrides where given, else `task`'s (else [`Timeouts::UNREAD`]).
+    pub fn resolve(
+        agent_sec: Option<u64>,
+        grade_sec: Option<u64>,
+        task: Option<Timeouts>,
+    ) -> Timeouts {
+        let task = task.unwrap_or(Timeouts::UNREAD);
+        Timeouts {
+            agent_sec: agent_sec.unwrap_or(task.agent_sec),
+            grade_sec: grade_sec.unwrap_or(task.grade_sec),
+        }
+    }
+}
+
+/// What the backstop allows beyond the timeouts: the supervisor's own
+/// work outside them (the workdir snapshot, the gateway's start (≤ 30 s),
+/// the patch (≤ 2 min), the kills and sweeps (5 s each), the sandbox's
+/// set-up and teardown).
+pub const BACKSTOP_MARGIN: Duration = Duration::from_secs(10 * 60);
+
 /// How long the host waits for a session before it kills it. The
-/// supervisor enforces the task's own timeouts; this only catches a
-/// supervisor that hangs: twice the agent timeout, plus the grade
-/// timeout, plus five minutes (the `--agent-timeout` and
-/// `--grade-timeout` overrides, else 4 h and 1 h).
-pub fn backstop(agent_timeout_sec: Option<u64>, grade_timeout_sec: Option<u64>) -> Duration {
-    Duration::from_secs(
-        agent_timeout_sec.unwrap_or(4 * 3600) * 2 + grade_timeout_sec.unwrap_or(3600) + 300,
-    )
+/// supervisor enforces the timeouts; this only catches a supervisor that
+/// hangs. Every session gets the whole run's budget (install.sh and the
+/// agent, grading, and the margin), so no session is cut short by it.
+pub fn backstop(t: Timeouts) -> Duration {
+    Duration::from_secs(t.agent_sec.saturating_add(t.grade_sec)).saturating_add(BACKSTOP_MARGIN)
+}
+
+/// The timeouts of the task a run will pick (`requested`, or the only
+/// one), from the directory names under `/tasks` (`available`) and a
+/// reader of one's `task.json` (at most [`MAX_TASK_BYTES`]); `None` when
+/// the task cannot be chosen, read or parsed, which the supervisor then
+/// reports.
+pub fn task_timeouts(
+    requested: Option<&str>,
+    available: &[String],
+    read: impl FnOnce(&str) -> Option<Vec<u8>>,
+) -> Option<Timeouts> {
+    let id = choose_task(requested, available).ok()?;
+    let bytes = read(&id)?;
+    parse_task(&id, &bytes).ok().map(|t| Timeouts::of_task(&t))
+}
+
+/// [`task_timeouts`] of the tree `root` (a session's rootfs), read
+/// beneath it as the supervisor will (no link followed, no FIFO opened).
+pub fn tree_task_timeouts(root: &Path, requested: Option<&str>) -> Option<Timeouts> {
+    use crate::beneath::{child_dir, open_dir, Access};
+    use rustix::fs::{FileType, Mode, OFlags};
+    use std::os::fd::AsFd;
+    let top = std::fs::File::open(root).ok()?;
+    let tasks = open_dir(top.as_fd(), &["tasks"], false, Access::Read).ok()?;
+    let mut available: Vec<String> = crate::unpack::fsops::list(tasks.as_fd())
+        .ok()?
+        .into_iter()
+        .filter(|n| child_dir(tasks.as_fd(), n, Access::Path).is_ok())
+        .filter_map(|n| String::from_utf8(n).ok())
+        .collect();
+    available.sort();
+    task_timeouts(requested, &available, |id| {
+        let dir = child_dir(tasks.as_fd(), id.as_bytes(), Access::Path).ok()?;
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&dir, "task.json", flags, Mode::empty()).ok()?;
+        let st = rustix::fs::fstat(&fd).ok()?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return None;
+        }
+        read_at_most(std::fs::File::from(fd), MAX_TASK_BYTES)
+    })
+}
+
+/// [`task_timeouts`] from a tar of `/tasks` (what `docker cp
+/// CONTAINER:/tasks -` writes: `tasks/ID/` and `tasks/ID/task.json`).
+pub fn tar_task_timeouts(stream: impl std::io::Read, requested: Option<&str>) -> Option<Timeouts> {
+    let mut available = Vec::new();
+    let mut specs = std::collections::BTreeMap::new();
+    for entry in tar::Archive::new(stream).entries().ok()? {
+        let entry = entry.ok()?;
+        let path = entry.path().ok()?.into_owned();
+        let parts: Vec<&str> = path
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(s) => s.to_str(),
+                _ => None,
+            })
+            .collect();
+        let kind = entry.header().entry_type();
+        match parts.as_slice() {
+            ["tasks", id] if kind.is_dir() => available.push(id.to_string()),
+            ["tasks", id, "task.json"] if kind.is_file() => {
+                let id = id.to_string();
+                if let Some(bytes) = read_at_most(entry, MAX_TASK_BYTES) {
+                    specs.insert(id, bytes);
+                }
+            }
+            _ => {}
+        }
+    }
+    available.sort();
+    available.dedup();
+    task_timeouts(requested, &available, |id| specs.remove(id))
+}
+
+/// All of `r` when it holds at most `max` bytes.
+fn read_at_most(r: impl std::io::Read, max: usize) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    r.take(max as u64 + 1).read_to_end(&mut bytes).ok()?;
+    (bytes.len() <= max).then_some(bytes)
 }
 
 /// `OUT/run.json` (`hoist.run/v1`): how the run was made, the same type
@@ -558,10 +690,11 @@ pub fn finish(
     name: &str,
     record: &RunRecord,
 ) -> Result<serde_json::Value, OrchestrateError> {
-    let bytes = serde_json::to_vec_pretty(record).map_err(|e| OrchestrateError::Io {
-        path: out.path().join(name),
-        source: std::io::Error::other(e),
-    })?;
+    let bytes =
+        crate::json::to_vec_pretty(record, "the run record").map_err(|e| OrchestrateError::Io {
+            path: out.path().join(name),
+            source: e.into(),
+        })?;
     export::write_file(out, name, &bytes)?;
     read_result(task_dir, record.supervisor_exit_code)
 }
@@ -610,12 +743,148 @@ mod tests {
     }
 
     #[test]
-    fn the_backstop_covers_both_timeouts() {
-        assert_eq!(backstop(Some(10), Some(20)), Duration::from_secs(340));
+    fn the_backstop_is_the_runs_timeouts_and_the_margin() {
+        let t = Timeouts {
+            agent_sec: 600,
+            grade_sec: 300,
+        };
+        assert_eq!(backstop(t), Duration::from_secs(900) + BACKSTOP_MARGIN);
+        // A long task is never cut short: its own timeouts count.
+        let long = Timeouts {
+            agent_sec: 12 * 3600,
+            grade_sec: 2 * 3600,
+        };
+        assert!(backstop(long) > Duration::from_secs(14 * 3600));
+        let huge = Timeouts {
+            agent_sec: u64::MAX,
+            grade_sec: 1,
+        };
+        assert!(backstop(huge) >= Duration::from_secs(u64::MAX));
+    }
+
+    #[test]
+    fn overrides_win_over_the_task() {
+        let own = Timeouts {
+            agent_sec: 600,
+            grade_sec: 300,
+        };
+        let task = Some(own);
+        assert_eq!(Timeouts::resolve(None, None, task), own);
         assert_eq!(
-            backstop(None, None),
-            Duration::from_secs(8 * 3600 + 3600 + 300)
+            Timeouts::resolve(Some(5), None, task),
+            Timeouts {
+                agent_sec: 5,
+                grade_sec: 300
+            }
         );
+        assert_eq!(
+            Timeouts::resolve(None, Some(7), None),
+            Timeouts {
+                agent_sec: Timeouts::UNREAD.agent_sec,
+                grade_sec: 7
+            }
+        );
+    }
+
+    const TASK: &str = r#"{"id": "a", "instruction": "x", "workdir": "/w",
+        "agent_timeout_sec": 7200, "grade": {"command": ["/g"], "timeout_sec": 60}}"#;
+
+    #[test]
+    fn the_task_a_run_picks_gives_its_timeouts() {
+        let one = ["a".to_string()];
+        let read = |id: &str| (id == "a").then(|| TASK.as_bytes().to_vec());
+        let want = Some(Timeouts {
+            agent_sec: 7200,
+            grade_sec: 60,
+        });
+        assert_eq!(task_timeouts(None, &one, read), want);
+        assert_eq!(task_timeouts(Some("a"), &one, read), want);
+        // Defaults for what task.json leaves out.
+        let bare =
+            r#"{"id": "a", "instruction": "x", "workdir": "/w", "grade": {"command": ["/g"]}}"#;
+        assert_eq!(
+            task_timeouts(None, &one, |_| Some(bare.as_bytes().to_vec())),
+            Some(Timeouts {
+                agent_sec: crate::pipeline::task::DEFAULT_AGENT_TIMEOUT_SEC,
+                grade_sec: crate::pipeline::task::DEFAULT_GRADE_TIMEOUT_SEC,
+            })
+        );
+        // Nothing to go by: the supervisor will say why.
+        let two = ["a".to_string(), "b".to_string()];
+        assert_eq!(task_timeouts(None, &two, read), None);
+        assert_eq!(task_timeouts(Some("c"), &one, read), None);
+        assert_eq!(task_timeouts(None, &one, |_| None), None);
+        assert_eq!(task_timeouts(None, &one, |_| Some(b"{".to_vec())), None);
+    }
+
+    #[test]
+    fn a_trees_task_is_read_beneath_it() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::create_dir_all(root.join("tasks/a")).unwrap();
+        std::fs::write(root.join("tasks/a/task.json"), TASK).unwrap();
+        std::fs::write(root.join("tasks/README"), "not a task").unwrap();
+        let want = Some(Timeouts {
+            agent_sec: 7200,
+            grade_sec: 60,
+        });
+        assert_eq!(tree_task_timeouts(root, None), want);
+        // A task directory that is a link is not one, as the supervisor
+        // lists them; a task.json that is a link is not read.
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), root.join("tasks/b")).unwrap();
+        assert_eq!(tree_task_timeouts(root, None), want);
+        assert_eq!(tree_task_timeouts(root, Some("b")), None);
+        std::fs::remove_file(root.join("tasks/a/task.json")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), root.join("tasks/a/task.json")).unwrap();
+        assert_eq!(tree_task_timeouts(root, None), None);
+        assert_eq!(tree_task_timeouts(&root.join("none"), None), None);
+    }
+
+    fn tar_of(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, body) in entries {
+            let mut h = tar::Header::new_gnu();
+            match body {
+                Some(text) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(text.len() as u64);
+                    h.set_mode(0o600);
+                    b.append_data(&mut h, path, text.as_bytes()).unwrap();
+                }
+                None => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    h.set_mode(0o700);
+                    b.append_data(&mut h, path, std::io::empty()).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_containers_task_is_read_from_docker_cps_tar() {
+        let other = TASK.replace("\"a\"", "\"b\"").replace("7200", "5");
+        let tar = tar_of(&[
+            ("tasks/", None),
+            ("tasks/a/", None),
+            ("tasks/a/task.json", Some(TASK)),
+            ("tasks/a/notes.md", Some("x")),
+            ("tasks/b/", None),
+            ("tasks/b/task.json", Some(&other)),
+        ]);
+        assert_eq!(
+            tar_task_timeouts(&tar[..], Some("a")),
+            Some(Timeouts {
+                agent_sec: 7200,
+                grade_sec: 60
+            })
+        );
+        assert_eq!(tar_task_timeouts(&tar[..], Some("b")).unwrap().agent_sec, 5);
+        // Two tasks and none asked for: the supervisor says which.
+        assert_eq!(tar_task_timeouts(&tar[..], None), None);
+        assert_eq!(tar_task_timeouts(&b"not a tar"[..], None), None);
     }
 
     #[test]

@@ -116,12 +116,17 @@ impl TaskResult {
     }
 
     /// Pretty JSON with a trailing newline, as written to disk.
-    pub fn to_json(&self) -> String {
-        // Serialising plain structs, string-keyed maps and finite floats
-        // cannot fail; the fallback only keeps this function total.
-        let mut s = serde_json::to_string_pretty(self).unwrap_or_default();
+    pub fn json(&self) -> Result<String, crate::json::JsonError> {
+        let mut s = crate::json::to_string_pretty(self, "result.json")?;
         s.push('\n');
-        s
+        Ok(s)
+    }
+
+    /// [`TaskResult::json`], empty if it fails: kept only for `hoist
+    /// eval`'s own result.json (`src/cli/eval.rs`), which should take the
+    /// error from [`TaskResult::json`] instead, and then this goes.
+    pub fn to_json(&self) -> String {
+        self.json().unwrap_or_default()
     }
 }
 
@@ -222,7 +227,7 @@ mod tests {
 
     #[test]
     fn serialises_in_design_field_order() {
-        let text = sample().to_json();
+        let text = sample().json().unwrap();
         let keys: Vec<&str> = [
             "\"schema\"",
             "\"task_id\"",
@@ -247,7 +252,7 @@ mod tests {
 
     #[test]
     fn serialises_design_spellings() {
-        let v: serde_json::Value = serde_json::from_str(&sample().to_json()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&sample().json().unwrap()).unwrap();
         assert_eq!(v["schema"], "hoist.result/v1");
         assert_eq!(v["score"], 1.0);
         assert_eq!(v["grade"]["tests"]["test_add"], "PASSED");
@@ -262,7 +267,7 @@ mod tests {
             stage: Stage::Gateway,
             message: "no /health".into(),
         });
-        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&r.json().unwrap()).unwrap();
         assert_eq!(v["infra_error"]["stage"], "gateway");
     }
 
@@ -270,20 +275,21 @@ mod tests {
     fn absent_gateway_is_null() {
         let mut r = sample();
         r.images.gateway = None;
-        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&r.json().unwrap()).unwrap();
         assert_eq!(v["images"]["gateway"], serde_json::Value::Null);
     }
 
     #[test]
     fn round_trips() {
         let r = sample();
-        assert_eq!(TaskResult::from_json(&r.to_json()).unwrap(), r);
+        assert_eq!(TaskResult::from_json(&r.json().unwrap()).unwrap(), r);
     }
 
     #[test]
     fn from_json_refuses_another_schema() {
         let text = sample()
-            .to_json()
+            .json()
+            .unwrap()
             .replace("hoist.result/v1", "hoist.result/v2");
         assert!(matches!(
             TaskResult::from_json(&text),
@@ -293,7 +299,7 @@ mod tests {
 
     #[test]
     fn from_json_refuses_unknown_test_status() {
-        let text = sample().to_json().replace("\"PASSED\"", "\"PASS\"");
+        let text = sample().json().unwrap().replace("\"PASSED\"", "\"PASS\"");
         assert!(matches!(
             TaskResult::from_json(&text),
             Err(ResultError::Json(_))
@@ -357,9 +363,10 @@ mod tests {
     #[test]
     fn normalise_json_matches_typed_normalise() {
         let r = sample();
-        let mut v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(&r.json().unwrap()).unwrap();
         normalise_json(&mut v);
-        let typed: serde_json::Value = serde_json::from_str(&normalise(&r).to_json()).unwrap();
+        let typed: serde_json::Value =
+            serde_json::from_str(&normalise(&r).json().unwrap()).unwrap();
         assert_eq!(v, typed);
     }
 

@@ -12,6 +12,7 @@ use std::path::Path;
 
 use super::tar::{Kind, Meta, TarWriter};
 use super::{io_err, BakeError, Baked};
+use crate::atomic::{Durability, Temp};
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::manifest::Descriptor;
 use crate::store::Store;
@@ -28,11 +29,9 @@ pub fn write_docker_archive(
         _ => Path::new("."),
     };
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".hoist-archive-")
-        .tempfile_in(dir)
-        .map_err(io_err(dir))?;
-    let file = tmp.as_file().try_clone().map_err(io_err(tmp.path()))?;
+    // 0644: as readable as `docker save`'s.
+    let tmp = Temp::in_dir(dir, 0o644).map_err(io_err(dir))?;
+    let file = tmp.file().try_clone().map_err(io_err(tmp.path()))?;
     let mut w = TarWriter::new(BufWriter::with_capacity(1 << 20, file), 0);
     let werr = |e| io_err(tmp.path())(e);
 
@@ -69,8 +68,7 @@ pub fn write_docker_archive(
         "RepoTags": name.map(|n| vec![n.to_string()]),
         "Layers": layer_paths,
     }]);
-    // Serialising a JSON value cannot fail.
-    let manifest = serde_json::to_vec(&manifest).unwrap_or_default();
+    let manifest = crate::json::to_vec(&manifest, "the archive's manifest.json")?;
     w.append(
         b"manifest.json",
         &Meta::root(Kind::File(manifest.len() as u64), 0o644),
@@ -78,16 +76,9 @@ pub fn write_docker_archive(
     )
     .map_err(io_err(tmp.path()))?;
     let out = w.finish().map_err(io_err(tmp.path()))?;
-    let file = out
-        .into_inner()
+    out.into_inner()
         .map_err(|e| io_err(tmp.path())(e.into_error()))?;
-    file.sync_data().map_err(io_err(tmp.path()))?;
-    // A temp file is 0600; an archive is as readable as `docker save`'s.
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o644))
-        .map_err(io_err(tmp.path()))?;
-    tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
-    Ok(())
+    tmp.commit(path, Durability::Synced).map_err(io_err(path))
 }
 
 /// The layer's tar, decompressed into an anonymous temp file in `dir`,

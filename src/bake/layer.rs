@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use super::tar::TarWriter;
 use super::BakeError;
+use crate::atomic::{Durability, Temp};
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::manifest::Descriptor;
-use crate::store::Store;
+use crate::store::{Store, BLOB_MODE};
 
 /// gzip level 6, zlib's default: a fixed level keeps the bytes stable.
 const GZIP_LEVEL: u32 = 6;
@@ -83,16 +84,8 @@ pub fn write_layer(
 ) -> Result<Layer, BakeError> {
     let dir = store.root().join("ingest");
     fs::create_dir_all(&dir).map_err(super::io_err(&dir))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".bake-")
-        // Readable by all, as skopeo writes layouts: others may read them.
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .tempfile_in(&dir)
-        .map_err(super::io_err(&dir))?;
-    let file = tmp
-        .as_file()
-        .try_clone()
-        .map_err(super::io_err(tmp.path()))?;
+    let tmp = Temp::in_dir(&dir, BLOB_MODE).map_err(super::io_err(&dir))?;
+    let file = tmp.file().try_clone().map_err(super::io_err(tmp.path()))?;
     let compressed = Tee::new(BufWriter::with_capacity(1 << 20, file));
     let gz = GzBuilder::new()
         .operating_system(GZIP_OS_UNKNOWN)
@@ -107,15 +100,14 @@ pub fn write_layer(
     let diff_id = plain.hasher.finish();
     let compressed = plain.inner.finish().map_err(super::io_err(tmp.path()))?;
     let (digest, size) = (compressed.hasher.finish(), compressed.bytes);
-    let file = compressed
+    compressed
         .inner
         .into_inner()
         .map_err(|e| super::io_err(tmp.path())(e.into_error()))?;
-    file.sync_data().map_err(super::io_err(tmp.path()))?;
     let target = store.blob_path(&digest);
     if !store.has_blob(&digest, size) {
-        tmp.persist(&target)
-            .map_err(|e| super::io_err(&target)(e.error))?;
+        tmp.commit(&target, Durability::Synced)
+            .map_err(super::io_err(&target))?;
     }
     Ok(Layer {
         digest,

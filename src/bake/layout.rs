@@ -6,8 +6,9 @@ use std::fs;
 use std::path::Path;
 
 use super::{io_err, BakeError, Baked};
+use crate::atomic::{Durability, Temp};
 use crate::digest::Digest;
-use crate::store::Store;
+use crate::store::{Store, BLOB_MODE};
 
 pub fn write_layout(store: &Store, baked: &Baked, path: &Path, tag: &str) -> Result<(), BakeError> {
     let dest = Store::init_layout(path)?;
@@ -41,14 +42,9 @@ fn copy_blob(store: &Store, dest: &Store, digest: &Digest, size: u64) -> Result<
     let target = dest.blob_path(digest);
     let dir = target.parent().unwrap_or(dest.root());
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        // Readable by all, as skopeo writes layouts: others may read them.
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .tempfile_in(dir)
-        .map_err(io_err(dir))?;
+    let tmp = Temp::in_dir(dir, BLOB_MODE).map_err(io_err(dir))?;
     let mut from = fs::File::open(&src).map_err(io_err(&src))?;
-    let mut to = tmp.as_file();
+    let mut to = tmp.file();
     let copied = std::io::copy(&mut from, &mut to).map_err(io_err(tmp.path()))?;
     if copied != size {
         return Err(BakeError::Store(crate::store::StoreError::SizeMismatch {
@@ -57,7 +53,6 @@ fn copy_blob(store: &Store, dest: &Store, digest: &Digest, size: u64) -> Result<
             found: copied,
         }));
     }
-    tmp.as_file().sync_data().map_err(io_err(tmp.path()))?;
-    tmp.persist(&target).map_err(|e| io_err(&target)(e.error))?;
-    Ok(())
+    tmp.commit(&target, Durability::Synced)
+        .map_err(io_err(&target))
 }

@@ -59,6 +59,8 @@ pub enum BakeError {
     Rootfs(#[from] RootfsError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Json(#[from] crate::json::JsonError),
     #[error("the config of {reference}: {message}")]
     Config { reference: String, message: String },
     #[error("pushing to {reference}")]
@@ -231,8 +233,7 @@ pub fn bake(
         &appended_desc,
         labels.clone(),
     );
-    // Serialising plain structs of strings and numbers cannot fail.
-    let manifest_bytes = serde_json::to_vec(&manifest).unwrap_or_default();
+    let manifest_bytes = crate::json::to_vec(&manifest, "the combination's manifest")?;
     let manifest_digest = Digest::sha256_of(&manifest_bytes);
     store.put_blob(&manifest_digest, &manifest_bytes)?;
     let mut diff_ids = b.config.rootfs.diff_ids.clone();

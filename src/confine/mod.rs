@@ -164,11 +164,20 @@ impl Policy {
 
     /// The argv that runs `program args` confined: the hoist binary at
     /// `hoist`, `__confine`, this policy, the program and its arguments.
-    pub fn wrap(&self, program: &Path, args: Vec<OsString>) -> Vec<OsString> {
-        let json = serde_json::to_string(self).unwrap_or_default();
-        let mut v = vec![OsString::from(STAGE), OsString::from(json), program.into()];
+    /// Fails for a policy path that is not UTF-8.
+    pub fn wrap(
+        &self,
+        program: &Path,
+        args: Vec<OsString>,
+    ) -> Result<Vec<OsString>, crate::json::JsonError> {
+        let mut v = vec![OsString::from(STAGE), self.to_arg()?, program.into()];
         v.extend(args);
-        v
+        Ok(v)
+    }
+
+    /// The policy as the one argument a stage reads it from.
+    pub fn to_arg(&self) -> Result<OsString, crate::json::JsonError> {
+        crate::json::to_string(self, "the confinement policy").map(OsString::from)
     }
 }
 
@@ -427,7 +436,9 @@ mod tests {
     #[test]
     fn wrap_round_trips_the_policy() {
         let p = Policy::for_phase(Phase::Agent, Path::new("/r"), &facts(true, true));
-        let argv = p.wrap(Path::new("/opt/agent/run"), vec!["/i.md".into()]);
+        let argv = p
+            .wrap(Path::new("/opt/agent/run"), vec!["/i.md".into()])
+            .unwrap();
         assert_eq!(argv[0], STAGE);
         let back: Policy = serde_json::from_str(argv[1].to_str().unwrap()).unwrap();
         assert_eq!(back, p);

@@ -1,12 +1,12 @@
 //! Mounts inside the rootfs, each attached to a directory or file opened
-//! beneath the rootfs with symlinks refused (`RESOLVE_IN_ROOT |
-//! RESOLVE_NO_SYMLINKS`): an image whose `/proc`, `/dev` or `/tmp` is a
-//! symlink gets an error, never a mount somewhere on the host.
+//! beneath the rootfs with symlinks refused (`crate::beneath`): an image
+//! whose `/proc`, `/dev` or `/tmp` is a symlink gets an error, never a
+//! mount somewhere on the host.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{Mode, OFlags};
 use rustix::mount::{
     fsconfig_create, fsconfig_set_string, fsmount, fsopen, move_mount, open_tree, FsMountFlags,
     FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags,
@@ -28,10 +28,6 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> MountError 
     let what = what.into();
     move |source| MountError { what, source }
 }
-
-const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT
-    .union(ResolveFlags::NO_SYMLINKS)
-    .union(ResolveFlags::NO_MAGICLINKS);
 
 /// Make every mount of this process's mount namespace private, recursively,
 /// so that nothing mounted here propagates back to the namespace it was
@@ -69,12 +65,11 @@ pub fn dir(root: BorrowedFd<'_>, rel: &str) -> Result<OwnedFd, MountError> {
 pub fn file(root: BorrowedFd<'_>, rel: &str) -> Result<OwnedFd, MountError> {
     let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
     let pdir = dir(root, parent)?;
-    rustix::fs::openat2(
-        &pdir,
+    crate::beneath::open_file(
+        pdir.as_fd(),
         name,
-        OFlags::CREATE | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        OFlags::CREATE | OFlags::RDONLY,
         Mode::from_raw_mode(0o644),
-        RESOLVE,
     )
     .map_err(|e| io_err(format!("/{rel} in the rootfs"))(e.into()))
 }

@@ -169,13 +169,21 @@ pub fn task_exec(opts: &TaskExecOptions) -> Result<Written, TaskExecError> {
             changes: changes.clone(),
         };
         remove("result.json")?;
-        let json = serde_json::to_vec_pretty(&phase).unwrap_or_default();
+        let json =
+            crate::json::to_vec_pretty(&phase, "agent.json").map_err(|e| TaskExecError::Write {
+                path: out.join("agent.json"),
+                source: e.into(),
+            })?;
         write("agent.json", &json)?;
         return Ok(Written::AgentPhase(phase));
     }
     let result = build_result(&ctx, &sup.rec, outcome.err(), started_at);
     remove("agent.json")?;
-    write("result.json", result.to_json().as_bytes())?;
+    let json = result.json().map_err(|e| TaskExecError::Write {
+        path: out.join("result.json"),
+        source: e.into(),
+    })?;
+    write("result.json", json.as_bytes())?;
     Ok(Written::Result(Box::new(result)))
 }
 

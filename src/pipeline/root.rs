@@ -5,7 +5,6 @@
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -74,18 +73,9 @@ pub fn create_root_file(path: &Path) -> std::io::Result<File> {
     Ok(f)
 }
 
-/// Write `path` whole and atomically (temp file, fsync, rename), 0644.
+/// Write `path` whole and atomically ([`crate::atomic`], synced), 0644.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".hoist-")
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    crate::atomic::write(path, bytes, 0o644, crate::atomic::Durability::Synced)
 }
 
 /// Remove `path` if it is there (a file or a symlink, not followed).

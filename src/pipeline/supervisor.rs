@@ -178,8 +178,12 @@ impl<'a> Supervisor<'a> {
         phase: Phase,
         program: &Path,
         args: Vec<OsString>,
-    ) -> (PathBuf, Vec<OsString>) {
-        (self.hoist_binary(), self.policy(phase).wrap(program, args))
+    ) -> Result<(PathBuf, Vec<OsString>), InfraError> {
+        let args = self
+            .policy(phase)
+            .wrap(program, args)
+            .map_err(|e| sandbox_err(&e))?;
+        Ok((self.hoist_binary(), args))
     }
 
     /// `/.hoist/hoist` in the sandbox; this binary when tests run the
@@ -394,11 +398,11 @@ impl<'a> Supervisor<'a> {
                 self.hoist_binary(),
                 vec![
                     OsString::from(jail::STAGE),
-                    OsString::from(serde_json::to_string(&policy).unwrap_or_default()),
+                    policy.to_arg().map_err(|e| sandbox_err(&e))?,
                     script.clone().into_os_string(),
                 ],
             ),
-            None => self.confined(Phase::Install, &script, Vec::new()),
+            None => self.confined(Phase::Install, &script, Vec::new())?,
         };
         let spec = Spec {
             program,
@@ -562,7 +566,9 @@ impl<'a> Supervisor<'a> {
         };
         let spec = Spec {
             program: self.hoist_binary(),
-            args: policy.wrap(&program, Vec::new()),
+            args: policy
+                .wrap(&program, Vec::new())
+                .map_err(|e| message(Stage::Gateway, e.to_string()))?,
             env,
             cwd: tree,
             log: &log,
@@ -664,7 +670,7 @@ impl<'a> Supervisor<'a> {
             Phase::Agent,
             &self.root.path(AGENT_RUN),
             vec![instruction.clone()],
-        );
+        )?;
         let spec = Spec {
             program,
             args,
@@ -719,7 +725,7 @@ impl<'a> Supervisor<'a> {
             Phase::Agent,
             &shell,
             vec![OsString::from("-c"), OsString::from(GIT_PATCH)],
-        );
+        )?;
         let mut env = agent_env(
             &task.id,
             self.root.os(INSTRUCTION),
@@ -827,7 +833,7 @@ impl<'a> Supervisor<'a> {
                 program.into()
             },
             task.grade.command[1..].iter().map(OsString::from).collect(),
-        );
+        )?;
         let spec = Spec {
             program: confined,
             args,

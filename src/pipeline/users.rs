@@ -3,7 +3,6 @@
 //! image's NSS libraries: both are code from an image, and the supervisor
 //! runs as root.
 
-use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -211,19 +210,8 @@ fn replace_file(path: &Path, bytes: &[u8], default_mode: u32) -> Result<(), Ensu
     let mode = std::fs::metadata(path)
         .map(|m| m.permissions().mode() & 0o7777)
         .unwrap_or(default_mode);
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".hoist-")
-        .tempfile_in(dir)
-        .map_err(|e| io_err("create a temp file in", dir, e))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| io_err("write", tmp.path(), e))?;
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(mode))
-        .map_err(|e| io_err("chmod", tmp.path(), e))?;
-    tmp.persist(path)
-        .map_err(|e| io_err("replace", path, e.error))?;
-    Ok(())
+    crate::atomic::write(path, bytes, mode, crate::atomic::Durability::Synced)
+        .map_err(|e| io_err("replace", path, e))
 }
 
 /// Create the home directory, owned by the agent, when the image has none.

@@ -19,6 +19,7 @@ pub(crate) mod record;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
+use crate::atomic::{self, Durability};
 use crate::digest::Digest;
 use crate::manifest::Descriptor;
 use crate::pull::Pulled;
@@ -132,10 +133,10 @@ fn read_fidelity(entry: &Path) -> Fidelity {
 
 fn write_fidelity(entry: &Path, f: Fidelity) -> Result<(), RootfsError> {
     let path = stats_path(entry);
-    let tmp = path.with_extension("json.tmp");
-    let bytes = serde_json::to_vec(&f).map_err(|e| io(&path)(e.into()))?;
-    fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    fs::rename(&tmp, &path).map_err(io(&path))
+    let bytes = crate::json::to_vec(&f, "a cache entry's fidelity record")
+        .map_err(|e| io(&path)(e.into()))?;
+    // Unsynced: the entry beside it is not synced either (see atomic).
+    atomic::write(&path, &bytes, 0o644, Durability::Unsynced).map_err(io(&path))
 }
 
 /// The unpacked layer for `desc`, unpacking it now if needed, and what it

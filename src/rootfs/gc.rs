@@ -83,9 +83,11 @@ impl RunDir {
                     .collect(),
             ),
         };
-        let json = serde_json::to_vec(&owner).unwrap_or_default();
         let path = dir.join("owner.json");
-        fs::write(&path, json).map_err(|source| RootfsError::Io { path, source })?;
+        crate::json::to_vec(&owner, "a run's owner.json")
+            .map_err(std::io::Error::from)
+            .and_then(|json| fs::write(&path, json))
+            .map_err(|source| RootfsError::Io { path, source })?;
         Ok(RunDir { path: dir })
     }
 

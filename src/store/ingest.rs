@@ -6,6 +6,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
 use super::{io_err, Store, StoreError};
+use crate::atomic::{self, Durability};
 use crate::digest::{Digest, Hasher};
 use crate::manifest::Descriptor;
 
@@ -138,9 +139,8 @@ impl Ingest {
                 found,
             });
         }
-        self.file.sync_data().map_err(io_err(&self.partial))?;
-        fs::rename(&self.partial, &self.target).map_err(io_err(&self.target))?;
-        Ok(())
+        atomic::commit_file(&self.file, &self.partial, &self.target, Durability::Synced)
+            .map_err(io_err(&self.target))
     }
 
     /// Drop what was downloaded: it can never become the expected blob.

@@ -18,12 +18,13 @@ mod layout;
 pub mod verify;
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 pub use ingest::Ingest;
 pub use layout::{read_layout_index, resolve_in_index};
 
+use crate::atomic::{self, Durability};
 use crate::digest::Digest;
 use crate::manifest::{Descriptor, Index, ANNOTATION_REF_NAME, OCI_INDEX};
 
@@ -50,6 +51,8 @@ pub enum StoreError {
         "{path} is not an OCI image layout (no oci-layout file with imageLayoutVersion 1.0.0)"
     )]
     NotALayout { path: PathBuf },
+    #[error(transparent)]
+    Json(#[from] crate::json::JsonError),
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -71,6 +74,10 @@ pub struct Store {
 }
 
 const OCI_LAYOUT: &str = "{\"imageLayoutVersion\":\"1.0.0\"}";
+
+/// The mode of blobs and layout files: readable by all, as skopeo writes
+/// layouts, since others may read them.
+pub const BLOB_MODE: u32 = 0o644;
 
 impl Store {
     /// `--store`, else `HOIST_STORE`, else `$XDG_CACHE_HOME/hoist`, else
@@ -115,7 +122,7 @@ impl Store {
                 manifests: vec![],
                 annotations: None,
             };
-            store.write_atomic(&index, &to_json(&empty))?;
+            store.write_atomic(&index, &to_json(&empty)?)?;
         }
         Ok(store)
     }
@@ -239,7 +246,7 @@ impl Store {
         index
             .manifests
             .sort_by(|a, b| ref_name(a).cmp(&ref_name(b)));
-        self.write_atomic(&self.root.join("index.json"), &to_json(&index))
+        self.write_atomic(&self.root.join("index.json"), &to_json(&index)?)
     }
 
     /// Remove from `index.json` every entry `drop` picks; returns them.
@@ -254,7 +261,7 @@ impl Store {
         let (gone, kept): (Vec<_>, Vec<_>) = index.manifests.into_iter().partition(|d| drop(d));
         if !gone.is_empty() {
             index.manifests = kept;
-            self.write_atomic(&self.root.join("index.json"), &to_json(&index))?;
+            self.write_atomic(&self.root.join("index.json"), &to_json(&index)?)?;
         }
         Ok(gone)
     }
@@ -298,20 +305,11 @@ impl Store {
         Ok(resolve_in_index(&self.index()?, name))
     }
 
-    /// Write `bytes` to `path` by a temp file in the same directory, then
-    /// rename, so readers see the old or the new content, never a mix.
+    /// Write `bytes` to `path` (0644: readable by all, as skopeo writes
+    /// layouts) by [`crate::atomic`], synced: readers see the old or the
+    /// new content, never a mix.
     pub fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-        let dir = path.parent().unwrap_or(&self.root);
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            // Readable by all, as skopeo writes layouts: others may read them.
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-            .tempfile_in(dir)
-            .map_err(io_err(dir))?;
-        tmp.write_all(bytes).map_err(io_err(tmp.path()))?;
-        tmp.as_file().sync_data().map_err(io_err(path))?;
-        tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
-        Ok(())
+        atomic::write(path, bytes, BLOB_MODE, Durability::Synced).map_err(io_err(path))
     }
 }
 
@@ -340,9 +338,8 @@ pub(crate) fn ref_name(d: &Descriptor) -> Option<&str> {
         .map(String::as_str)
 }
 
-fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    // Serialising plain structs of strings and numbers cannot fail.
-    serde_json::to_vec(v).expect("index serialises")
+fn to_json(index: &Index) -> Result<Vec<u8>, StoreError> {
+    Ok(crate::json::to_vec(index, "index.json")?)
 }
 
 /// Check that `bytes` hash to `expected`.
@@ -359,3 +356,6 @@ pub fn verify_bytes(expected: &Digest, bytes: &[u8]) -> Result<(), StoreError> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -144,9 +144,9 @@ impl Store {
             };
             for name in names {
                 let name = name.to_string_lossy().into_owned();
-                // A write in progress or one a crash left (write_atomic):
+                // A write in progress or one a crash left (crate::atomic):
                 // never read as a blob, and gc removes it.
-                if name.starts_with(".tmp-") {
+                if name.starts_with(crate::atomic::TEMP_PREFIX) {
                     continue;
                 }
                 let path = dir.join(&name);

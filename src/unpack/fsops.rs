@@ -1,49 +1,30 @@
 //! File-system operations confined to a root directory handle.
 //!
-//! Directories are reached only with `openat2(RESOLVE_IN_ROOT |
-//! RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)` from the root handle, so no
-//! symlink is followed on the way and `..` cannot leave the root (cap-std's
-//! `open_impl.rs` takes the same approach). Every change is then made with a
-//! `*at` call on that directory and one plain name (never containing `/`),
-//! with `AT_SYMLINK_NOFOLLOW`/`O_NOFOLLOW`/`O_EXCL` wherever the call has
-//! one, so the final component is never followed either.
+//! Directories are reached only through `crate::beneath` (openat2
+//! `RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`, or a
+//! component walk with `O_NOFOLLOW` where openat2 is refused), so no
+//! symlink is followed on the way and `..` cannot leave the root. Every
+//! change is then made with a `*at` call on that directory and one plain
+//! name (never containing `/`), with `AT_SYMLINK_NOFOLLOW`/`O_NOFOLLOW`/
+//! `O_EXCL` wherever the call has one, so the final component is never
+//! followed either.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::rc::Rc;
 
-use rustix::fs::{
-    self as rfs, AtFlags, Dir, FileType, Mode, OFlags, ResolveFlags, Stat, XattrFlags,
-};
+use rustix::fs::{self as rfs, AtFlags, Dir, FileType, Mode, OFlags, Stat, XattrFlags};
 use rustix::io::Errno;
 
 use super::path::MAX_DEPTH;
-
-/// Why a directory could not be opened.
-#[derive(Debug)]
-pub(crate) enum DirError {
-    /// A component does not exist (only when not creating).
-    Missing,
-    /// Component `i` is a symbolic link.
-    Symlink(usize),
-    /// Component `i` exists and is not a directory.
-    NotDir(usize),
-    Io(io::Error),
-}
-
-/// Mode and owner of directories made implicitly for an entry whose parents
-/// the layer does not list (Docker's `MkdirAll(parent, 0755)` as root).
-const IMPLICIT_DIR_MODE: u32 = 0o755;
+pub(crate) use crate::beneath::DirError;
+use crate::beneath::{self, Access};
 
 pub(crate) struct Root<'a> {
     fd: BorrowedFd<'a>,
-    /// False once openat2 turned out to be unavailable (kernels before 5.6,
-    /// seccomp profiles that predate it); the component walk is then used,
-    /// which is just as strict but costs a syscall per component.
-    openat2: Cell<bool>,
     /// The last directory opened: layers list siblings together, so most
     /// entries reuse it. Dropped whenever anything is removed.
     cache: RefCell<Option<(Vec<u8>, Rc<OwnedFd>)>>,
@@ -53,7 +34,6 @@ impl<'a> Root<'a> {
     pub(crate) fn new(fd: BorrowedFd<'a>) -> Root<'a> {
         Root {
             fd,
-            openat2: Cell::new(true),
             cache: RefCell::new(None),
         }
     }
@@ -64,7 +44,7 @@ impl<'a> Root<'a> {
     }
 
     /// Opens the directory at `comps` (an `O_PATH` handle), creating missing
-    /// components when `create` is set.
+    /// components (0755) when `create` is set.
     pub(crate) fn open_dir(
         &self,
         comps: &[Vec<u8>],
@@ -76,116 +56,15 @@ impl<'a> Root<'a> {
                 return Ok(fd.clone());
             }
         }
-        let fd = match self.resolve(&key) {
-            Ok(fd) => fd,
-            Err(_) => self.walk(comps, create)?,
-        };
-        let fd = Rc::new(fd);
+        let fd = Rc::new(beneath::open_dir(self.fd, comps, create, Access::Path)?);
         *self.cache.borrow_mut() = Some((key, fd.clone()));
         Ok(fd)
     }
 
-    /// One openat2 for the whole path: the fast path.
-    fn resolve(&self, key: &[u8]) -> Result<OwnedFd, Errno> {
-        let path: &[u8] = if key.is_empty() { b"." } else { key };
-        let how = ResolveFlags::IN_ROOT | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-        self.openat2_dir(self.fd, path, how)
-    }
-
-    /// `Err(NOSYS)` means openat2 cannot be used here.
-    fn openat2_dir(
-        &self,
-        dir: BorrowedFd<'_>,
-        path: &[u8],
-        how: ResolveFlags,
-    ) -> Result<OwnedFd, Errno> {
-        if !self.openat2.get() {
-            return Err(Errno::NOSYS);
-        }
-        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        // EAGAIN: a concurrent rename raced the lookup; the kernel asks us
-        // to retry (openat2(2)).
-        for _ in 0..16 {
-            match rfs::openat2(dir, path, flags, Mode::empty(), how) {
-                Err(Errno::AGAIN) => continue,
-                Err(Errno::NOSYS) | Err(Errno::PERM) => {
-                    self.openat2.set(false);
-                    return Err(Errno::NOSYS);
-                }
-                r => return r,
-            }
-        }
-        Err(Errno::AGAIN)
-    }
-
-    /// Component by component: finds which component is wrong, and creates
-    /// missing ones.
-    fn walk(&self, comps: &[Vec<u8>], create: bool) -> Result<OwnedFd, DirError> {
-        let mut cur = rfs::openat(
-            self.fd,
-            ".",
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| DirError::Io(e.into()))?;
-        for (i, name) in comps.iter().enumerate() {
-            cur = match self.child_dir(cur.as_fd(), name) {
-                Ok(fd) => fd,
-                Err(Errno::NOENT) if create => {
-                    make_dir(cur.as_fd(), name)?;
-                    self.child_dir(cur.as_fd(), name)
-                        .map_err(|e| classify(e, i))?
-                }
-                Err(e) => return Err(classify(e, i)),
-            };
-        }
-        Ok(cur)
-    }
-
     /// Opens the subdirectory `name` of `dir` without following a symlink.
     pub(crate) fn child_dir(&self, dir: BorrowedFd<'_>, name: &[u8]) -> Result<OwnedFd, Errno> {
-        let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-        match self.openat2_dir(dir, name, how) {
-            Err(Errno::NOSYS) => {}
-            r => return r,
-        }
-        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        match rfs::openat(dir, name, flags, Mode::empty()) {
-            // O_PATH|O_NOFOLLOW on a symlink fails with ENOTDIR here; say
-            // ELOOP as openat2 does, so both paths report the same thing.
-            Err(Errno::NOTDIR) if is_symlink(dir, name) => Err(Errno::LOOP),
-            r => r,
-        }
+        beneath::child_dir(dir, name, Access::Path)
     }
-}
-
-fn classify(e: Errno, i: usize) -> DirError {
-    match e {
-        Errno::NOENT => DirError::Missing,
-        Errno::LOOP => DirError::Symlink(i),
-        Errno::NOTDIR => DirError::NotDir(i),
-        e => DirError::Io(e.into()),
-    }
-}
-
-fn make_dir(dir: BorrowedFd<'_>, name: &[u8]) -> Result<(), DirError> {
-    match rfs::mkdirat(dir, name, Mode::from_raw_mode(0o700)) {
-        Ok(()) => {}
-        Err(Errno::EXIST) => return Ok(()),
-        Err(e) => return Err(DirError::Io(e.into())),
-    }
-    // Explicit, so the process umask does not decide the mode.
-    rfs::chmodat(
-        dir,
-        name,
-        Mode::from_raw_mode(IMPLICIT_DIR_MODE),
-        AtFlags::empty(),
-    )
-    .map_err(|e| DirError::Io(e.into()))
-}
-
-fn is_symlink(dir: BorrowedFd<'_>, name: &[u8]) -> bool {
-    matches!(lstat(dir, name), Ok(Some(st)) if file_type(&st) == FileType::Symlink)
 }
 
 pub(crate) fn file_type(st: &Stat) -> FileType {

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::atomic::{self, Durability};
 use crate::digest::Digest;
 use crate::rootfs::RootfsError;
 use crate::treedigest::{read_stored_tree, Tree, TreeError};
@@ -81,14 +82,11 @@ pub fn write(dir: &Path, entry: &Path, cache: &str) -> Result<TreeRecord, Rootfs
         hoist: env!("CARGO_PKG_VERSION").to_string(),
     };
     let path = record_path(entry);
-    let tmp = path.with_extension("treedigest.tmp");
-    let io = |p: &Path| {
-        let path = p.to_path_buf();
-        move |source| RootfsError::Io { path, source }
-    };
-    let bytes = serde_json::to_vec(&record).map_err(|e| io(&path)(e.into()))?;
-    fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    fs::rename(&tmp, &path).map_err(io(&path))?;
+    let written = crate::json::to_vec(&record, "a cache entry's tree digest record")
+        .map_err(std::io::Error::from)
+        // Unsynced: the entry beside it is not synced either (see atomic).
+        .and_then(|bytes| atomic::write(&path, &bytes, 0o644, Durability::Unsynced));
+    written.map_err(|source| RootfsError::Io { path, source })?;
     Ok(record)
 }
 
