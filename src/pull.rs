@@ -293,7 +293,9 @@ pub async fn resolve(
             from_store: true,
         }),
         (PullPolicy::Never, None) => Err(not_stored(r, &wanted)),
-        _ => Ok(asked(client.get_manifest(r, &r.manifest_ref()).await?.digest)),
+        _ => Ok(asked(
+            client.get_manifest(r, &r.manifest_ref()).await?.digest,
+        )),
     }
 }
 

@@ -19,8 +19,8 @@ pub struct LockArgs {
     gateway: Option<String>,
     #[arg(long = "lock-file", value_name = "FILE", default_value = DEFAULT_FILE)]
     lock_file: PathBuf,
-    /// `--pull always` pins what each tag names at the registry now; by
-    /// default a tag the store holds is pinned as stored.
+    // `--pull always` pins what each tag names at the registry now; by
+    // default a tag the store holds is pinned as stored (what a run uses).
     #[command(flatten)]
     pull: PullFlags,
 }
