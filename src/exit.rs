@@ -28,3 +28,21 @@ impl From<ExitStatus> for ExitCode {
         })
     }
 }
+
+/// Bad usage found by a check on one flag (or variable) before anything
+/// costly runs: exit 2, the flag named first (when there is one).
+#[derive(Debug, thiserror::Error)]
+#[error("{flag}{}{message}", if flag.is_empty() { "" } else { ": " })]
+pub struct UsageError {
+    pub flag: String,
+    pub message: String,
+}
+
+impl UsageError {
+    pub fn new(flag: impl Into<String>, message: impl Into<String>) -> UsageError {
+        UsageError {
+            flag: flag.into(),
+            message: message.into(),
+        }
+    }
+}

@@ -30,20 +30,56 @@ impl Progress for NoProgress {}
 
 #[derive(Clone, Debug)]
 pub struct PullOptions {
-    /// The platform to select from an index; the host's when `None`.
+    /// The platform wanted: an index's entry for it is chosen, and an
+    /// image of another platform is refused. The host's when `None`.
     pub platform: Option<Platform>,
     /// Blobs downloaded at once.
     pub jobs: usize,
+    /// When the registry is asked.
+    pub policy: PullPolicy,
 }
 
 impl Default for PullOptions {
+    /// A pull asks the registry, as `hoist pull` does; the commands that
+    /// run images choose with `--pull` (missing by default).
     fn default() -> Self {
         PullOptions {
             platform: None,
             jobs: 4,
+            policy: PullPolicy::Always,
         }
     }
 }
+
+/// When a pull asks the registry, as podman's and docker's `--pull`.
+/// A reference by digest the store holds complete never needs the
+/// registry, whatever the policy: its bytes cannot have changed. `oci:`
+/// layouts are on disk and always read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PullPolicy {
+    /// A tag the store holds complete for the wanted platform is used as
+    /// stored, without asking the registry; anything else is pulled.
+    #[default]
+    Missing,
+    /// Every tag is resolved at the registry.
+    Always,
+    /// Only what the store holds; the registry is never asked.
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Missing => "missing",
+            PullPolicy::Always => "always",
+            PullPolicy::Never => "never",
+        }
+    }
+}
+
+/// The annotation of a store entry that records what its name resolved to
+/// (an index, or the manifest itself).
+pub const RESOLVED_FROM: &str = "io.github.hoist.resolved-from";
 
 /// What a pull resolved and stored.
 #[derive(Clone, Debug, Serialize)]
@@ -60,6 +96,10 @@ pub struct Pulled {
     pub size: u64,
     /// Blobs fetched by this pull (0 when everything was already stored).
     pub blobs_downloaded: usize,
+    /// The tag was resolved from the store (the digest it had when it was
+    /// pulled), without asking the registry.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub from_store: bool,
     #[serde(skip)]
     pub manifest: Manifest,
     #[serde(skip)]
@@ -90,11 +130,22 @@ pub enum PullError {
         wanted: Platform,
         available: Vec<Platform>,
     },
-    #[error("{reference} is for platform {found}, not {wanted}; hoist never emulates another platform (pass --platform to pull it anyway)")]
+    #[error("{reference} is for platform {found}, not this host's {wanted}; hoist never emulates another platform (pass --platform {found} to pull it for another machine)")]
     PlatformMismatch {
         reference: String,
         wanted: Platform,
         found: Platform,
+    },
+    #[error("{reference}: image platform {found} does not match the requested {wanted}")]
+    RequestedPlatform {
+        reference: String,
+        wanted: Platform,
+        found: Platform,
+    },
+    #[error("{reference} is not in the store{for_platform}, and --pull never does not ask the registry; pull it first (hoist pull {reference}), or use --pull missing")]
+    NotStored {
+        reference: String,
+        for_platform: String,
     },
     #[error("{reference}: index nests another index more than one level deep")]
     NestedIndex { reference: String },
@@ -135,11 +186,21 @@ impl PullError {
     pub fn is_pin_mismatch(&self) -> bool {
         matches!(self, PullError::PinnedMismatch { .. })
     }
+
+    /// An image `--pull never` cannot have: exit code 2.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, PullError::NotStored { .. })
+    }
 }
 
 /// Where a pull's documents and blobs come from.
 enum Source<'a> {
-    Registry(&'a Client, &'a RegistryRef),
+    /// `offline`: everything must come from the store.
+    Registry {
+        client: &'a Client,
+        r: &'a RegistryRef,
+        offline: bool,
+    },
     Layout(&'a Path),
 }
 
@@ -152,13 +213,19 @@ impl Source<'_> {
     ) -> Result<(Vec<u8>, Option<String>, Digest), PullError> {
         // Content-addressed: a pinned document already in the store (its
         // digest checked again as it is read) needs no registry at all.
-        if let (Source::Registry(..), Some(digest)) = (self, pinned) {
+        if let (Source::Registry { .. }, Some(digest)) = (self, pinned) {
             if let Ok(bytes) = store.read_blob(digest, MAX_DOCUMENT_SIZE) {
                 return Ok((bytes, None, digest.clone()));
             }
         }
         match self {
-            Source::Registry(client, r) => {
+            Source::Registry {
+                r, offline: true, ..
+            } => Err(PullError::NotStored {
+                reference: r.to_string(),
+                for_platform: String::new(),
+            }),
+            Source::Registry { client, r, .. } => {
                 let m = client.get_manifest(r, reference).await?;
                 Ok((m.bytes, m.content_type, m.digest))
             }
@@ -185,17 +252,116 @@ fn read_layout_blob(path: &Path, digest: &Digest, max: u64) -> Result<Vec<u8>, P
         })
 }
 
+/// What a reference resolved to, without pulling it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub digest: Digest,
+    /// A tag found in the store (as `--pull missing` or `never` allow),
+    /// the registry not asked.
+    pub from_store: bool,
+}
+
 /// The digest `reference` resolves to now, without pulling it: a
-/// registry's manifest (one request; a pinned reference is its digest),
-/// or a layout's `index.json` entry. `hoist eval` pins its plan so.
-pub async fn resolve(client: &Client, reference: &Reference) -> Result<Digest, PullError> {
-    match reference {
-        Reference::Registry(r) => match &r.digest {
-            Some(d) => Ok(d.clone()),
-            None => Ok(client.get_manifest(r, &r.manifest_ref()).await?.digest),
-        },
-        Reference::Layout(l) => Ok(layout_top(l)?.digest),
+/// registry's manifest (one request; a pinned reference is its digest;
+/// a tag the store holds, as `opts.policy` allows), or a layout's
+/// `index.json` entry. `hoist eval` pins its plan so.
+pub async fn resolve(
+    store: &Store,
+    client: &Client,
+    reference: &Reference,
+    opts: &PullOptions,
+) -> Result<Resolved, PullError> {
+    let asked = |digest| Resolved {
+        digest,
+        from_store: false,
+    };
+    let r = match reference {
+        Reference::Layout(l) => return Ok(asked(layout_top(l)?.digest)),
+        Reference::Registry(r) => r,
+    };
+    if let Some(d) = &r.digest {
+        return Ok(asked(d.clone()));
     }
+    let wanted = opts.platform.clone().unwrap_or_else(Platform::host);
+    let stored = match opts.policy {
+        PullPolicy::Always => None,
+        PullPolicy::Missing | PullPolicy::Never => stored_tag(store, r, &wanted).await?,
+    };
+    match (opts.policy, stored) {
+        (_, Some(digest)) => Ok(Resolved {
+            digest,
+            from_store: true,
+        }),
+        (PullPolicy::Never, None) => Err(not_stored(r, &wanted)),
+        _ => Ok(asked(
+            client.get_manifest(r, &r.manifest_ref()).await?.digest,
+        )),
+    }
+}
+
+fn not_stored(r: &RegistryRef, wanted: &Platform) -> PullError {
+    PullError::NotStored {
+        reference: r.to_string(),
+        for_platform: format!(" for {wanted}"),
+    }
+}
+
+/// What `r`'s tag resolved to when the store last pulled it for
+/// `wanted`, if the store still holds all of it.
+pub async fn stored_tag(
+    store: &Store,
+    r: &RegistryRef,
+    wanted: &Platform,
+) -> Result<Option<Digest>, PullError> {
+    let (store, name, wanted) = (store.clone(), r.store_name(), wanted.clone());
+    blocking(move || {
+        let Some(entry) = store.lookup(&name)? else {
+            return Ok(None);
+        };
+        if !entry.platform.as_ref().is_some_and(|p| wanted.matches(p)) {
+            return Ok(None);
+        }
+        let top = entry
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(RESOLVED_FROM))
+            .and_then(|d| d.parse::<Digest>().ok())
+            .unwrap_or(entry.digest);
+        Ok(stored_complete(&store, &top, &wanted).then_some(top))
+    })
+    .await
+}
+
+/// Whether the store holds every blob of `top` for `wanted`: the
+/// document, the platform's manifest under an index, its config and
+/// layers.
+pub fn stored_complete(store: &Store, top: &Digest, wanted: &Platform) -> bool {
+    let read = |d: &Digest| {
+        let bytes = store.read_blob(d, MAX_DOCUMENT_SIZE).ok()?;
+        parse_document(&bytes, None).ok()
+    };
+    let manifest = match read(top) {
+        Some(Document::Manifest(m)) => m,
+        Some(Document::Index(index)) => {
+            match choose_platform(&index.manifests, wanted).and_then(|entry| read(&entry.digest)) {
+                Some(Document::Manifest(m)) => m,
+                _ => return false,
+            }
+        }
+        None => return false,
+    };
+    std::iter::once(&manifest.config)
+        .chain(&manifest.layers)
+        .all(|b| store.has_blob(&b.digest, b.size))
+}
+
+/// Run blocking file work off the async runtime's threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, PullError> + Send + 'static,
+) -> Result<T, PullError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| PullError::Join(e.to_string()))?
 }
 
 /// Pull `reference` into `store`.
@@ -208,18 +374,21 @@ pub async fn pull(
 ) -> Result<Pulled, PullError> {
     let _gc_guard = {
         let store = store.clone();
-        tokio::task::spawn_blocking(move || store.gc_lock_shared())
-            .await
-            .map_err(|e| PullError::Join(e.to_string()))??
+        blocking(move || Ok(store.gc_lock_shared()?)).await?
     };
     let wanted = opts.platform.clone().unwrap_or_else(Platform::host);
+    let mut from_store = false;
     let (source, top_ref, name, pinned) = match reference {
-        Reference::Registry(r) => (
-            Source::Registry(client, r),
-            r.manifest_ref(),
-            r.store_name(),
-            r.digest.clone(),
-        ),
+        Reference::Registry(r) => {
+            let (pinned, offline) = registry_pin(store, r, &wanted, opts.policy).await?;
+            from_store = offline && r.digest.is_none();
+            (
+                Source::Registry { client, r, offline },
+                r.manifest_ref(),
+                r.store_name(),
+                pinned,
+            )
+        }
         Reference::Layout(l) => {
             let top = layout_top(l)?;
             (
@@ -282,39 +451,38 @@ pub async fn pull(
             media_type: config_media.to_string(),
         });
     }
-    let mut blobs: Vec<Descriptor> = vec![manifest.config.clone()];
-    blobs.extend(manifest.layers.iter().cloned());
-    let downloaded = fetch_blobs(store, &source, &blobs, opts.jobs, progress).await?;
+    // The config first: its platform is checked before any layer comes.
+    let mut downloaded = fetch_blobs(
+        store,
+        &source,
+        std::slice::from_ref(&manifest.config),
+        1,
+        progress.clone(),
+    )
+    .await?;
     let config_bytes = store.read_blob(&manifest.config.digest, MAX_DOCUMENT_SIZE)?;
     let config = parse_config(&config_bytes, &manifest).map_err(|source| PullError::Manifest {
         reference: ref_str.clone(),
         source,
     })?;
     let platform = config.platform();
-    if opts.platform.is_none() && !wanted.matches(&platform) {
-        return Err(PullError::PlatformMismatch {
-            reference: ref_str,
-            wanted,
-            found: platform,
-        });
-    }
+    check_platform(&ref_str, opts.platform.as_ref(), &platform)?;
+    downloaded += fetch_blobs(store, &source, &manifest.layers, opts.jobs, progress).await?;
     let desc = Descriptor {
         media_type: manifest::manifest_media_type(&manifest).to_string(),
         digest: manifest_digest.clone(),
         size: manifest_bytes.len() as u64,
         platform: Some(platform.clone()),
         annotations: Some(
-            [(
-                "io.github.hoist.resolved-from".to_string(),
-                top_digest.to_string(),
-            )]
-            .into_iter()
-            .collect(),
+            [(RESOLVED_FROM.to_string(), top_digest.to_string())]
+                .into_iter()
+                .collect(),
         ),
         urls: None,
     };
     store.record(&name, &desc)?;
     store.mark_used(&manifest_digest)?;
+    let size = manifest.config.size + manifest.layers.iter().map(|b| b.size).sum::<u64>();
     Ok(Pulled {
         reference: ref_str,
         name,
@@ -322,11 +490,61 @@ pub async fn pull(
         manifest_digest,
         platform,
         layers: manifest.layers.len(),
-        size: blobs.iter().map(|b| b.size).sum(),
+        size,
         blobs_downloaded: downloaded,
+        from_store,
         manifest,
         config,
     })
+}
+
+/// The digest to pull `r` by, and whether the store alone must serve it:
+/// its own digest, or what its tag resolved to when the store pulled it
+/// (as `policy` allows); `None` to ask the registry for the tag.
+async fn registry_pin(
+    store: &Store,
+    r: &RegistryRef,
+    wanted: &Platform,
+    policy: PullPolicy,
+) -> Result<(Option<Digest>, bool), PullError> {
+    if let Some(d) = &r.digest {
+        if policy != PullPolicy::Never {
+            return Ok((Some(d.clone()), false));
+        }
+        let (s, d2, w) = (store.clone(), d.clone(), wanted.clone());
+        if !blocking(move || Ok(stored_complete(&s, &d2, &w))).await? {
+            return Err(not_stored(r, wanted));
+        }
+        return Ok((Some(d.clone()), true));
+    }
+    match (policy, stored_tag(store, r, wanted).await?) {
+        (PullPolicy::Always, _) => Ok((None, false)),
+        (_, Some(d)) => Ok((Some(d), true)),
+        (PullPolicy::Never, None) => Err(not_stored(r, wanted)),
+        (PullPolicy::Missing, None) => Ok((None, false)),
+    }
+}
+
+/// An image is for the platform asked for (`--platform`), or without
+/// one, for this host: never emulated (DESIGN §4).
+fn check_platform(
+    reference: &str,
+    requested: Option<&Platform>,
+    found: &Platform,
+) -> Result<(), PullError> {
+    match requested {
+        Some(wanted) if !wanted.matches(found) => Err(PullError::RequestedPlatform {
+            reference: reference.to_string(),
+            wanted: wanted.clone(),
+            found: found.clone(),
+        }),
+        None if !Platform::host().matches(found) => Err(PullError::PlatformMismatch {
+            reference: reference.to_string(),
+            wanted: Platform::host(),
+            found: found.clone(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// [`choose_platform`], or the error naming `reference`, what was wanted
@@ -411,7 +629,7 @@ async fn fetch_blobs(
 ) -> Result<usize, PullError> {
     let results: Vec<bool> = stream::iter(blobs.iter().cloned().map(|desc| {
         let progress = progress.clone();
-        async move { fetch_one(store, source, &desc, progress.as_ref()).await }
+        async move { fetch_one(store, source, &desc, progress).await }
     }))
     .buffer_unordered(jobs.max(1))
     .try_collect()
@@ -424,14 +642,23 @@ async fn fetch_one(
     store: &Store,
     source: &Source<'_>,
     desc: &Descriptor,
-    progress: &dyn Progress,
+    progress: Arc<dyn Progress>,
 ) -> Result<bool, PullError> {
+    if let Source::Registry {
+        r, offline: true, ..
+    } = source
+    {
+        if !store.has_blob(&desc.digest, desc.size) {
+            return Err(PullError::NotStored {
+                reference: format!("blob {} of {r}", desc.digest),
+                for_platform: String::new(),
+            });
+        }
+    }
     let begin = {
         let store = store.clone();
         let desc = desc.clone();
-        tokio::task::spawn_blocking(move || store.begin(&desc))
-            .await
-            .map_err(|e| PullError::Join(e.to_string()))??
+        blocking(move || Ok(store.begin(&desc)?)).await?
     };
     let mut ingest = match begin {
         Begin::Present => {
@@ -442,23 +669,27 @@ async fn fetch_one(
     };
     progress.blob_started(&desc.digest, desc.size, ingest.offset());
     match source {
-        Source::Registry(client, r) => {
+        Source::Registry { client, r, .. } => {
             let on_bytes = |n| progress.blob_advanced(&desc.digest, n);
             client.fetch_blob(r, desc, &mut ingest, &on_bytes).await?;
+            blocking(move || Ok(ingest.commit()?)).await?;
         }
         Source::Layout(path) => {
-            copy_layout_blob(path, desc, &mut ingest, progress).map_err(|source| {
-                PullError::LayoutBlob {
-                    path: path.to_path_buf(),
-                    digest: desc.digest.clone(),
-                    source,
-                }
-            })?;
+            // A whole layer read and hashed: on a blocking thread, not
+            // on the runtime's.
+            let (path, desc, progress) = (path.to_path_buf(), desc.clone(), progress.clone());
+            blocking(move || {
+                copy_layout_blob(&path, &desc, &mut ingest, progress.as_ref())
+                    .and_then(|()| ingest.commit())
+                    .map_err(|source| PullError::LayoutBlob {
+                        path,
+                        digest: desc.digest.clone(),
+                        source,
+                    })
+            })
+            .await?;
         }
     }
-    tokio::task::spawn_blocking(move || ingest.commit())
-        .await
-        .map_err(|e| PullError::Join(e.to_string()))??;
     progress.blob_finished(&desc.digest, true);
     Ok(true)
 }

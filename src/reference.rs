@@ -57,12 +57,40 @@ pub enum ReferenceError {
     },
     #[error("invalid reference {reference:?}: an oci: reference needs a path")]
     LayoutPath { reference: String },
+    #[error("{reference:?}: hoist reads registries (HOST/REPO:TAG, or docker://HOST/REPO:TAG) and OCI layouts (oci:PATH:TAG), not {transport}: images; copy it into a layout first: skopeo copy {reference} oci:DIR:TAG")]
+    Transport {
+        reference: String,
+        transport: String,
+    },
 }
+
+/// skopeo's transports that hoist does not read: answered with the fix.
+const OTHER_TRANSPORTS: [&str; 7] = [
+    "docker-daemon",
+    "containers-storage",
+    "docker-archive",
+    "oci-archive",
+    "dir",
+    "sif",
+    "ostree",
+];
 
 impl FromStr for Reference {
     type Err = ReferenceError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some((transport, _)) = s.split_once(':') {
+            if OTHER_TRANSPORTS.contains(&transport) {
+                return Err(ReferenceError::Transport {
+                    reference: s.to_string(),
+                    transport: transport.to_string(),
+                });
+            }
+        }
+        // skopeo's spelling of a registry reference.
+        if let Some(rest) = s.strip_prefix("docker://") {
+            return parse_registry(rest).map(Reference::Registry);
+        }
         match s.strip_prefix("oci:") {
             Some(rest) => parse_layout(s, rest).map(Reference::Layout),
             None => parse_registry(s).map(Reference::Registry),
@@ -374,6 +402,21 @@ mod tests {
         assert!("a//b".parse::<Reference>().is_err());
         assert!("a/b-".parse::<Reference>().is_err());
         assert!("".parse::<Reference>().is_err());
+    }
+
+    #[test]
+    fn skopeo_transports() {
+        let docker: Reference = "docker://127.0.0.1:5000/a/b:t".parse().unwrap();
+        assert_eq!(docker, Reference::Registry(reg("127.0.0.1:5000/a/b:t")));
+        let hub: Reference = "docker://alpine".parse().unwrap();
+        assert_eq!(hub.to_string(), "docker.io/library/alpine:latest");
+        let e = "docker-daemon:alpine:latest"
+            .parse::<Reference>()
+            .unwrap_err();
+        assert!(e.to_string().contains("skopeo copy"), "{e}");
+        // A host named like a transport still has its port.
+        assert!("dir:5000/x".parse::<Reference>().is_err());
+        assert!("localhost:5000/x".parse::<Reference>().is_ok());
     }
 
     #[test]

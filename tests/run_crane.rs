@@ -535,6 +535,8 @@ fn pulls_from_the_registry_by_digest_and_locked_detects_retagging() {
     let lock_s = lock.to_str().unwrap();
     ok(hoist(&store()).args([
         "lock",
+        "--pull",
+        "always",
         "--benchmark",
         &s.r("pyfix"),
         "--agent",
@@ -542,7 +544,8 @@ fn pulls_from_the_registry_by_digest_and_locked_detects_retagging() {
         "--lock-file",
         lock_s,
     ]));
-    // `hoist run --locked` of the moving agent.
+    // `hoist run --locked` of the moving agent, its tag resolved at the
+    // registry (by default a pin the store holds runs as stored).
     let run_locked = || {
         let out = tempfile::tempdir().unwrap();
         let args = [
@@ -553,6 +556,8 @@ fn pulls_from_the_registry_by_digest_and_locked_detects_retagging() {
             "--task",
             &s.pyfix_tasks[0],
             "--locked",
+            "--pull",
+            "always",
             "--lock-file",
             lock_s,
         ];
@@ -575,7 +580,7 @@ fn pulls_from_the_registry_by_digest_and_locked_detects_retagging() {
 }
 
 #[test]
-fn missing_task_is_an_infra_error_naming_the_tasks() {
+fn missing_task_is_a_usage_error_naming_the_tasks() {
     let Some(s) = samples() else { return };
     let out = tempfile::tempdir().unwrap();
     let o = hoist_run(
@@ -589,14 +594,14 @@ fn missing_task_is_an_infra_error_naming_the_tasks() {
         ],
         out.path(),
     );
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    let r = result(out.path());
-    assert_eq!(r["infra_error"]["stage"], "sandbox");
-    let msg = r["infra_error"]["message"].as_str().unwrap();
+    // Checked against the image's task list before anything runs.
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let msg = stderr(&o);
     assert!(
-        msg.contains("no-such-task") && msg.contains(&s.pyfix_tasks[0]),
+        msg.contains("--task") && msg.contains("no-such-task") && msg.contains(&s.pyfix_tasks[0]),
         "{msg}"
     );
+    assert!(!out.path().join("task/result.json").exists(), "nothing ran");
 }
 
 /// The leftover check the tests above rely on: an orphan that a child of

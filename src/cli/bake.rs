@@ -3,10 +3,12 @@
 use anyhow::Context as _;
 use clap::Args;
 use hoist::bake::{self, BakeInputs, Destination};
-use hoist::exit::ExitStatus;
+use hoist::exit::{ExitStatus, UsageError};
+use hoist::platform::Platform;
 use hoist::registry::Client;
 
-use super::materialize::pull_axes;
+use super::checks;
+use super::fetch::{pull_axes, PullFlags};
 use super::run::static_binary;
 use super::Global;
 
@@ -26,14 +28,22 @@ pub struct BakeArgs {
     /// docker-archive:PATH[:NAME:TAG] (for `docker load`).
     #[arg(long, value_name = "DEST")]
     tag: Destination,
+    #[command(flatten)]
+    pull: PullFlags,
 }
 
 pub fn run(global: &Global, args: &BakeArgs) -> anyhow::Result<ExitStatus> {
+    // The cheap checks, before anything is pulled.
+    let hoist_binary = static_binary()?;
+    if let Some(p) = &args.pull.platform {
+        binary_runs_on(&hoist_binary, p)?;
+    }
     let store = global.store()?;
     let mut refs = vec![args.benchmark.as_str(), args.agent.as_str()];
     refs.extend(args.gateway.as_deref());
-    let pulled = pull_axes(global, &store, &refs)?;
-    let hoist_binary = static_binary()?;
+    let pulled = pull_axes(global, &store, &refs, &args.pull)?;
+    let tasks = checks::benchmark_tasks(&store, &pulled[0])?;
+    checks::require_tasks(&args.benchmark, &tasks)?;
     let inputs = BakeInputs {
         benchmark: &pulled[0],
         agent: &pulled[1],
@@ -61,9 +71,40 @@ pub fn run(global: &Global, args: &BakeArgs) -> anyhow::Result<ExitStatus> {
     if global.json {
         let mut v = serde_json::to_value(&baked)?;
         v["destination"] = serde_json::json!(args.tag.to_string());
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else if !global.quiet {
-        println!("{}", baked.manifest_digest);
+        outln!("{}", baked.manifest_digest)?;
     }
     Ok(ExitStatus::Success)
+}
+
+/// The supervisor baked in as `/.hoist/hoist` runs inside the image: it
+/// must be built for the image's architecture (read from its ELF header).
+fn binary_runs_on(binary: &std::path::Path, platform: &Platform) -> Result<(), UsageError> {
+    let mut header = [0u8; 20];
+    let read = std::fs::File::open(binary)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header));
+    // e_machine, little-endian (every architecture below is).
+    let arch = match (read, u16::from_le_bytes([header[18], header[19]])) {
+        (Err(_), _) => None,
+        (Ok(()), 62) => Some("amd64"),
+        (Ok(()), 183) => Some("arm64"),
+        (Ok(()), 3) => Some("386"),
+        (Ok(()), 40) => Some("arm"),
+        (Ok(()), 21) => Some("ppc64le"),
+        (Ok(()), 22) => Some("s390x"),
+        (Ok(()), 243) => Some("riscv64"),
+        (Ok(()), _) => None,
+    };
+    match arch {
+        Some(a) if a != platform.architecture => Err(UsageError::new(
+            "--platform",
+            format!(
+                "{platform}: the hoist baked in as /.hoist/hoist ({}) is built for {a}; set HOIST_STATIC_BINARY to a static hoist built for {}",
+                binary.display(),
+                platform.architecture
+            ),
+        )),
+        _ => Ok(()),
+    }
 }

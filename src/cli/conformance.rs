@@ -56,7 +56,7 @@ pub struct ConformanceArgs {
 
 pub fn run(global: &Global, args: &ConformanceArgs) -> anyhow::Result<ExitStatus> {
     if let Some(pair) = &args.compare {
-        return compare(&pair[0], &pair[1]);
+        return compare(global, &pair[0], &pair[1]);
     }
     let text = std::fs::read_to_string(&args.matrix)
         .with_context(|| format!("reading the matrix {}", args.matrix.display()))?;
@@ -74,8 +74,13 @@ pub fn run(global: &Global, args: &ConformanceArgs) -> anyhow::Result<ExitStatus
         Err(e) => return Ok(usage(e)),
     };
     if args.list {
+        if global.json {
+            let names: Vec<&str> = cases.iter().map(|c| c.name.as_str()).collect();
+            outln!("{}", serde_json::to_string_pretty(&names)?)?;
+            return Ok(ExitStatus::Success);
+        }
         for c in &cases {
-            println!("{}", c.name);
+            outln!("{}", c.name)?;
         }
         return Ok(ExitStatus::Success);
     }
@@ -109,9 +114,9 @@ pub fn run(global: &Global, args: &ConformanceArgs) -> anyhow::Result<ExitStatus
     }
     let details = render_details(&report);
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else if !global.quiet {
-        print!("{}{details}", render_table(&report));
+        out!("{}{details}", render_table(&report))?;
     }
     if report.passed {
         return Ok(ExitStatus::Success);
@@ -143,19 +148,37 @@ fn show_progress(e: &Event<'_>) {
     };
 }
 
-fn compare(crane: &std::path::Path, container: &std::path::Path) -> anyhow::Result<ExitStatus> {
+fn compare(
+    global: &Global,
+    crane: &std::path::Path,
+    container: &std::path::Path,
+) -> anyhow::Result<ExitStatus> {
     let diffs = compare_outputs(crane, container)?;
+    if global.json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "match": diffs.is_empty(),
+                "differences": diffs,
+            }))?
+        )?;
+        return Ok(if diffs.is_empty() {
+            ExitStatus::Success
+        } else {
+            ExitStatus::Failure
+        });
+    }
     if diffs.is_empty() {
-        println!("result.json: match (after normalising the volatile fields)");
+        outln!("result.json: match (after normalising the volatile fields)")?;
         return Ok(ExitStatus::Success);
     }
-    println!(
+    outln!(
         "result.json differs in {} field{} (crane | container):",
         diffs.len(),
         if diffs.len() == 1 { "" } else { "s" }
-    );
+    )?;
     for d in &diffs {
-        println!("  {}: {} | {}", d.path, show(&d.crane), show(&d.container));
+        outln!("  {}: {} | {}", d.path, show(&d.crane), show(&d.container))?;
     }
     Ok(ExitStatus::Failure)
 }

@@ -27,9 +27,9 @@ pub fn run(global: &Global, args: &DoctorArgs) -> anyhow::Result<ExitStatus> {
     };
     let report = examine(&opts);
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else if !global.quiet {
-        print!("{}", render(&report));
+        out!("{}", render(&report))?;
     }
     Ok(if report.crane_can_run() {
         ExitStatus::Success

@@ -28,9 +28,9 @@ pub fn run(
     let report = dry_run(store, client, rt, plan, opts)
         .context("hoist eval --dry-run: cannot read every image the plan needs")?;
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else if !global.quiet {
-        print!("{}", table(&report));
+        out!("{}", table(&report))?;
     }
     Ok(ExitStatus::Success)
 }

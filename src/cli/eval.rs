@@ -19,17 +19,18 @@ use hoist::export::{self, OutDir};
 use hoist::interrupt::Interrupted;
 use hoist::orchestrate::{host_result, Stopped};
 use hoist::pipeline::clock::rfc3339;
-use hoist::pull::{pull, resolve, Progress, PullOptions, Pulled};
+use hoist::pull::{pull, resolve, Progress, Pulled, Resolved};
 use hoist::reference::Reference;
 use hoist::registry::Client;
 use hoist::result::{Stage, TaskResult};
 use hoist::rootfs::evict::{evict, Sizes};
 use hoist::store::Store;
 
-use super::materialize::pull_axes;
+use super::checks;
+use super::fetch::{pull_axes, stored_note, PullFlags};
 use super::progress::EvalBoard;
 use super::report::publish;
-use super::run::{execute, How, Mode, TaskFlags};
+use super::run::{execute, static_binary, How, Mode, TaskFlags};
 use super::Global;
 
 #[derive(Args)]
@@ -79,6 +80,8 @@ pub struct EvalArgs {
     /// How each task runs, as `hoist run`.
     #[command(flatten)]
     flags: TaskFlags,
+    #[command(flatten)]
+    pull: PullFlags,
     /// Write the evaluation as a batch job instead of running it here:
     /// `slurm` writes OUT/slurm/job.sbatch (a job array, one shard per
     /// array task) and OUT/slurm/submit.
@@ -126,6 +129,16 @@ pub fn run(global: &Global, args: &EvalArgs) -> anyhow::Result<ExitStatus> {
         Mode::Container => Some(Docker::detect()?),
         Mode::Crane => None,
     };
+    // The cheap checks, before anything is pulled.
+    checks::out_dir(&args.out)?;
+    let how = args.flags.how(None, None, None)?;
+    let here = args.emit.is_none() && !args.dry_run;
+    if here {
+        args.pull.check_runnable()?;
+        if args.mode == Mode::Crane || how.image.is_none() {
+            static_binary()?;
+        }
+    }
     let store = global.store()?;
     let client = Client::new(global.registry_options()?)?;
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -157,7 +170,10 @@ pub fn run(global: &Global, args: &EvalArgs) -> anyhow::Result<ExitStatus> {
     let bytes = serde_json::to_vec_pretty(&plan)?;
     export::write_file(&out, "eval.json", &bytes)?;
 
-    let how = args.flags.how(None, None, None);
+    let how = How {
+        pull: args.pull.clone(),
+        ..how
+    };
     let jobs = args
         .jobs
         .unwrap_or_else(|| eval::default_jobs(args.flags.memory));
@@ -307,8 +323,13 @@ fn emit(
             let submit = hoist::eval::emit::write_slurm(&job).with_context(|| {
                 format!("writing the Slurm job into {}", out.join("slurm").display())
             })?;
-            if !global.quiet {
-                println!(
+            if global.json {
+                outln!(
+                    "{}",
+                    serde_json::json!({"engine": "slurm", "written": submit, "shards": shards, "tasks": plan.total_tasks})
+                )?;
+            } else if !global.quiet {
+                outln!(
                     "wrote {} ({} shards of {} tasks); submit it with:\n  {}\nthen sum the shards up with:\n  hoist report {}/shards/* --out {}",
                     submit.display(),
                     shards,
@@ -316,7 +337,7 @@ fn emit(
                     submit.display(),
                     out.display(),
                     out.display()
-                );
+                )?;
             }
         }
         Emit::K8s => {
@@ -339,13 +360,18 @@ fn emit(
             let dir = hoist::eval::emit::write_k8s(&out, &k).with_context(|| {
                 format!("writing the manifests into {}", out.join("k8s").display())
             })?;
-            if !global.quiet {
-                println!(
+            if global.json {
+                outln!(
+                    "{}",
+                    serde_json::json!({"engine": "k8s", "written": dir, "tasks": plan.total_tasks})
+                )?;
+            } else if !global.quiet {
+                outln!(
                     "wrote {} (an Indexed Job of {} tasks, one per index); apply it with:\n  kubectl apply -f {}\nthen, from the results volume:\n  hoist report RESULTS/shards/* --out RESULTS",
                     dir.display(),
                     plan.total_tasks,
                     dir.display()
-                );
+                )?;
             }
         }
     }
@@ -419,6 +445,7 @@ fn eval_command(
     if let Some(m) = args.flags.memory {
         flag("--memory", m.to_string());
     }
+    c.extend(args.pull.forwarded());
     if args.rerun {
         c.push("--rerun".into());
     }
@@ -437,14 +464,15 @@ fn make_plan(
         (Some(benchmark), _) => {
             // One image holds every task: pull it (its tasks are listed
             // from it unless given).
-            let pulled = pull_axes(global, store, &[benchmark.as_str()])?;
+            let pulled = pull_axes(global, store, &[benchmark.as_str()], &args.pull)?;
+            let listed = checks::benchmark_tasks(store, &pulled[0])?;
+            checks::require_tasks(benchmark, &listed)?;
             let ids = if args.task.is_empty() {
-                let ids = eval::list_tasks(store, &pulled[0])?;
-                if ids.is_empty() {
-                    bail!("{benchmark} has no task under /tasks");
-                }
-                ids
+                listed
             } else {
+                for id in &args.task {
+                    checks::check_task(benchmark, &listed, Some(id))?;
+                }
                 args.task.clone()
             };
             ids.into_iter()
@@ -469,21 +497,36 @@ fn make_plan(
     }
     refs.sort();
     refs.dedup();
-    let digests: std::collections::HashMap<String, Result<String, String>> = rt.block_on(async {
+    let opts = args.pull.options();
+    let resolved: Vec<(String, Result<Resolved, String>)> = rt.block_on(async {
         use futures_util::stream::{self, StreamExt};
-        stream::iter(refs.iter().map(|r| async move {
-            let d = async {
-                let parsed: Reference = r.parse()?;
-                anyhow::Ok(resolve(client, &parsed).await?.to_string())
+        stream::iter(refs.iter().map(|r| {
+            let opts = &opts;
+            async move {
+                let d = async {
+                    let parsed: Reference = r.parse()?;
+                    anyhow::Ok(resolve(store, client, &parsed, opts).await?)
+                }
+                .await
+                .map_err(|e| format!("{e:#}"));
+                (r.clone(), d)
             }
-            .await
-            .map_err(|e| format!("{e:#}"));
-            (r.clone(), d)
         }))
         .buffer_unordered(8)
         .collect()
         .await
     });
+    let mut digests: std::collections::HashMap<String, Result<String, String>> =
+        std::collections::HashMap::new();
+    for (r, d) in resolved {
+        // A tag taken from the store is said, as `hoist run` says it.
+        if let (Ok(found), false) = (&d, global.quiet) {
+            if found.from_store {
+                eprintln!("{}", stored_note(&r, &found.digest.to_string()));
+            }
+        }
+        digests.insert(r, d.map(|found| found.digest.to_string()));
+    }
     for (r, d) in &digests {
         if let Err(why) = d {
             tracing::warn!(reference = %r, error = %why, "could not resolve; its tasks try again when they run");
@@ -715,7 +758,7 @@ impl TaskRunner<'_> {
                 store,
                 client,
                 r,
-                &PullOptions::default(),
+                &self.how.pull.options(),
                 self.downloads.clone(),
             )
             .await

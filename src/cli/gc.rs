@@ -28,14 +28,18 @@ pub fn run(global: &Global, args: &GcArgs) -> anyhow::Result<ExitStatus> {
             v["docker_images_removed"] = serde_json::json!(removed);
             v["docker_images_in_use"] = serde_json::json!(kept);
         }
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else if !global.quiet {
-        println!(
+        outln!(
             "removed {} runs, {} layers, {} subtrees, {} blobs ({} bytes)",
-            report.runs, report.layers, report.subtrees, report.blobs, report.bytes
-        );
+            report.runs,
+            report.layers,
+            report.subtrees,
+            report.blobs,
+            report.bytes
+        )?;
         if let Some((removed, kept)) = &docker {
-            println!(
+            outln!(
                 "removed {} combination images from Docker{}",
                 removed.len(),
                 if kept.is_empty() {
@@ -43,7 +47,7 @@ pub fn run(global: &Global, args: &GcArgs) -> anyhow::Result<ExitStatus> {
                 } else {
                     format!("; kept {} that containers use", kept.len())
                 }
-            );
+            )?;
         }
     }
     Ok(ExitStatus::Success)

@@ -21,7 +21,7 @@ use hoist::rootfs::RootfsMode;
 use hoist::sandbox::cgroup::parse_size;
 use hoist::sandbox::{Isolation, Network};
 
-use super::materialize::pull_axes;
+use super::fetch::{pull_axes, PullFlags};
 use super::run::{print_result, static_binary};
 use super::Global;
 
@@ -86,7 +86,7 @@ pub fn run_cmd(global: &Global, args: &GradeArgs) -> anyhow::Result<ExitStatus> 
     let store = global.store()?;
     let t = Instant::now();
     let pinned = pin(reference, digest)?;
-    let pulled = pull_axes(global, &store, &[pinned.as_str()])?;
+    let pulled = pull_axes(global, &store, &[pinned.as_str()], &PullFlags::default())?;
     let benchmark = &pulled[0];
     if benchmark.digest.to_string() != digest {
         bail!("the benchmark {reference} now resolves to {}, but the run used {digest}; grading needs the image the run used", benchmark.digest);
@@ -123,14 +123,14 @@ pub fn run_cmd(global: &Global, args: &GradeArgs) -> anyhow::Result<ExitStatus> 
     {
         let same = before["resolved"] == result["resolved"] && before["grade"] == result["grade"];
         if !global.quiet && !global.json {
-            println!(
+            outln!(
                 "{}",
                 if same {
                     "the same verdict and tests as the saved result.json"
                 } else {
                     "the verdict or the tests differ from the saved result.json"
                 }
-            );
+            )?;
         }
     }
     print_result(global, &result, record.isolation)

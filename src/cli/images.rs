@@ -25,9 +25,9 @@ pub fn run(global: &Global, _args: &ImagesArgs) -> anyhow::Result<ExitStatus> {
     let store = global.store()?;
     let images = hoist::inspect::list(&store)?;
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&images)?);
+        outln!("{}", serde_json::to_string_pretty(&images)?)?;
     } else if !global.quiet {
-        print!("{}", render(&images, SystemTime::now()));
+        out!("{}", render(&images, SystemTime::now()))?;
     }
     Ok(ExitStatus::Success)
 }

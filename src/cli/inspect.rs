@@ -62,9 +62,9 @@ pub fn run(global: &Global, args: &InspectArgs) -> anyhow::Result<ExitStatus> {
         };
         std::io::stdout().write_all(bytes)?;
     } else if global.json {
-        println!("{}", serde_json::to_string_pretty(&i)?);
+        outln!("{}", serde_json::to_string_pretty(&i)?)?;
     } else if !global.quiet {
-        print!("{}", render(&i));
+        out!("{}", render(&i))?;
     }
     Ok(ExitStatus::Success)
 }

@@ -6,7 +6,7 @@ use clap::Args;
 use hoist::exit::ExitStatus;
 use hoist::lock::{LockFile, Pin, DEFAULT_FILE};
 
-use super::materialize::pull_axes;
+use super::fetch::{pull_axes, PullFlags};
 use super::Global;
 
 #[derive(Args)]
@@ -19,6 +19,10 @@ pub struct LockArgs {
     gateway: Option<String>,
     #[arg(long = "lock-file", value_name = "FILE", default_value = DEFAULT_FILE)]
     lock_file: PathBuf,
+    // `--pull always` pins what each tag names at the registry now; by
+    // default a tag the store holds is pinned as stored (what a run uses).
+    #[command(flatten)]
+    pull: PullFlags,
 }
 
 pub fn run(global: &Global, args: &LockArgs) -> anyhow::Result<ExitStatus> {
@@ -31,7 +35,7 @@ pub fn run(global: &Global, args: &LockArgs) -> anyhow::Result<ExitStatus> {
         axes.push(("gateway", g.as_str()));
     }
     let refs: Vec<&str> = axes.iter().map(|(_, r)| *r).collect();
-    let pulled = pull_axes(global, &store, &refs)?;
+    let pulled = pull_axes(global, &store, &refs, &args.pull)?;
     let mut lock = LockFile {
         version: 1,
         ..Default::default()
@@ -44,10 +48,16 @@ pub fn run(global: &Global, args: &LockArgs) -> anyhow::Result<ExitStatus> {
                 digest: p.digest.clone(),
             },
         );
-        if !global.quiet {
-            println!("{axis}: {reference} {}", p.digest);
-        }
     }
     lock.write(&args.lock_file)?;
+    if global.json {
+        let mut v = serde_json::to_value(&lock)?;
+        v["path"] = serde_json::json!(args.lock_file);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
+    } else if !global.quiet {
+        for ((axis, reference), p) in axes.iter().zip(&pulled) {
+            outln!("{axis}: {reference} {}", p.digest)?;
+        }
+    }
     Ok(ExitStatus::Success)
 }

@@ -1,17 +1,13 @@
 //! `hoist materialize --benchmark REF [--agent REF] [--gateway REF] --out DIR`
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
 use hoist::exit::ExitStatus;
-use hoist::pull::{pull, NoProgress, PullOptions, Pulled};
-use hoist::reference::Reference;
-use hoist::registry::Client;
 use hoist::rootfs::{materialize, Axes, RootfsMode};
-use hoist::store::Store;
 
+use super::fetch::{pull_axes, PullFlags};
 use super::Global;
 
 #[derive(Args)]
@@ -32,40 +28,17 @@ pub struct MaterializeArgs {
     /// plain directory; auto: overlay when permitted.
     #[arg(long, value_enum, default_value = "auto")]
     rootfs: RootfsMode,
-}
-
-/// Pull (or find complete in the store) every axis image, all at once:
-/// resolving tags costs a registry round trip each.
-pub fn pull_axes(global: &Global, store: &Store, refs: &[&str]) -> anyhow::Result<Vec<Pulled>> {
-    let client = Client::new(global.registry_options()?)?;
-    let references = refs
-        .iter()
-        .map(|r| r.parse::<Reference>())
-        .collect::<Result<Vec<_>, _>>()?;
-    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let pulls = references.iter().map(|reference| {
-        let client = &client;
-        async move {
-            pull(
-                store,
-                client,
-                reference,
-                &PullOptions::default(),
-                Arc::new(NoProgress),
-            )
-            .await
-            .with_context(|| format!("pulling {reference}"))
-        }
-    });
-    rt.block_on(futures_util::future::try_join_all(pulls))
+    #[command(flatten)]
+    pull: PullFlags,
 }
 
 pub fn run(global: &Global, args: &MaterializeArgs) -> anyhow::Result<ExitStatus> {
+    super::checks::out_dir(&args.out)?;
     let store = global.store()?;
     let mut refs = vec![args.benchmark.as_str()];
     refs.extend(args.agent.as_deref());
     refs.extend(args.gateway.as_deref());
-    let pulled = pull_axes(global, &store, &refs)?;
+    let pulled = pull_axes(global, &store, &refs, &args.pull)?;
     let mut it = pulled.iter().skip(1);
     let axes = Axes {
         benchmark: &pulled[0],
@@ -84,9 +57,9 @@ pub fn run(global: &Global, args: &MaterializeArgs) -> anyhow::Result<ExitStatus
         );
     }
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&m)?);
+        outln!("{}", serde_json::to_string_pretty(&m)?)?;
     } else if !global.quiet {
-        println!("{} ({:?})", m.root.display(), m.mode);
+        outln!("{} ({:?})", m.root.display(), m.mode)?;
     }
     Ok(ExitStatus::Success)
 }

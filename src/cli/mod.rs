@@ -1,11 +1,31 @@
 //! The command line (DESIGN §8). Each subcommand lives in its own small
 //! file that turns parsed arguments into a library call and prints.
 
+/// `println!` that ends the command quietly when stdout's reader has gone
+/// (`hoist tree-digest --list DIR | head`) instead of panicking.
+macro_rules! outln {
+    () => {
+        $crate::cli::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!`, as [`outln`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
+
 mod bake;
+mod checks;
 mod conformance;
 mod doctor;
 mod dryrun;
 mod eval;
+mod fetch;
 mod gc;
 mod grade;
 mod images;
@@ -69,6 +89,12 @@ pub struct Global {
 impl Global {
     pub fn store(&self) -> anyhow::Result<Store> {
         let root = self.store.clone().unwrap_or_else(Store::default_root);
+        let flag = match (&self.store, std::env::var_os("HOIST_STORE")) {
+            (Some(_), Some(_)) => "--store (or HOIST_STORE)",
+            (Some(_), None) => "--store",
+            (None, _) => "the default store",
+        };
+        checks::store_dir(&root, flag)?;
         Ok(Store::open(&root)?)
     }
 
@@ -325,13 +351,60 @@ fn init_logging(quiet: bool) {
         .init();
 }
 
-/// Print `error: …` and one `caused by: …` per cause; pick the exit code.
+/// stdout's reader has gone (`hoist tree-digest --list DIR | head`): the
+/// command ends, quietly and successfully, as ripgrep's does.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed by its reader")]
+pub struct StdoutClosed;
+
+/// Write to stdout (see [`outln`]); a closed pipe is [`StdoutClosed`].
+pub fn write_stdout(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_fmt(args) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(e) => Err(anyhow::Error::new(e).context("writing to stdout")),
+    }
+}
+
+/// Print `error: …` and one `caused by: …` per cause that says more than
+/// the line above it; pick the exit code.
 fn report(e: &anyhow::Error) -> ExitStatus {
-    eprintln!("error: {e}");
-    for cause in e.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
+    if e.chain().any(|c| c.is::<StdoutClosed>()) {
+        return ExitStatus::Success;
+    }
+    for line in error_lines(e) {
+        eprintln!("{line}");
     }
     exit_status_for(e)
+}
+
+/// `error: …` and the causes, without one that its parent already showed
+/// (a `{path}: {source}` message followed by its source).
+fn error_lines(e: &anyhow::Error) -> Vec<String> {
+    let mut shown: Vec<String> = vec![e.to_string()];
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        let last = shown.last().map(String::as_str).unwrap_or_default();
+        if last.contains(&text) {
+            continue;
+        }
+        // "pulling REF" then "REF: what went wrong": the cause says it all.
+        let subject = last.split_once(' ').map_or("", |(_, s)| s);
+        if subject.len() > 3 && text.contains(subject) {
+            shown.pop();
+        }
+        shown.push(text);
+    }
+    shown
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| match i {
+            0 => format!("error: {t}"),
+            _ => format!("  caused by: {t}"),
+        })
+        .collect()
 }
 
 fn exit_status_for(e: &anyhow::Error) -> ExitStatus {
@@ -348,6 +421,12 @@ fn exit_status_for(e: &anyhow::Error) -> ExitStatus {
             if p.is_pin_mismatch() {
                 return ExitStatus::DigestMismatch;
             }
+            if p.is_usage() {
+                return ExitStatus::Usage;
+            }
+        }
+        if cause.is::<hoist::exit::UsageError>() {
+            return ExitStatus::Usage;
         }
         if let Some(
             hoist::export::ExportError::OutNotEmpty { .. }
@@ -372,4 +451,42 @@ fn exit_status_for(e: &anyhow::Error) -> ExitStatus {
         }
     }
     ExitStatus::Failure
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{path}: {source}")]
+    struct AtPath {
+        path: String,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_its_parent_showed_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::AlreadyExists, "File exists");
+        let e = anyhow::Error::new(AtPath {
+            path: "/tmp/x".into(),
+            source: io,
+        })
+        .context("claiming --out");
+        assert_eq!(
+            error_lines(&e),
+            vec!["error: claiming --out", "  caused by: /tmp/x: File exists"]
+        );
+    }
+
+    #[test]
+    fn a_cause_naming_its_parents_subject_replaces_it() {
+        let e = anyhow::anyhow!(
+            "r.example/a:1: image platform linux/amd64 does not match the requested linux/arm64"
+        )
+        .context("pulling r.example/a:1");
+        assert_eq!(
+            error_lines(&e),
+            vec!["error: r.example/a:1: image platform linux/amd64 does not match the requested linux/arm64"]
+        );
+    }
 }

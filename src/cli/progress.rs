@@ -102,6 +102,14 @@ impl RunSpinner {
         Some(Arc::new(move |p| show_phase(&bar, p)))
     }
 
+    /// A line on stderr, above the spinner when there is one.
+    pub fn note(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
     /// Clear the line; again is harmless.
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {

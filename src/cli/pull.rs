@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use clap::Args;
 use hoist::exit::ExitStatus;
 use hoist::platform::Platform;
-use hoist::pull::{pull, Progress, PullOptions, Pulled};
+use hoist::pull::{pull, Progress, PullOptions, PullPolicy, Pulled};
 use hoist::reference::Reference;
 use hoist::registry::Client;
 
@@ -18,8 +18,10 @@ pub struct PullArgs {
     /// Image references: HOST/REPO[:TAG][@DIGEST] or oci:PATH[:TAG|@DIGEST].
     #[arg(required = true, value_name = "REF")]
     refs: Vec<String>,
-    /// Select this platform from a multi-platform index (os/arch[/variant]).
-    #[arg(long)]
+    /// The platform wanted (os/arch[/variant]): chosen from a
+    /// multi-platform index; a single-platform image of another platform
+    /// is an error. Default: this host's.
+    #[arg(long, value_name = "OS/ARCH")]
     platform: Option<Platform>,
     /// Blobs to download at once.
     #[arg(long, default_value_t = 4)]
@@ -34,9 +36,12 @@ pub fn run(global: &Global, args: &PullArgs) -> anyhow::Result<ExitStatus> {
         .collect::<Result<Vec<_>, _>>()?;
     let store = global.store()?;
     let client = Client::new(global.registry_options()?)?;
+    // `hoist pull` is asked to pull: every tag is resolved at the
+    // registry, as `docker pull` does.
     let opts = PullOptions {
         platform: args.platform.clone(),
         jobs: args.jobs,
+        policy: PullPolicy::Always,
     };
     let progress: Arc<dyn Progress> = Bars::for_terminal(global.quiet || global.json);
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -46,19 +51,20 @@ pub fn run(global: &Global, args: &PullArgs) -> anyhow::Result<ExitStatus> {
             .block_on(pull(&store, &client, r, &opts, progress.clone()))
             .with_context(|| format!("pulling {r}"))?;
         if !global.json && !global.quiet {
-            print_human(&p);
+            print_human(&p)?;
         }
         pulled.push(p);
     }
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&pulled)?);
+        outln!("{}", serde_json::to_string_pretty(&pulled)?)?;
     }
     Ok(ExitStatus::Success)
 }
 
-fn print_human(p: &Pulled) {
-    println!("{} {} {}", p.reference, p.manifest_digest, p.platform);
+fn print_human(p: &Pulled) -> anyhow::Result<()> {
+    outln!("{} {} {}", p.reference, p.manifest_digest, p.platform)?;
     if p.digest != p.manifest_digest {
-        println!("  index {}", p.digest);
+        outln!("  index {}", p.digest)?;
     }
+    Ok(())
 }

@@ -83,9 +83,9 @@ pub fn publish(
         )?;
     }
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?)?;
     } else if !global.quiet {
-        print!("{}", report::table(&summary));
+        out!("{}", report::table(&summary))?;
     }
     Ok(summary)
 }

@@ -46,19 +46,19 @@ pub fn run(global: &Global, args: &RmiArgs) -> anyhow::Result<ExitStatus> {
             "not_known": unknown,
             "removed": report,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?)?;
     } else if !global.quiet {
         for n in &untagged {
-            println!("untagged {n}");
+            outln!("untagged {n}")?;
         }
         if !gone.is_empty() {
-            println!(
+            outln!(
                 "removed {} blobs, {} layers, {} subtrees ({} of blobs)",
                 report.blobs,
                 report.layers,
                 report.subtrees,
                 human_bytes(report.bytes)
-            );
+            )?;
         }
     }
     for r in &unknown {

@@ -7,11 +7,12 @@ use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
 use hoist::container::{self, ContainerRequest, Docker, ImageSource};
 use hoist::crane::{check_lock, run, Agents, RunRequest};
-use hoist::exit::ExitStatus;
+use hoist::exit::{ExitStatus, UsageError};
 use hoist::export::OutDir;
 use hoist::lock::{LockFile, DEFAULT_FILE};
 use hoist::phase::{self, Phase, PhaseHook};
-use hoist::pull::Pulled;
+use hoist::platform::Platform;
+use hoist::pull::{stored_complete, PullPolicy, Pulled};
 use hoist::reference::Reference;
 use hoist::registry::Client;
 use hoist::rootfs::RootfsMode;
@@ -19,7 +20,8 @@ use hoist::sandbox::cgroup::parse_size;
 use hoist::sandbox::{Isolation, Network};
 use hoist::store::Store;
 
-use super::materialize::pull_axes;
+use super::checks;
+use super::fetch::{pull_axes, pull_quietly, stored_notes, PullFlags};
 use super::progress::RunSpinner;
 use super::Global;
 
@@ -63,12 +65,16 @@ pub struct RunArgs {
     force: bool,
     #[command(flatten)]
     flags: TaskFlags,
-    /// Fail (exit 3) if any axis resolves to another digest than the lock
-    /// file pins.
+    #[command(flatten)]
+    pull: PullFlags,
+    /// Run the digests the lock file pins: those the store holds need no
+    /// registry; an axis resolved anew (not stored, or --pull always) to
+    /// another digest fails with exit 3.
     #[arg(long)]
     locked: bool,
-    #[arg(long = "lock-file", value_name = "FILE", default_value = DEFAULT_FILE)]
-    lock_file: PathBuf,
+    /// The lock file --locked reads [default: hoist.lock].
+    #[arg(long = "lock-file", value_name = "FILE")]
+    lock_file: Option<PathBuf>,
     /// --mode container: run this combination image (HOST/REPO:TAG or
     /// oci:PATH:TAG, made by `hoist bake`) instead of baking one; its
     /// labels must name the same axes.
@@ -89,11 +95,11 @@ pub struct TaskFlags {
     /// Recorded model responses for the gateway, mounted at /recordings.
     #[arg(long, value_name = "DIR")]
     pub recordings: Option<PathBuf>,
-    /// Override the task's agent timeout (seconds).
-    #[arg(long, value_name = "SEC")]
+    /// Override the task's agent timeout: seconds, or 90s, 10m, 1h.
+    #[arg(long, value_name = "DURATION", value_parser = super::checks::parse_duration)]
     pub agent_timeout: Option<u64>,
-    /// Override the task's grade timeout (seconds).
-    #[arg(long, value_name = "SEC")]
+    /// Override the task's grade timeout: seconds, or 90s, 10m, 1h.
+    #[arg(long, value_name = "DURATION", value_parser = super::checks::parse_duration)]
     pub grade_timeout: Option<u64>,
     /// Limit the run's memory, swap excluded (512M, 2G, bytes): a cgroup
     /// in crane mode, where a run that cannot have one fails; Docker's
@@ -103,30 +109,32 @@ pub struct TaskFlags {
 }
 
 impl TaskFlags {
-    /// How to run `task`, `--recordings` made absolute (it is bound into
-    /// the sandbox or the container by path).
+    /// How to run `task`, `--recordings` checked and made absolute (it is
+    /// bound into the sandbox or the container by path).
     pub fn how(
         &self,
         task: Option<String>,
         image: Option<String>,
         lock_file: Option<PathBuf>,
-    ) -> How {
-        How {
+    ) -> Result<How, UsageError> {
+        Ok(How {
             task,
             network: self.network,
             isolation: self.isolation,
             rootfs: self.rootfs,
             recordings: self
                 .recordings
-                .as_ref()
-                .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
+                .as_deref()
+                .map(checks::recordings_dir)
+                .transpose()?,
             agent_timeout: self.agent_timeout,
             grade_timeout: self.grade_timeout,
             memory: self.memory,
             image,
             lock_file,
             phase: None,
-        }
+            pull: PullFlags::default(),
+        })
     }
 }
 
@@ -139,21 +147,37 @@ pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
         }
         Mode::Crane => None,
     };
-    let out = OutDir::claim(&args.out, args.force)?;
+    // The cheap checks, before anything is pulled or unpacked.
+    checks::out_dir(&args.out)?;
+    args.pull.check_runnable()?;
+    let how = args.flags.how(
+        args.task.clone(),
+        args.image.clone(),
+        args.locked.then(|| args.lock_file()),
+    )?;
+    if args.image.is_none() {
+        static_binary()?;
+    }
+    if args.lock_file.is_some() && !args.locked && !global.quiet {
+        eprintln!("warning: --lock-file is read only with --locked; this run does not check its images against it");
+    }
     let store = global.store()?;
+    let out = OutDir::claim(&args.out, args.force)?;
     // As pull.rs's bars: stdout may be a --json document, stderr a
     // terminal.
     let spinner = RunSpinner::for_terminal(global.quiet || global.json);
     let hook = spinner.hook();
     phase::enter(hook.as_ref(), Phase::Pull);
-    let (pulled, pull_ms) = pull_checked(global, &store, args)?;
+    let (pulled, notes, pull_ms) = pull_checked(global, &store, args)?;
+    for line in notes.iter().filter(|_| !global.quiet) {
+        spinner.note(line);
+    }
+    let tasks = checks::benchmark_tasks(&store, &pulled[0])?;
+    checks::check_task(&args.benchmark, &tasks, args.task.as_deref())?;
     let how = How {
         phase: hook,
-        ..args.flags.how(
-            args.task.clone(),
-            args.image.clone(),
-            args.locked.then(|| args.lock_file.clone()),
-        )
+        pull: args.pull.clone(),
+        ..how
     };
     let (result, isolation) = execute(
         global,
@@ -166,6 +190,14 @@ pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
     )?;
     spinner.finish();
     print_result(global, &result, isolation)
+}
+
+impl RunArgs {
+    fn lock_file(&self) -> PathBuf {
+        self.lock_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_FILE))
+    }
 }
 
 /// How to run one task, whichever command asks (`hoist run`, and each
@@ -187,6 +219,9 @@ pub struct How {
     /// Told as each phase of the run begins (`hoist run`'s spinner,
     /// `hoist eval`'s board); the caller tells [`Phase::Pull`].
     pub phase: Option<PhaseHook>,
+    /// `--pull` and `--platform`, for a combination image `--image`
+    /// names.
+    pub pull: PullFlags,
 }
 
 /// Run one task on the pulled axes (benchmark, agent, gateway) into
@@ -247,7 +282,7 @@ pub fn execute(
         Some(image) => match image.parse::<Reference>()? {
             Reference::Registry(r) => ImageSource::Registry(resolve_digest(global, r)?),
             Reference::Layout(_) => {
-                stored = pull_axes(global, store, &[image])?;
+                stored = pull_axes(global, store, &[image], &how.pull)?;
                 ImageSource::Stored(&stored[0])
             }
         },
@@ -273,29 +308,64 @@ pub fn execute(
     Ok((result, "docker"))
 }
 
-/// Pull every axis and, with `--locked`, check it against the lock file.
+/// Pull every axis and, with `--locked`, check it against the lock file;
+/// also the lines that say which images came from the store.
 fn pull_checked(
     global: &Global,
     store: &Store,
     args: &RunArgs,
-) -> anyhow::Result<(Vec<Pulled>, u64)> {
-    let mut refs = vec![args.benchmark.as_str(), args.agent.as_str()];
-    refs.extend(args.gateway.as_deref());
+) -> anyhow::Result<(Vec<Pulled>, Vec<String>, u64)> {
+    let mut axes = vec![
+        ("benchmark", args.benchmark.as_str()),
+        ("agent", args.agent.as_str()),
+    ];
+    axes.extend(args.gateway.as_deref().map(|g| ("gateway", g)));
     let t = Instant::now();
-    let pulled = pull_axes(global, store, &refs)?;
-    let pull_ms = t.elapsed().as_millis() as u64;
-    if args.locked {
-        let lock = LockFile::read(&args.lock_file)?;
-        let mut axes = vec![
-            ("benchmark", &pulled[0], args.benchmark.as_str()),
-            ("agent", &pulled[1], args.agent.as_str()),
-        ];
-        if let (Some(g), Some(r)) = (pulled.get(2), args.gateway.as_deref()) {
-            axes.push(("gateway", g, r));
-        }
-        check_lock(&lock, &args.lock_file, &axes)?;
+    if !args.locked {
+        let refs: Vec<&str> = axes.iter().map(|(_, r)| *r).collect();
+        let pulled = pull_quietly(global, store, &refs, &args.pull)?;
+        let notes = stored_notes(global, &pulled);
+        return Ok((pulled, notes, t.elapsed().as_millis() as u64));
     }
-    Ok((pulled, pull_ms))
+    let path = args.lock_file();
+    let lock = LockFile::read(&path)?;
+    let wanted = args.pull.platform.clone().unwrap_or_else(Platform::host);
+    // A pinned image the store holds complete is run as stored: no
+    // registry is asked (uv's --frozen); the others are resolved and
+    // checked against their pins.
+    let mut refs = Vec::new();
+    let mut notes = Vec::new();
+    for (axis, reference) in &axes {
+        let pin = lock.pinned(axis, reference, &path)?;
+        let parsed: Reference = reference.parse()?;
+        match parsed {
+            Reference::Registry(r)
+                if args.pull.policy != PullPolicy::Always
+                    && stored_complete(store, pin, &wanted) =>
+            {
+                notes.push(format!(
+                    "note: {reference}: using {}'s pin {pin} from the store",
+                    path.display()
+                ));
+                refs.push(Reference::Registry(r).pinned(pin.clone()).to_string());
+            }
+            _ => refs.push(reference.to_string()),
+        }
+    }
+    let refs_str: Vec<&str> = refs.iter().map(String::as_str).collect();
+    let mut pulled = pull_quietly(global, store, &refs_str, &args.pull)?;
+    notes.extend(stored_notes(global, &pulled));
+    for (p, (_, reference)) in pulled.iter_mut().zip(&axes) {
+        // result.json and run.json name each image as it was given.
+        p.reference = reference.to_string();
+    }
+    let checked: Vec<(&str, &Pulled, &str)> = axes
+        .iter()
+        .zip(&pulled)
+        .map(|((axis, reference), p)| (*axis, p, *reference))
+        .collect();
+    check_lock(&lock, &path, &checked)?;
+    Ok((pulled, notes, t.elapsed().as_millis() as u64))
 }
 
 /// The digest `r` resolves to now, by hoist's own client, so Docker
@@ -323,9 +393,9 @@ pub fn print_result(
     isolation: &str,
 ) -> anyhow::Result<ExitStatus> {
     if global.json {
-        println!("{}", serde_json::to_string_pretty(result)?);
+        outln!("{}", serde_json::to_string_pretty(result)?)?;
     } else if !global.quiet {
-        print_verdict(result, isolation);
+        print_verdict(result, isolation)?;
     }
     Ok(if let Some(sig) = hoist::interrupt::pending() {
         ExitStatus::Interrupted(sig)
@@ -336,22 +406,22 @@ pub fn print_result(
     })
 }
 
-fn print_verdict(r: &serde_json::Value, isolation: &str) {
+fn print_verdict(r: &serde_json::Value, isolation: &str) -> anyhow::Result<()> {
     let task = r["task_id"].as_str().unwrap_or("?");
     if let Some(e) = r["infra_error"].as_object() {
-        println!(
+        outln!(
             "{task}: infrastructure error at {}: {}",
             e.get("stage").and_then(|s| s.as_str()).unwrap_or("?"),
             e.get("message").and_then(|s| s.as_str()).unwrap_or("?")
-        );
-        return;
+        )?;
+        return Ok(());
     }
     let verdict = if r["resolved"].as_bool() == Some(true) {
         "RESOLVED"
     } else {
         "unresolved"
     };
-    println!(
+    outln!(
         "{task}: {verdict} (score {}, agent exit {}{}, isolation {isolation})",
         r["score"],
         r["agent"]["exit_code"],
@@ -360,7 +430,8 @@ fn print_verdict(r: &serde_json::Value, isolation: &str) {
         } else {
             ""
         }
-    );
+    )?;
+    Ok(())
 }
 
 /// The hoist binary to put in the sandbox at /.hoist/hoist: it must be
@@ -370,7 +441,18 @@ fn print_verdict(r: &serde_json::Value, isolation: &str) {
 /// `scripts/build-static`).
 pub fn static_binary() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("HOIST_STATIC_BINARY") {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            return Err(UsageError::new(
+                "HOIST_STATIC_BINARY",
+                format!(
+                    "{} is not a file; build the static hoist with scripts/build-static, or unset the variable to use the one beside this hoist",
+                    p.display()
+                ),
+            )
+            .into());
+        }
+        return Ok(p);
     }
     let exe = std::fs::read_link("/proc/self/exe").context("finding this binary")?;
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();

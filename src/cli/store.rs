@@ -30,23 +30,23 @@ fn verify(global: &Global) -> anyhow::Result<ExitStatus> {
     let store = global.store()?;
     let report = hoist::rootfs::verify::verify(&store)?;
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
         for d in &report.dropped {
-            println!("{d}");
+            outln!("{d}")?;
         }
         for n in &report.not_checked {
-            println!("not checked: {}: {}", n.path.display(), n.why);
+            outln!("not checked: {}: {}", n.path.display(), n.why)?;
         }
         if !global.quiet {
-            println!(
+            outln!(
                 "verified {} blobs, {} layers, {} subtrees: {} dropped, {} not checked",
                 report.blobs,
                 report.layers,
                 report.subtrees,
                 report.dropped.len(),
                 report.not_checked.len()
-            );
+            )?;
         }
     }
     Ok(if report.clean() {

@@ -39,9 +39,9 @@ fn df(global: &Global) -> anyhow::Result<ExitStatus> {
     let store = global.store()?;
     let usage = hoist::inspect::usage(&store)?;
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&usage)?);
+        outln!("{}", serde_json::to_string_pretty(&usage)?)?;
     } else if !global.quiet {
-        print!("{}", render(&usage));
+        out!("{}", render(&usage))?;
     }
     Ok(ExitStatus::Success)
 }

@@ -3,7 +3,8 @@
 use clap::Args;
 use hoist::exit::ExitStatus;
 
-use super::materialize::pull_axes;
+use super::checks;
+use super::fetch::{pull_axes, PullFlags};
 use super::Global;
 
 #[derive(Args)]
@@ -11,21 +12,28 @@ pub struct TasksArgs {
     /// A benchmark image (registry reference or oci:PATH:TAG).
     #[arg(value_name = "REF")]
     image: String,
+    #[command(flatten)]
+    pull: PullFlags,
 }
 
 pub fn run(global: &Global, args: &TasksArgs) -> anyhow::Result<ExitStatus> {
     let store = global.store()?;
-    let pulled = pull_axes(global, &store, &[args.image.as_str()])?;
+    let pulled = pull_axes(global, &store, &[args.image.as_str()], &args.pull)?;
+    // "Not a benchmark image" from the layers' headers, before anything
+    // is unpacked; the listing itself unpacks them into the layer cache
+    // (which tests/inspect.rs counts on).
+    let scanned = checks::benchmark_tasks(&store, &pulled[0])?;
+    checks::require_tasks(&args.image, &scanned).map_err(|mut e| {
+        e.flag.clear();
+        e
+    })?;
     let ids = hoist::eval::list_tasks(&store, &pulled[0])?;
     if global.json {
-        println!("{}", serde_json::to_string_pretty(&ids)?);
+        outln!("{}", serde_json::to_string_pretty(&ids)?)?;
     } else {
         for id in &ids {
-            println!("{id}");
+            outln!("{id}")?;
         }
-    }
-    if ids.is_empty() {
-        anyhow::bail!("{} has no task under /tasks", args.image);
     }
     Ok(ExitStatus::Success)
 }

@@ -5,7 +5,7 @@ use clap::Args;
 use hoist::exit::ExitStatus;
 use hoist::treedigest::{read_dir_tree, LayerTree, Tree};
 
-use super::materialize::pull_axes;
+use super::fetch::{pull_axes, PullFlags};
 use super::Global;
 
 #[derive(Args)]
@@ -38,15 +38,17 @@ pub fn run(global: &Global, args: &TreeDigestArgs) -> anyhow::Result<ExitStatus>
     for e in &args.exclude {
         tree.exclude(e);
     }
-    if args.list {
-        print!("{}", tree.listing());
-    } else if global.json {
-        println!(
-            "{}",
-            serde_json::json!({"digest": tree.digest().to_string(), "entries": tree.entries.len()})
-        );
+    if global.json {
+        let mut v =
+            serde_json::json!({"digest": tree.digest().to_string(), "entries": tree.entries.len()});
+        if args.list {
+            v["listing"] = tree.listing().lines().collect();
+        }
+        outln!("{v}")?;
+    } else if args.list {
+        out!("{}", tree.listing())?;
     } else {
-        println!("{}", tree.digest());
+        outln!("{}", tree.digest())?;
     }
     Ok(ExitStatus::Success)
 }
@@ -54,7 +56,7 @@ pub fn run(global: &Global, args: &TreeDigestArgs) -> anyhow::Result<ExitStatus>
 /// The image's tree from its layers, streamed from the store.
 fn image_tree(global: &Global, reference: &str) -> anyhow::Result<Tree> {
     let store = global.store()?;
-    let pulled = pull_axes(global, &store, &[reference])?;
+    let pulled = pull_axes(global, &store, &[reference], &PullFlags::default())?;
     let image = &pulled[0];
     let mut tree = LayerTree::new();
     for layer in &image.manifest.layers {

@@ -33,6 +33,13 @@ const MAX_REDIRECTS: usize = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    /// The connection failed: one line, not reqwest's chain of five.
+    #[error("cannot reach registry {host} ({why}); {hint}")]
+    Unreachable {
+        host: String,
+        why: String,
+        hint: &'static str,
+    },
     #[error("{url}: {source}")]
     Http {
         url: Url,
@@ -109,7 +116,8 @@ impl RegistryError {
                     || *status == StatusCode::TOO_MANY_REQUESTS
                     || status.is_server_error()
             }
-            RegistryError::Stalled { .. }
+            RegistryError::Unreachable { .. }
+            | RegistryError::Stalled { .. }
             | RegistryError::Truncated { .. }
             | RegistryError::UnexpectedRange { .. } => true,
             _ => false,
@@ -475,10 +483,7 @@ impl Client {
             if let Some(a) = auth.filter(|_| same_origin(&url, base)) {
                 req = req.header(AUTHORIZATION, a.clone());
             }
-            let resp = req.send().await.map_err(|source| RegistryError::Http {
-                url: url.clone(),
-                source,
-            })?;
+            let resp = req.send().await.map_err(|e| http_error(&url, e))?;
             if !resp.status().is_redirection() {
                 return Ok(resp);
             }
@@ -537,12 +542,7 @@ impl Client {
         let scheme = match http.get(probe).send().await {
             Ok(_) => "https",
             Err(e) if e.is_connect() || e.is_request() => "http",
-            Err(e) => {
-                return Err(RegistryError::Http {
-                    url: https,
-                    source: e,
-                })
-            }
+            Err(e) => return Err(http_error(&https, e)),
         };
         tracing::debug!(endpoint = %ep.base, scheme, "endpoint scheme");
         lock(&self.schemes).insert(key, scheme);
@@ -657,10 +657,7 @@ impl Client {
         if let Some(c) = creds {
             req = req.header(AUTHORIZATION, c.basic_header());
         }
-        let resp = req.send().await.map_err(|source| RegistryError::Http {
-            url: realm_url.clone(),
-            source,
-        })?;
+        let resp = req.send().await.map_err(|e| http_error(&realm_url, e))?;
         if !resp.status().is_success() {
             return Err(RegistryError::Status {
                 url: realm_url,
@@ -801,6 +798,54 @@ fn host_port(u: &Url) -> String {
         (Some(h), None) => h.to_string(),
         _ => String::new(),
     }
+}
+
+/// A request to `url` that failed: [`RegistryError::Unreachable`] when
+/// no connection was made.
+pub(crate) fn http_error(url: &Url, source: reqwest::Error) -> RegistryError {
+    if !source.is_connect() {
+        return RegistryError::Http {
+            url: url.clone(),
+            source,
+        };
+    }
+    let why = connect_failure(&source);
+    let hint = if why.contains("certificate") || why.contains("tls") || why.contains("TLS") {
+        TLS_HINT
+    } else {
+        UNREACHABLE_HINT
+    };
+    RegistryError::Unreachable {
+        host: host_port(url),
+        why,
+        hint,
+    }
+}
+
+const UNREACHABLE_HINT: &str = "check that it is up and that the reference names it right; images the store already holds run without it (--pull missing, or never)";
+const TLS_HINT: &str = "trust its CA with --ca-file PEM, or name it with --insecure-registry HOST";
+
+/// Why a connection failed, in a few words: the innermost I/O error
+/// (connection refused, timed out, a name not resolved).
+fn connect_failure(e: &(dyn std::error::Error + 'static)) -> String {
+    use std::io::ErrorKind;
+    let mut cause = Some(e);
+    let mut innermost = e.to_string();
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                ErrorKind::ConnectionRefused => "connection refused".into(),
+                ErrorKind::TimedOut => "timed out".into(),
+                ErrorKind::HostUnreachable => "no route to host".into(),
+                ErrorKind::NetworkUnreachable => "network unreachable".into(),
+                ErrorKind::ConnectionReset => "connection reset".into(),
+                _ => io.to_string(),
+            };
+        }
+        innermost = c.to_string();
+        cause = c.source();
+    }
+    innermost
 }
 
 fn same_origin(a: &Url, b: &Url) -> bool {

@@ -244,10 +244,7 @@ impl Client {
         if let Some(make) = body {
             req = req.body(make()?);
         }
-        req.send().await.map_err(|source| RegistryError::Http {
-            url: url.clone(),
-            source,
-        })
+        req.send().await.map_err(|e| super::http_error(url, e))
     }
 }
 

@@ -1,0 +1,132 @@
+//! The axis images a command needs, pulled as `--pull` and `--platform`
+//! say (run, eval, lock, bake, materialize; the commands that only read an
+//! image take the defaults).
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use hoist::exit::UsageError;
+use hoist::platform::Platform;
+use hoist::pull::{pull, NoProgress, PullOptions, PullPolicy, Pulled};
+use hoist::reference::Reference;
+use hoist::registry::Client;
+use hoist::store::Store;
+
+use super::Global;
+
+/// `--pull` and `--platform`.
+#[derive(Args, Clone, Default)]
+pub struct PullFlags {
+    /// When to ask the registry: `missing` uses a tag the store already
+    /// holds (for this platform) as stored, and pulls the rest; `always`
+    /// resolves every tag at the registry; `never` uses only the store.
+    /// A reference by digest the store holds never needs the registry.
+    #[arg(
+        long = "pull",
+        value_enum,
+        value_name = "POLICY",
+        default_value = "missing"
+    )]
+    pub policy: PullPolicy,
+    /// The image platform wanted, os/arch[/variant]: chosen from a
+    /// multi-platform index; a single-platform image of another platform
+    /// is an error. Default: this host's.
+    #[arg(long, value_name = "OS/ARCH")]
+    pub platform: Option<Platform>,
+}
+
+impl PullFlags {
+    pub fn options(&self) -> PullOptions {
+        PullOptions {
+            platform: self.platform.clone(),
+            policy: self.policy,
+            ..PullOptions::default()
+        }
+    }
+
+    /// For a command that runs the image here: `--platform` must be this
+    /// host's (hoist never emulates another), checked before anything is
+    /// pulled.
+    pub fn check_runnable(&self) -> Result<(), UsageError> {
+        let host = Platform::host();
+        match &self.platform {
+            Some(p) if !host.matches(p) => Err(UsageError::new(
+                "--platform",
+                format!("{p}: this host is {host}, and hoist never emulates another platform (lock, bake, materialize and pull take --platform to prepare images for another machine)"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The flags as given, for a command line hoist writes (an emitted
+    /// job's).
+    pub fn forwarded(&self) -> Vec<String> {
+        let mut v = vec!["--pull".to_string(), self.policy.as_str().to_string()];
+        if let Some(p) = &self.platform {
+            v.extend(["--platform".to_string(), p.to_string()]);
+        }
+        v
+    }
+}
+
+/// Pull (or find complete in the store) every image of `refs`, all at
+/// once: resolving tags costs a registry round trip each. A tag taken
+/// from the store is said on stderr.
+pub fn pull_axes(
+    global: &Global,
+    store: &Store,
+    refs: &[&str],
+    flags: &PullFlags,
+) -> anyhow::Result<Vec<Pulled>> {
+    let pulled = pull_quietly(global, store, refs, flags)?;
+    for line in stored_notes(global, &pulled) {
+        eprintln!("{line}");
+    }
+    Ok(pulled)
+}
+
+/// [`pull_axes`] without the notes; [`stored_notes`] gives them.
+pub fn pull_quietly(
+    global: &Global,
+    store: &Store,
+    refs: &[&str],
+    flags: &PullFlags,
+) -> anyhow::Result<Vec<Pulled>> {
+    let client = Client::new(global.registry_options()?)?;
+    let references = refs
+        .iter()
+        .map(|r| r.parse::<Reference>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let opts = flags.options();
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let pulls = references.iter().map(|reference| {
+        let (client, opts) = (&client, &opts);
+        async move {
+            pull(store, client, reference, opts, Arc::new(NoProgress))
+                .await
+                .with_context(|| format!("pulling {reference}"))
+        }
+    });
+    rt.block_on(futures_util::future::try_join_all(pulls))
+}
+
+/// One line for each image whose tag was taken from the store, the
+/// registry not asked (none under `--quiet`).
+pub fn stored_notes(global: &Global, pulled: &[Pulled]) -> Vec<String> {
+    if global.quiet {
+        return Vec::new();
+    }
+    let mut notes: Vec<String> = pulled
+        .iter()
+        .filter(|p| p.from_store)
+        .map(|p| stored_note(&p.reference, &p.digest.to_string()))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    notes.retain(|n| seen.insert(n.clone()));
+    notes
+}
+
+pub fn stored_note(reference: &str, digest: &str) -> String {
+    format!("note: {reference}: using the stored copy ({digest}); --pull always asks the registry")
+}
