@@ -51,15 +51,6 @@ fn store() -> PathBuf {
         .join("cgroup-store")
 }
 
-/// A recordings directory whose one recording makes the scripted agent
-/// run `command` (a ```-fenced script), then stop.
-fn recordings(task: &str, command: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let rec = json!({"task_id": task, "model": "replay", "responses": [command, "DONE"]});
-    std::fs::write(dir.path().join(format!("{task}.json")), rec.to_string()).unwrap();
-    dir
-}
-
 /// `hoist run` of the scripted agent replaying `rec`, plus `extra`.
 fn run_command(e: &Env, rec: &Path, out: &Path, extra: &[&str]) -> Command {
     let r = |tag: &str| format!("oci:{}:{tag}", e.oci);
@@ -115,7 +106,14 @@ fn parents() -> Vec<PathBuf> {
     let root = Path::new("/sys/fs/cgroup");
     let rel = |p: &str| p.trim_start_matches('/').to_string();
     if root.join("cgroup.controllers").exists() {
-        return vec![root.join(rel(own_path(&own, "").unwrap()))];
+        // v2: beneath hoist's own only in the host's root cgroup, else
+        // beneath /sys/fs/cgroup/hoist (docs/isolation.md "Limits").
+        let own = own_path(&own, "").unwrap();
+        return vec![if own == "/" {
+            root.to_path_buf()
+        } else {
+            root.join("hoist")
+        }];
     }
     ["pids", "memory"]
         .iter()
@@ -141,18 +139,6 @@ fn enforced_by_cgroup(limit: &Value, max: u64) {
     let by = limit["enforced_by"].as_str().unwrap_or("");
     assert!(by == "cgroup v1" || by == "cgroup v2", "{limit}");
 }
-
-/// Allocates (and touches) 256 MiB, 8 MiB at a time.
-const HOG: &str = "```
-python3 - <<'EOF'
-chunks = []
-for i in range(256):
-    chunks.append(bytearray(1 << 20))
-    if i % 8 == 7:
-        print('hog: %d MiB' % (i + 1), flush=True)
-print('hog: done', flush=True)
-EOF
-```";
 
 #[test]
 fn memory_limit_oom_kills_the_agent_and_the_task_is_still_graded() {
@@ -197,32 +183,6 @@ fn memory_limit_oom_kills_the_agent_and_the_task_is_still_graded() {
         json!({"max": null, "enforced_by": null})
     );
 }
-
-/// Forks children that sleep until it has no more (or 4096), holds them
-/// a second, then kills them.
-const BOMB: &str = "```
-python3 - <<'EOF'
-import os, time
-kids, err = [], None
-while len(kids) < 4096:
-    try:
-        pid = os.fork()
-    except OSError as e:
-        err = e.strerror
-        break
-    if pid == 0:
-        time.sleep(60)
-        os._exit(0)
-    kids.append(pid)
-print('bomb: %d children, then %s' % (len(kids), err), flush=True)
-time.sleep(1)
-for k in kids:
-    os.kill(k, 9)
-for k in kids:
-    os.waitpid(k, 0)
-print('bomb: done', flush=True)
-EOF
-```";
 
 /// The `max` count of a `pids.events` text.
 fn max_events(text: &str) -> u64 {

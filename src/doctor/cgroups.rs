@@ -2,9 +2,10 @@
 //! be made here: the sandbox's own code makes one and removes it
 //! (`crate::sandbox::cgroup::probe`). On cgroup v2 it also says where
 //! runs' cgroups go (docs/isolation.md "Limits"): beneath hoist's own
-//! cgroup; beneath the top of a cgroup namespace whose processes, this
-//! one too, the probe moved into a leaf `init`, as a run does; or, as
-//! root, beneath `/sys/fs/cgroup/hoist`, outside hoist's own cgroup. That
+//! when that is the host's root cgroup; else, as root, beneath
+//! `/sys/fs/cgroup/hoist`, outside hoist's own cgroup, and at the top of a
+//! cgroup namespace after its processes, this one too, moved into a leaf
+//! `init`, as a run does. That
 //! is read from what the probe left: where this process now is, and which
 //! `cgroup.subtree_control` enables the controllers.
 
@@ -19,10 +20,10 @@ const ROOT: &str = "/sys/fs/cgroup";
 /// Where runs' cgroups go on cgroup v2.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Placement {
-    /// Beneath hoist's own cgroup.
+    /// Beneath hoist's own cgroup, the host's root.
     Own(String),
-    /// Beneath the top of this cgroup namespace, whose processes moved
-    /// into the leaf `moved_to`.
+    /// Beneath `/sys/fs/cgroup/hoist` at the top of this cgroup namespace,
+    /// whose processes moved into the leaf `moved_to`.
     NamespaceTop { moved_to: String },
     /// Beneath `/sys/fs/cgroup/hoist`, outside hoist's own cgroup `own`.
     HoistDir { own: String },
@@ -102,7 +103,9 @@ fn placement(
         });
     }
     let own = Path::new(ROOT).join(before.trim_start_matches('/'));
-    if enabled(&own) {
+    // Only the host's root cgroup (no namespace moved it: `before` is
+    // unchanged) may hold hoist and the runs' controllers at once.
+    if before == "/" && enabled(&own) {
         return Some(Placement::Own(before.to_string()));
     }
     (root && enabled(&Path::new(ROOT).join("hoist"))).then(|| Placement::HoistDir {
@@ -124,7 +127,7 @@ fn placement_note(p: &Placement) -> String {
     match p {
         Placement::Own(own) => format!("; runs' cgroups go beneath hoist's own, {own}"),
         Placement::NamespaceTop { moved_to } => format!(
-            "; runs' cgroups go beneath the top of this cgroup namespace, whose processes (hoist's too) moved into {moved_to}, as they do for a run"
+            "; runs' cgroups go beneath {ROOT}/hoist, at the top of this cgroup namespace, whose processes (hoist's too) moved into {moved_to}, as they do for a run"
         ),
         Placement::HoistDir { own } => format!(
             "; runs' cgroups go beneath {ROOT}/hoist, outside hoist's own {own}, whose limits then do not bound a run"
@@ -299,9 +302,12 @@ mod tests {
             })
         );
         assert_eq!(
-            placement("/a.slice", "/a.slice", false, everywhere),
-            Some(Placement::Own("/a.slice".into()))
+            placement("/", "/", false, everywhere),
+            Some(Placement::Own("/".into()))
         );
+        // A service's cgroup holds hoist: never the runs' parent, even
+        // where a controller was left enabled in it.
+        assert_eq!(placement("/a.slice", "/a.slice", false, everywhere), None);
         let only_hoist = |p: &Path| p == Path::new("/sys/fs/cgroup/hoist");
         assert_eq!(
             placement("/a.slice/b", "/a.slice/b", true, only_hoist),
@@ -312,9 +318,6 @@ mod tests {
         // Not root: no /sys/fs/cgroup/hoist, whatever is there.
         assert_eq!(placement("/a", "/a", false, only_hoist), None);
         let own_only = |p: &Path| p == Path::new("/sys/fs/cgroup/a.slice/b");
-        assert_eq!(
-            placement("/a.slice/b", "/a.slice/b", true, own_only),
-            Some(Placement::Own("/a.slice/b".into()))
-        );
+        assert_eq!(placement("/a.slice/b", "/a.slice/b", true, own_only), None);
     }
 }

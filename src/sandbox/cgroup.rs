@@ -5,7 +5,8 @@
 //! RLIMIT_NPROC counts only one uid's processes and does not hold back
 //! root; a cgroup holds them all.
 //!
-//! The cgroup is made beneath hoist's own (`/proc/self/cgroup`) and named
+//! The cgroup is made beneath hoist's own (`/proc/self/cgroup`; on v2 beneath
+//! `/sys/fs/cgroup/hoist` unless hoist is in the root cgroup) and named
 //! `hoist-<pid>-<random>`: one directory with both controllers on cgroup
 //! v2, one per controller hierarchy on v1. The sandbox stage joins it
 //! between fork and exec, so nothing of the run ever runs outside it; after
@@ -446,62 +447,65 @@ fn root_of_mount<'a>(mountinfo: &'a str, mount_point: &Path, id: Option<u64>) ->
 /// Where the run's v2 cgroup goes, with `c` enabled for its children.
 ///
 /// v2 lets only the root cgroup, or a cgroup without processes of its
-/// own, enable controllers for its children, and hoist is a process of
-/// its own cgroup `own`. So, in order:
-/// 1. `own`, when `c` is enabled there already or can be (the root
-///    cgroup; a cgroup whose processes hoist's caller moved out);
-/// 2. the root of a cgroup namespace (a container's own cgroup, as Docker
-///    makes it on v2 with `--cgroupns private`): its processes are all the
-///    container's, so, as Docker-in-Docker's entrypoint does, they move
-///    into a leaf `init` beside the runs, and `c` is enabled;
-/// 3. as root, `/sys/fs/cgroup/hoist`, as Docker's cgroupfs driver puts
-///    containers under `/sys/fs/cgroup/docker`: the host's root cgroup may
-///    enable controllers whatever it holds (a cgroup namespace's top, only
-///    when its processes are all in leaves). The run is then outside
+/// own, enable domain controllers (memory) for its children, and hoist is
+/// a process of its own cgroup `own`. The threaded ones (pids) are exempt,
+/// but enabling one in a cgroup with processes turns its new children
+/// "domain invalid": nothing can join them (Linux answers EOPNOTSUPP). So
+/// the place is chosen from where hoist is, never per controller, and both
+/// controllers go into the same directory (a process is in one v2 cgroup):
+/// 1. `own`, when it is the host's root cgroup (exempt from the rule);
+/// 2. else, as root, `/sys/fs/cgroup/hoist`, as Docker's cgroupfs driver
+///    puts containers under `/sys/fs/cgroup/docker` (what a systemd
+///    service or a shell in a session scope gets). The run is then outside
 ///    hoist's caller's cgroup: that cgroup's limits do not bound it, the
-///    run's own do.
+///    run's own do. Where `/sys/fs/cgroup` is the top of a cgroup
+///    namespace (a container's own cgroup, as Docker makes it on v2 with
+///    `--cgroupns private`), its processes are all the container's: as
+///    Docker-in-Docker's entrypoint does, they move into a leaf `init`
+///    beside `hoist` first.
+///
+/// The answer does not depend on `c` nor change once processes moved, so
+/// both controllers land in the same directory.
 fn v2_parent(own: &Path, c: Controller) -> Result<PathBuf, String> {
-    let busy = match enable(own, c) {
-        Ok(()) => return Ok(own.to_path_buf()),
-        Err(Enable::Busy) => format!(
-            "{} holds processes, and cgroup v2 lets only a cgroup without processes of its own enable controllers for its children",
-            own.display()
-        ),
-        Err(Enable::Failed(why)) => return Err(why),
-    };
-    let root = Path::new(ROOT);
-    if own == root {
-        // The top of what this cgroup namespace shows, not the host's root
-        // cgroup (which is exempt from the rule): a container's own.
-        evacuate(own)?;
-        return match enable(own, c) {
-            Ok(()) => Ok(own.to_path_buf()),
-            Err(Enable::Busy) => Err(format!(
-                "{busy}; its processes were moved into {}/init, but it still holds some",
-                own.display()
-            )),
-            Err(Enable::Failed(why)) => Err(why),
-        };
+    if is_host_root(own) {
+        return enabled(own, c);
     }
     if !rustix::process::geteuid().is_root() {
-        return Err(busy);
+        return Err(format!(
+            "{} holds processes (hoist among them), and cgroup v2 lets only a cgroup without processes of its own enable controllers for its children; as root, hoist would use {ROOT}/hoist",
+            own.display()
+        ));
     }
+    let root = Path::new(ROOT);
+    if !is_host_root(root) {
+        evacuate(root)?;
+    }
+    enabled(root, c)?;
     let ours = root.join("hoist");
     match std::fs::create_dir(&ours) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(format!("{busy}; and creating {}: {e}", ours.display())),
+        Err(e) => return Err(format!("creating {}: {e}", ours.display())),
     }
-    for dir in [root, ours.as_path()] {
-        match enable(dir, c) {
-            Ok(()) => {}
-            Err(Enable::Busy) => {
-                return Err(format!("{busy}; and {} holds processes too", dir.display()))
-            }
-            Err(Enable::Failed(why)) => return Err(format!("{busy}; and {why}")),
-        }
+    enabled(&ours, c)
+}
+
+/// The host's root cgroup, the one cgroup v2 has no `cgroup.type` in (the
+/// top of a cgroup namespace is a cgroup like any other, and has one).
+fn is_host_root(dir: &Path) -> bool {
+    !dir.join("cgroup.type").exists()
+}
+
+/// `dir`, once `c` is enabled for its children.
+fn enabled(dir: &Path, c: Controller) -> Result<PathBuf, String> {
+    match enable(dir, c) {
+        Ok(()) => Ok(dir.to_path_buf()),
+        Err(Enable::Busy) => Err(format!(
+            "{} holds processes, and cgroup v2 lets only a cgroup without processes of its own enable controllers for its children",
+            dir.display()
+        )),
+        Err(Enable::Failed(why)) => Err(why),
     }
-    Ok(ours)
 }
 
 /// Move every process of the v2 cgroup `dir` into its leaf `dir/init`
@@ -543,7 +547,7 @@ fn evacuate(dir: &Path) -> Result<(), String> {
 }
 
 enum Enable {
-    /// The cgroup holds processes (EBUSY).
+    /// The cgroup holds processes (EBUSY), or its type forbids (EOPNOTSUPP).
     Busy,
     Failed(String),
 }
@@ -560,7 +564,13 @@ fn enable(parent: &Path, c: Controller) -> Result<(), Enable> {
     }
     match std::fs::write(&control, format!("+{}", c.name())) {
         Ok(()) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => {
+        // EOPNOTSUPP: the cgroup's type forbids it (a threaded one, or one
+        // whose parent enabled a threaded controller while it held processes).
+        Err(e)
+            if [rustix::io::Errno::BUSY, rustix::io::Errno::OPNOTSUPP]
+                .iter()
+                .any(|n| e.raw_os_error() == Some(n.raw_os_error())) =>
+        {
             Err(Enable::Busy)
         }
         Err(e) => Err(Enable::Failed(format!(

@@ -363,3 +363,60 @@ pub fn du(path: &Path) -> u64 {
         .parse()
         .unwrap()
 }
+
+// ---- agents for the scripted sample agent (cgroup limits, on this host and in the VM) ----
+
+/// Allocates (and touches) 256 MiB, 8 MiB at a time.
+pub const HOG: &str = "```
+python3 - <<'EOF'
+chunks = []
+for i in range(256):
+    chunks.append(bytearray(1 << 20))
+    if i % 8 == 7:
+        print('hog: %d MiB' % (i + 1), flush=True)
+print('hog: done', flush=True)
+EOF
+```";
+
+/// Forks children that sleep until it has no more (or 4096), holds them
+/// a second, then kills them.
+pub const BOMB: &str = "```
+python3 - <<'EOF'
+import os, time
+kids, err = [], None
+while len(kids) < 4096:
+    try:
+        pid = os.fork()
+    except OSError as e:
+        err = e.strerror
+        break
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    kids.append(pid)
+print('bomb: %d children, then %s' % (len(kids), err), flush=True)
+time.sleep(1)
+for k in kids:
+    os.kill(k, 9)
+for k in kids:
+    os.waitpid(k, 0)
+print('bomb: done', flush=True)
+EOF
+```";
+
+/// A recordings directory whose one recording makes the scripted agent
+/// run `command` (a ```-fenced script), then stop.
+pub fn recordings(task: &str, command: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    write_recording(dir.path(), task, command);
+    dir
+}
+
+/// Write into `dir` the recording of `task` that makes the scripted agent
+/// run `command`, then stop.
+pub fn write_recording(dir: &Path, task: &str, command: &str) {
+    let rec =
+        serde_json::json!({"task_id": task, "model": "replay", "responses": [command, "DONE"]});
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join(format!("{task}.json")), rec.to_string()).unwrap();
+}
