@@ -563,8 +563,15 @@ impl<'s, 'a> Writer<'s, 'a> {
         match task {
             Task::Dir { comps, layers } => self.dir(comps, &layers),
             Task::Files { comps, items } => {
-                for (name, layer) in items {
-                    self.entry(&comps, &name, layer)?;
+                // Items come grouped by layer: each layer's handle on this
+                // directory is dropped once its items are written, so a
+                // writer holds one whatever the number of layers (an
+                // image may have over a hundred; RLIMIT_NOFILE is 1024).
+                for (i, (name, layer)) in items.iter().enumerate() {
+                    self.entry(&comps, name, *layer)?;
+                    if items.get(i + 1).is_none_or(|(_, next)| next != layer) {
+                        self.layers[*layer].forget();
+                    }
                 }
                 Ok(Vec::new())
             }
@@ -609,6 +616,8 @@ impl<'s, 'a> Writer<'s, 'a> {
                 self.own_dir_meta(&comps, &rd, &target)?;
             }
             listings.push(self.listing(&comps, layer, &src, rd)?);
+            drop(src);
+            self.layers[layer].forget();
         }
         let mut dirs = Vec::new();
         let mut files = Vec::new();
@@ -627,8 +636,9 @@ impl<'s, 'a> Writer<'s, 'a> {
                 layers: p.dirs.iter().map(|&i| layers[i]).collect(),
             });
         }
-        // Batches last: taken first, while this directory's handles are
-        // still the writers' cached ones.
+        files.sort_by_key(|&(_, layer)| layer);
+        // Batches last: taken first, while this directory's handle is
+        // still the writers' cached one.
         let mut tasks = dirs;
         let mut files = files.into_iter().peekable();
         while files.peek().is_some() {
@@ -1170,6 +1180,49 @@ mod tests {
             None,
             "overlay markers are not copied"
         );
+    }
+
+    /// An image may have more layers than a writer could keep open
+    /// directories of (Docker allows 127), times eight writers.
+    #[test]
+    fn many_layers_need_few_descriptors() {
+        use std::fs;
+        let t = tempfile::tempdir().unwrap();
+        let n = 150;
+        let layers: Vec<std::path::PathBuf> =
+            (0..n).map(|i| t.path().join(format!("l{i}"))).collect();
+        for (i, l) in layers.iter().enumerate() {
+            fs::create_dir_all(l.join("shared/deeper")).unwrap();
+            fs::write(l.join(format!("shared/deeper/f{i}")), b"x").unwrap();
+        }
+        let out = t.path().join("out");
+        fs::create_dir(&out).unwrap();
+        // One test per process under nextest: this limit then holds for
+        // the copy alone. Elsewhere other tests share the process, and
+        // the copy runs with the limit it has.
+        let limited = std::env::var_os("NEXTEST").is_some();
+        let before = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        if limited {
+            let mut low = before.clone();
+            // The layers' roots stay open for the whole copy; the writers
+            // may not add a descriptor per layer each.
+            low.current = Some(n as u64 + 64);
+            rustix::process::setrlimit(rustix::process::Resource::Nofile, low).unwrap();
+        } else {
+            eprintln!("not under nextest: the descriptor limit is not lowered");
+        }
+        let dest = File::open(&out).unwrap();
+        let sources: Vec<(&Path, Form)> = layers
+            .iter()
+            .rev()
+            .map(|l| (l.as_path(), Form::Overlay))
+            .collect();
+        let copied = copy_union(&sources, dest.as_fd());
+        if limited {
+            rustix::process::setrlimit(rustix::process::Resource::Nofile, before).unwrap();
+        }
+        copied.unwrap();
+        assert_eq!(fs::read_dir(out.join("shared/deeper")).unwrap().count(), n);
     }
 
     #[test]
