@@ -1203,7 +1203,7 @@ mod tests {
         let limited = std::env::var_os("NEXTEST").is_some();
         let before = rustix::process::getrlimit(rustix::process::Resource::Nofile);
         if limited {
-            let mut low = before.clone();
+            let mut low = before;
             // The layers' roots stay open for the whole copy; the writers
             // may not add a descriptor per layer each.
             low.current = Some(n as u64 + 64);
