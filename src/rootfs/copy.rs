@@ -2,10 +2,13 @@
 //! cached layers are read as overlayfs reads them, and their union is
 //! written into a plain directory by a pool of writer threads.
 //!
-//! Re-applying every layer blob for each run was latency-bound on file
-//! creation (one writer, 20 s for a 19.6k-file image on this machine's
-//! disk), while concurrent creations overlap: [`WRITERS`] threads create
-//! files, directories are listed and made as tasks of the same pool.
+//! Re-applying every layer blob for each run decompressed and hashed the
+//! whole image again and created its files one at a time (20 s for a
+//! 19.6k-file image, issue 11). Creating files is what a copy costs, and
+//! concurrent creations overlap: where the disk's latency bounds one
+//! writer, and where the kernel's own work does (this machine: every
+//! core busy in ext4's inode allocation). [`WRITERS`] threads create
+//! files; directories are listed and made as tasks of the same pool.
 //!
 //! The union rules are overlayfs's (Documentation/filesystems/overlayfs.rst
 //! "whiteouts and opaque directories"), over the layers in the form the
@@ -46,13 +49,14 @@ use std::sync::{Condvar, Mutex};
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestamps};
 use rustix::io::Errno;
 
+use super::RootfsError;
 use crate::unpack::fsops::{DirError, Root};
 use crate::unpack::path::MAX_DEPTH;
 use crate::unpack::{Fidelity, Privileges};
 
-/// Writer threads. File creation on a latency-bound disk overlaps: four
-/// concurrent extractions ran at 3.2x the rate of one (issue 11); eight
-/// keep the disk's queue full while some threads list and stat.
+/// Writer threads. Four concurrent extractions ran at 3.2x the rate of
+/// one on a latency-bound disk (issue 11); on 2 busy cores, 8 writers
+/// were faster than 1, 2, 4 or 16 (0.4 to 0.5 of one writer's time).
 pub const WRITERS: usize = 8;
 
 /// The most entries of one directory handed to a writer at once. Creating
@@ -72,12 +76,28 @@ pub enum Form {
     Tree,
 }
 
-/// What a copy failed on: the path inside the rootfs and the operation.
+/// What a copy failed on: the path inside the copy and the operation.
 #[derive(Debug)]
-pub struct CopyError {
-    pub path: String,
-    pub op: &'static str,
-    pub source: io::Error,
+struct CopyError {
+    path: String,
+    op: &'static str,
+    source: io::Error,
+}
+
+impl CopyError {
+    /// The error for a copy made at `at` (`opt/agent`) in the rootfs.
+    fn at(self, at: &str) -> RootfsError {
+        let path = match (at, self.path.as_str()) {
+            (a, "") => a.to_string(),
+            ("", p) => p.to_string(),
+            (a, p) => format!("{a}/{p}"),
+        };
+        RootfsError::Copy {
+            path,
+            op: self.op,
+            source: self.source,
+        }
+    }
 }
 
 fn fail(comps: &[Vec<u8>], name: &[u8], op: &'static str) -> impl FnOnce(io::Error) -> CopyError {
@@ -276,10 +296,15 @@ fn is_overlay_xattr(name: &[u8]) -> bool {
 // ---------------------------------------------------------------- the copy
 
 /// Write the union of `layers` (topmost first) into the directory `dest`,
-/// which must be empty but for its own metadata, which is taken from the
-/// topmost layer's root. Returns what this process could not reproduce
-/// (xattrs or device nodes refused; zero as root).
-pub fn copy_union(layers: &[(&Path, Form)], dest: BorrowedFd<'_>) -> Result<Fidelity, CopyError> {
+/// which is `at` in the rootfs (for errors) and must be empty; its own
+/// metadata is taken from the topmost layer's root. Returns what this
+/// process could not reproduce (xattrs or device nodes refused; zero as
+/// root).
+pub fn copy_union(
+    layers: &[(&Path, Form)],
+    dest: BorrowedFd<'_>,
+    at: &str,
+) -> Result<Fidelity, RootfsError> {
     let mut roots = Vec::new();
     for (dir, form) in layers {
         let fd = rfs::open(
@@ -287,16 +312,19 @@ pub fn copy_union(layers: &[(&Path, Form)], dest: BorrowedFd<'_>) -> Result<Fide
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| CopyError {
-            path: dir.display().to_string(),
-            op: "open cached layer",
+        .map_err(|e| RootfsError::Io {
+            path: dir.to_path_buf(),
             source: e.into(),
         })?;
         roots.push((fd, *form));
     }
+    copy_roots(&roots, dest).map_err(|e| e.at(at))
+}
+
+fn copy_roots(roots: &[(OwnedFd, Form)], dest: BorrowedFd<'_>) -> Result<Fidelity, CopyError> {
     let privileges = Privileges::Detect.resolve();
     let shared = Shared {
-        layers: &roots,
+        layers: roots,
         dest,
         opaque: format!("{}opaque", overlay_prefix()).into_bytes(),
         whiteout: format!("{}whiteout", overlay_prefix()).into_bytes(),
@@ -1135,7 +1163,7 @@ mod tests {
             (upper.as_path(), Form::Overlay),
             (lower.as_path(), Form::Overlay),
         ];
-        let f = copy_union(&layers, dest.as_fd()).unwrap();
+        let f = copy_union(&layers, dest.as_fd(), "").unwrap();
         assert!(f.is_exact(), "{f:?}");
 
         let mut found: Vec<String> = Vec::new();
@@ -1217,7 +1245,7 @@ mod tests {
             .rev()
             .map(|l| (l.as_path(), Form::Overlay))
             .collect();
-        let copied = copy_union(&sources, dest.as_fd());
+        let copied = copy_union(&sources, dest.as_fd(), "");
         if limited {
             rustix::process::setrlimit(rustix::process::Resource::Nofile, before).unwrap();
         }

@@ -85,16 +85,6 @@ pub enum RootfsError {
     },
 }
 
-impl From<copy::CopyError> for RootfsError {
-    fn from(e: copy::CopyError) -> Self {
-        RootfsError::Copy {
-            path: e.path,
-            op: e.op,
-            source: e.source,
-        }
-    }
-}
-
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RootfsError + '_ {
     move |source| RootfsError::Io {
         path: path.to_path_buf(),
@@ -428,7 +418,7 @@ fn copy_from_cache(sources: &CachedSources, out: &Path) -> Result<Fidelity, Root
         .iter()
         .map(|d| (d.as_path(), copy::Form::Overlay))
         .collect();
-    fidelity.add(copy::copy_union(&layers, root.as_fd())?);
+    fidelity.add(copy::copy_union(&layers, root.as_fd(), "")?);
     for (dir, path) in &sources.subtrees {
         let (parent, name) = replace_beneath(&root, path)?;
         let place = |source| RootfsError::Place {
@@ -441,6 +431,7 @@ fn copy_from_cache(sources: &CachedSources, out: &Path) -> Result<Fidelity, Root
         fidelity.add(copy::copy_union(
             &[(dir.as_path(), copy::Form::Tree)],
             sub.as_fd(),
+            path,
         )?);
     }
     Ok(fidelity)
