@@ -356,8 +356,12 @@ fn materialize_copy(
     let not_reproduced = match copy_source(store, axes.benchmark) {
         CopySource::Cache => match cached_sources(store, axes) {
             Ok(sources) => copy_from_cache(&sources, out)?,
-            // Nothing is written to `out` yet: the blobs give the same
-            // tree, or the same error if the layer itself is bad.
+            // The axis image lacks its subtree: the blobs lack it too.
+            Err(e @ RootfsError::MissingSubtree { .. }) => return Err(e),
+            // Nothing is written to `out` yet. A layer the cache cannot
+            // hold (a hardlink to a lower layer's file, which only the
+            // tree form can resolve; the cache's file system full) still
+            // applies as a tree; a bad layer gives the same error again.
             Err(e) => {
                 tracing::warn!(error = %e, "could not use the layer cache; applying the layer blobs");
                 copy_from_blobs(store, axes, out)?
