@@ -375,7 +375,11 @@ type RelPath = Vec<Vec<u8>>;
 struct DirMeta {
     comps: RelPath,
     mode: u32,
-    times: Timestamps,
+    /// `None` for the root of a union of cached layers: a cached layer's
+    /// root has the time it was unpacked, not the image's, so the copy's
+    /// root keeps the time it was made, as an overlay's (its upper
+    /// directory's) and the applied blobs' do.
+    times: Option<Timestamps>,
 }
 
 enum Task {
@@ -642,7 +646,8 @@ impl<'s, 'a> Writer<'s, 'a> {
             let rd = readable_dir(&src).map_err(fail(&comps, b"", "open cached directory"))?;
             if i == 0 {
                 let target = readable_dir(&dest).map_err(fail(&comps, b"", "open directory"))?;
-                self.own_dir_meta(&comps, &rd, &target)?;
+                let overlay = self.shared.layers[layer].1 == Form::Overlay;
+                self.own_dir_meta(&comps, &rd, &target, overlay)?;
             }
             listings.push(self.listing(&comps, layer, &src, rd)?);
             drop(src);
@@ -685,6 +690,7 @@ impl<'s, 'a> Writer<'s, 'a> {
         comps: &[Vec<u8>],
         src: &OwnedFd,
         dest: &OwnedFd,
+        overlay: bool,
     ) -> Result<(), CopyError> {
         let st =
             rfs::fstat(src).map_err(|e| fail(comps, b"", "stat cached directory")(e.into()))?;
@@ -701,7 +707,7 @@ impl<'s, 'a> Writer<'s, 'a> {
         lock(&self.shared.dirs).push(DirMeta {
             comps: comps.to_vec(),
             mode: st.st_mode & 0o7777,
-            times: times_of(&st),
+            times: Some(times_of(&st)).filter(|_| !(comps.is_empty() && overlay)),
         });
         Ok(())
     }
@@ -1023,7 +1029,10 @@ impl<'s, 'a> Writer<'s, 'a> {
         let fd = self.dest_dir(&d.comps)?;
         rfs::chmodat(&*fd, ".", Mode::from_raw_mode(d.mode), AtFlags::empty())
             .map_err(|e| fail(&d.comps, b"", "chmod")(e.into()))?;
-        rfs::utimensat(&*fd, ".", &d.times, AtFlags::SYMLINK_NOFOLLOW)
+        let Some(times) = &d.times else {
+            return Ok(());
+        };
+        rfs::utimensat(&*fd, ".", times, AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| fail(&d.comps, b"", "set times")(e.into()))
     }
 }
