@@ -13,7 +13,7 @@
 //! - **copy**: the union of the cached layers is copied into a plain
 //!   directory by parallel writers ([`copy`]), for hosts where mounting is
 //!   not permitted (an unprivileged container). Where the cache cannot be
-//!   used (see [`copy_source`]), or with `HOIST_COPY_FROM_BLOBS=1`, the
+//!   used (see `copy_source`), or with `HOIST_COPY_FROM_BLOBS=1`, the
 //!   layer blobs are applied onto the directory instead.
 
 mod cache;
