@@ -32,7 +32,7 @@
 //! (links are made once every file is written).
 //!
 //! Reads in the cache and writes in the copy go through
-//! [`crate::unpack::fsops::Root`] handles (openat2 `RESOLVE_IN_ROOT`,
+//! `unpack::fsops::Root` handles (openat2 `RESOLVE_IN_ROOT`,
 //! no symlink followed), then `*at` calls with one plain name.
 
 use std::collections::HashMap;
