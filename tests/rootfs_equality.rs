@@ -12,7 +12,10 @@
 //! - the fusion of that image with Docker-built agent and gateway images;
 //! - a materialize into a non-empty directory, and the warm path plus gc.
 //!
-//! Every hoist tree is checked in both `--rootfs overlay` and `--rootfs copy`.
+//! Every hoist tree is checked in `--rootfs overlay`, in `--rootfs copy` (the
+//! union of the cached layers, copied) and in `--rootfs copy` with
+//! `HOIST_COPY_FROM_BLOBS=1` (the layer blobs applied one after the other),
+//! and the three are compared with each other entry for entry.
 //! Needs root, Docker (`HOIST_TEST_DOCKER`, set by scripts/test-env), umoci
 //! and skopeo; skips with the reason otherwise (fails under CI's
 //! `HOIST_TEST_REQUIRE_ALL=1`). The images are built once per test process.
@@ -289,20 +292,64 @@ fn umount(dir: &Path) {
     }
 }
 
-fn materialize(store: &Path, axes: &[(&str, &str)], out: &Path, mode: &str) -> Rootfs {
+/// The ways hoist builds a rootfs: `--rootfs` and whether the copy is made
+/// from the layer blobs (`HOIST_COPY_FROM_BLOBS=1`) instead of the cache.
+#[derive(Clone, Copy, Debug)]
+struct Way {
+    name: &'static str,
+    rootfs: &'static str,
+    from_blobs: bool,
+}
+
+const OVERLAY: Way = Way {
+    name: "overlay",
+    rootfs: "overlay",
+    from_blobs: false,
+};
+const COPY: Way = Way {
+    name: "copy",
+    rootfs: "copy",
+    from_blobs: false,
+};
+const COPY_FROM_BLOBS: Way = Way {
+    name: "copy-from-blobs",
+    rootfs: "copy",
+    from_blobs: true,
+};
+/// The copy first: with each test's fresh store it finds the layer cache
+/// empty, and fills it for the overlay.
+const WAYS: [Way; 3] = [COPY, OVERLAY, COPY_FROM_BLOBS];
+
+fn materialize(store: &Path, axes: &[(&str, &str)], out: &Path, way: Way) -> Rootfs {
     let t0 = Instant::now();
     let mut cmd = hoist(store);
     cmd.args(["--quiet", "materialize"]);
     for (axis, reference) in axes {
         cmd.arg(format!("--{axis}")).arg(reference);
     }
-    cmd.arg("--out").arg(out).args(["--rootfs", mode]);
+    cmd.arg("--out").arg(out).args(["--rootfs", way.rootfs]);
+    if way.from_blobs {
+        cmd.env("HOIST_COPY_FROM_BLOBS", "1");
+    } else {
+        cmd.env_remove("HOIST_COPY_FROM_BLOBS");
+    }
     let rootfs = Rootfs {
         dir: out.to_path_buf(),
     };
     ok(&mut cmd);
-    eprintln!("materialize {mode} {axes:?}: {:.1?}", t0.elapsed());
+    eprintln!("materialize {way:?} {axes:?}: {:.1?}", t0.elapsed());
     rootfs
+}
+
+/// The copy from the cache against the overlay and against the copy from
+/// the blobs, whole listings (`listings` in [`WAYS`] order).
+fn compare_ways(what: &str, listings: &[Vec<String>], failures: &mut Vec<String>) {
+    let [copy, overlay, blobs] = listings else {
+        panic!("one listing per way, got {}", listings.len());
+    };
+    let name = |w: Way| format!("{what} --rootfs {}", w.name);
+    compare(&name(COPY), &name(OVERLAY), copy, overlay, failures);
+    compare(&name(COPY), &name(COPY_FROM_BLOBS), copy, blobs, failures);
 }
 
 /// `hoist tree-digest --list DIR`, as lines.
@@ -435,9 +482,11 @@ fn check_equal(e: &Env, reference: &str, docker_image: &str, pull: bool, must_ha
     let umoci_list = listing(store, &umoci_dir, &[]);
 
     let mut failures = Vec::new();
-    for mode in ["overlay", "copy"] {
+    let mut listings = Vec::new();
+    for way in WAYS {
+        let mode = way.name;
         let out = t.path().join(mode);
-        let _rootfs = materialize(store, &[("benchmark", reference)], &out, mode);
+        let _rootfs = materialize(store, &[("benchmark", reference)], &out, way);
         let full = listing(store, &out, &[]);
         for p in must_have {
             assert!(
@@ -461,7 +510,9 @@ fn check_equal(e: &Env, reference: &str, docker_image: &str, pull: bool, must_ha
             &docker,
             &mut failures,
         );
+        listings.push(full);
     }
+    compare_ways(&format!("hoist of {reference}"), &listings, &mut failures);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -522,7 +573,7 @@ fn fusion_takes_only_the_axis_subtrees_and_keeps_permissions() {
     ];
     // The benchmark alone, to show the fusion changed nothing else.
     let alone = t.path().join("benchmark-alone");
-    let alone_rootfs = materialize(store, &axes[..1], &alone, "overlay");
+    let alone_rootfs = materialize(store, &axes[..1], &alone, OVERLAY);
     let outside_axes = |list: &[String]| -> Vec<String> {
         list.iter()
             .filter(|l| !under(path_of(l), "opt/agent") && !under(path_of(l), "opt/gateway"))
@@ -534,9 +585,10 @@ fn fusion_takes_only_the_axis_subtrees_and_keeps_permissions() {
 
     let mut failures = Vec::new();
     let mut listings = Vec::new();
-    for mode in ["overlay", "copy"] {
+    for way in WAYS {
+        let mode = way.name;
         let out = t.path().join(mode);
-        let _rootfs = materialize(store, &axes, &out, mode);
+        let _rootfs = materialize(store, &axes, &out, way);
         let at = |p: &str| out.join(p);
         let mut problems = Vec::new();
         let mut expect = |p: &str, dir: bool, mode_bits: u32| match fs::symlink_metadata(at(p)) {
@@ -594,13 +646,7 @@ fn fusion_takes_only_the_axis_subtrees_and_keeps_permissions() {
         );
         listings.push(list);
     }
-    compare(
-        "fused hoist --rootfs overlay",
-        "fused hoist --rootfs copy",
-        &listings[0],
-        &listings[1],
-        &mut failures,
-    );
+    compare_ways("fused hoist", &listings, &mut failures);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -659,14 +705,14 @@ fn warm_materialize_is_identical_and_gc_removes_only_the_runs() {
         &store,
         &[("benchmark", &b.image)],
         &t.path().join("cold"),
-        "overlay",
+        OVERLAY,
     );
     let t0 = Instant::now();
     let second = materialize(
         &store,
         &[("benchmark", &b.image)],
         &t.path().join("warm"),
-        "overlay",
+        OVERLAY,
     );
     eprintln!(
         "warm materialize (including the registry check): {:.1?}",

@@ -139,6 +139,18 @@ fn write_fidelity(entry: &Path, f: Fidelity) -> Result<(), RootfsError> {
     atomic::write(&path, &bytes, 0o644, Durability::Unsynced).map_err(io(&path))
 }
 
+/// Where the layer `desc` is unpacked in this process's layer cache.
+fn layer_entry(store: &Store, desc: &Descriptor) -> PathBuf {
+    layers_dir(store)
+        .join(desc.digest.algorithm().as_str())
+        .join(desc.digest.hex())
+}
+
+/// Whether the layer `desc` is unpacked in this process's layer cache.
+pub(crate) fn is_cached(store: &Store, desc: &Descriptor) -> bool {
+    is_real_dir(&layer_entry(store, desc))
+}
+
 /// The unpacked layer for `desc`, unpacking it now if needed, and what it
 /// could not reproduce.
 pub fn ensure_layer(
@@ -146,8 +158,8 @@ pub fn ensure_layer(
     desc: &Descriptor,
     diff_id: &Digest,
 ) -> Result<(PathBuf, Fidelity), RootfsError> {
+    let target = layer_entry(store, desc);
     let base = layers_dir(store).join(desc.digest.algorithm().as_str());
-    let target = base.join(desc.digest.hex());
     if is_real_dir(&target) {
         let f = read_fidelity(&target);
         return Ok((target, f));

@@ -10,10 +10,14 @@
 //!   overlay with a per-run upper directory, and each axis subtree is its
 //!   own overlay mounted on its path. Nothing a run writes reaches the
 //!   cache, and a second run on the same base costs a few mounts.
-//! - **copy**: the layers are applied onto a plain directory, for hosts
-//!   where mounting is not permitted (an unprivileged container).
+//! - **copy**: the union of the cached layers is copied into a plain
+//!   directory by parallel writers ([`copy`]), for hosts where mounting is
+//!   not permitted (an unprivileged container). Where the cache cannot be
+//!   used (see `copy_source`), or with `HOIST_COPY_FROM_BLOBS=1`, the
+//!   layer blobs are applied onto the directory instead.
 
 mod cache;
+pub mod copy;
 pub mod evict;
 pub(crate) use cache::{layers_dir, subtrees_dir};
 pub mod gc;
@@ -71,6 +75,12 @@ pub enum RootfsError {
     #[error("placing {path} in the rootfs: {source}")]
     Place {
         path: String,
+        source: std::io::Error,
+    },
+    #[error("copying /{path} from the layer cache ({op}): {source}")]
+    Copy {
+        path: String,
+        op: &'static str,
         source: std::io::Error,
     },
 }
@@ -280,11 +290,177 @@ fn materialize_overlay(
     })
 }
 
+/// The environment variable that makes `--rootfs copy` apply the layer
+/// blobs, as hoist did before it copied from the layer cache.
+pub const COPY_FROM_BLOBS_ENV: &str = "HOIST_COPY_FROM_BLOBS";
+
+/// Where a copy rootfs is made from.
+#[derive(Debug, PartialEq, Eq)]
+enum CopySource {
+    /// The unpacked layers of the cache, copied by parallel writers.
+    Cache,
+    /// The layer blobs, applied one after the other; and why.
+    Blobs(String),
+}
+
+/// The layer cache, unless the user asked for the blobs, this process may
+/// not read every cached file (an unprivileged one cannot open a file the
+/// image made 0000, nor give it back its owner), or a layer is missing
+/// from the cache and this process cannot write the cache's overlay
+/// markers (root without CAP_SYS_ADMIN, in a container's default profile,
+/// cannot set `trusted.*`; a file system without xattrs).
+fn copy_source(store: &Store, b: &Pulled) -> CopySource {
+    if std::env::var_os(COPY_FROM_BLOBS_ENV).is_some_and(|v| v == "1") {
+        return CopySource::Blobs(format!("{COPY_FROM_BLOBS_ENV}=1"));
+    }
+    if crate::unpack::Privileges::Detect.resolve() == crate::unpack::Privileges::Unprivileged {
+        return CopySource::Blobs("an unprivileged process cannot read every cached file".into());
+    }
+    if b.manifest.layers.iter().all(|d| cache::is_cached(store, d)) {
+        return CopySource::Cache;
+    }
+    match probe_cache_markers(store) {
+        Ok(()) => CopySource::Cache,
+        Err(e) => CopySource::Blobs(format!(
+            "a layer is not cached and the layer cache in {} cannot be written here: {e}",
+            layers_dir(store).display()
+        )),
+    }
+}
+
+/// Whether this process can write what a cached layer holds besides
+/// files: an opaque marker and a 0/0 whiteout.
+fn probe_cache_markers(store: &Store) -> std::io::Result<()> {
+    let base = layers_dir(store);
+    fs::create_dir_all(&base)?;
+    let probe = tempfile::Builder::new()
+        .prefix(".probe-")
+        .tempdir_in(&base)?;
+    let key = format!("{}opaque", copy::overlay_prefix());
+    copy::Node::path(probe.path()).set_xattr(key.as_bytes(), b"y")?;
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        probe.path().join("whiteout"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::empty(),
+        0,
+    )?;
+    probe.close()
+}
+
 fn materialize_copy(
     store: &Store,
     axes: &Axes<'_>,
     out: &Path,
 ) -> Result<Materialized, RootfsError> {
+    let not_reproduced = match copy_source(store, axes.benchmark) {
+        CopySource::Cache => match cached_sources(store, axes) {
+            Ok(sources) => copy_from_cache(&sources, out)?,
+            // The axis image lacks its subtree: the blobs lack it too.
+            Err(e @ RootfsError::MissingSubtree { .. }) => return Err(e),
+            // Nothing is written to `out` yet. A layer the cache cannot
+            // hold (a hardlink to a lower layer's file, which only the
+            // tree form can resolve; the cache's file system full) still
+            // applies as a tree; a bad layer gives the same error again.
+            Err(e) => {
+                tracing::warn!(error = %e, "could not use the layer cache; applying the layer blobs");
+                copy_from_blobs(store, axes, out)?
+            }
+        },
+        CopySource::Blobs(why) => {
+            tracing::info!(reason = %why, "applying the layer blobs for the copy rootfs");
+            copy_from_blobs(store, axes, out)?
+        }
+    };
+    Ok(Materialized {
+        root: out.to_path_buf(),
+        mode: RootfsMode::Copy,
+        run_dir: None,
+        not_reproduced,
+    })
+}
+
+/// The cached layers (unpacked now where missing) and axis subtrees a
+/// copy is made from, and what their unpacking could not reproduce.
+struct CachedSources {
+    /// Topmost first.
+    layers: Vec<PathBuf>,
+    subtrees: Vec<(PathBuf, &'static str)>,
+    fidelity: Fidelity,
+}
+
+fn cached_sources(store: &Store, axes: &Axes<'_>) -> Result<CachedSources, RootfsError> {
+    let b = axes.benchmark;
+    let mut fidelity = Fidelity::default();
+    let mut layers = Vec::new();
+    for (desc, diff_id) in b.manifest.layers.iter().zip(&b.config.rootfs.diff_ids) {
+        let (dir, f) = ensure_layer(store, desc, diff_id)?;
+        layers.push(dir);
+        fidelity.add(f);
+    }
+    layers.reverse();
+    let mut subtrees = Vec::new();
+    for (img, path) in axis_subtrees(axes) {
+        let (dir, f) = ensure_subtree(store, img, path)?;
+        subtrees.push((dir, path));
+        fidelity.add(f);
+    }
+    Ok(CachedSources {
+        layers,
+        subtrees,
+        fidelity,
+    })
+}
+
+/// The benchmark's union into `out`, then each axis subtree in place of
+/// whatever the benchmark has at its path.
+fn copy_from_cache(sources: &CachedSources, out: &Path) -> Result<Fidelity, RootfsError> {
+    let mut fidelity = sources.fidelity;
+    let root = File::open(out).map_err(io(out))?;
+    let layers: Vec<(&Path, copy::Form)> = sources
+        .layers
+        .iter()
+        .map(|d| (d.as_path(), copy::Form::Overlay))
+        .collect();
+    fidelity.add(copy::copy_union(&layers, root.as_fd(), "")?);
+    for (dir, path) in &sources.subtrees {
+        let (parent, name) = replace_beneath(&root, path)?;
+        let place = |source| RootfsError::Place {
+            path: format!("/{path}"),
+            source,
+        };
+        rustix::fs::mkdirat(&parent, name, rustix::fs::Mode::from_raw_mode(0o700))
+            .map_err(|e| place(e.into()))?;
+        let sub = crate::beneath::open_dir_beneath(parent.as_fd(), name).map_err(place)?;
+        fidelity.add(copy::copy_union(
+            &[(dir.as_path(), copy::Form::Tree)],
+            sub.as_fd(),
+            path,
+        )?);
+    }
+    Ok(fidelity)
+}
+
+/// Open the parent of `path` beneath `root` (creating missing parents
+/// 0755) and remove whatever is at `path`: an axis replaces it.
+fn replace_beneath<'p>(
+    root: &File,
+    path: &'p str,
+) -> Result<(std::os::fd::OwnedFd, &'p str), RootfsError> {
+    let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let place = |source| RootfsError::Place {
+        path: format!("/{path}"),
+        source,
+    };
+    let parent_fd = crate::beneath::open_dir_beneath(root.as_fd(), parent).map_err(place)?;
+    crate::unpack::fsops::remove_all(parent_fd.as_fd(), name.as_bytes()).map_err(place)?;
+    Ok((parent_fd, name))
+}
+
+/// The copy as hoist made it before the cache was used: every layer blob
+/// applied onto `out`, then each axis subtree applied from its image's
+/// blobs beside it and moved into place.
+fn copy_from_blobs(store: &Store, axes: &Axes<'_>, out: &Path) -> Result<Fidelity, RootfsError> {
     let b = axes.benchmark;
     let mut not_reproduced = Fidelity::default();
     for (desc, diff_id) in b.manifest.layers.iter().zip(&b.config.rootfs.diff_ids) {
@@ -297,19 +473,7 @@ fn materialize_copy(
     }
     let root = File::open(out).map_err(io(out))?;
     for (img, path) in axis_subtrees(axes) {
-        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
-        let parent_fd =
-            crate::beneath::open_dir_beneath(root.as_fd(), parent).map_err(|source| {
-                RootfsError::Place {
-                    path: format!("/{path}"),
-                    source,
-                }
-            })?;
-        // The axis replaces whatever the benchmark had there.
-        remove_beneath(&parent_fd, name).map_err(|source| RootfsError::Place {
-            path: format!("/{path}"),
-            source,
-        })?;
+        let (parent_fd, name) = replace_beneath(&root, path)?;
         let parent_path = fd_path(&parent_fd).map_err(io(out))?;
         let scratch = sibling_scratch(out, name);
         let f = cache::extract_subtree(
@@ -323,31 +487,25 @@ fn materialize_copy(
         )?;
         not_reproduced.add(f);
     }
-    Ok(Materialized {
-        root: out.to_path_buf(),
-        mode: RootfsMode::Copy,
-        run_dir: None,
-        not_reproduced,
-    })
+    Ok(not_reproduced)
 }
 
 /// Give `dst` the mode, owner and xattrs of the directory `src`: an
-/// overlay mount shows its upper directory's, not the layers'.
+/// overlay mount shows its upper directory's, not the layers'. Each xattr
+/// is copied whole, whatever its size.
 fn copy_dir_meta(src: &Path, dst: &Path) -> Result<(), RootfsError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let meta = fs::symlink_metadata(src).map_err(io(src))?;
     std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid())).map_err(io(dst))?;
     fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777)).map_err(io(dst))?;
-    let mut names = vec![0u8; 65536];
-    let n = rustix::fs::llistxattr(src, &mut names).unwrap_or(0);
-    for name in names[..n].split(|&b| b == 0).filter(|s| !s.is_empty()) {
-        if crate::treedigest::is_ignored_xattr(&String::from_utf8_lossy(name)) {
+    let (from, to) = (copy::Node::path(src), copy::Node::path(dst));
+    for name in from.xattr_names().map_err(io(src))? {
+        if crate::treedigest::is_ignored_xattr(&String::from_utf8_lossy(&name)) {
             continue;
         }
-        let mut value = vec![0u8; 65536];
-        if let Ok(len) = rustix::fs::lgetxattr(src, name, &mut value) {
-            rustix::fs::lsetxattr(dst, name, &value[..len], rustix::fs::XattrFlags::empty())
-                .map_err(|e| io(dst)(e.into()))?;
+        // Removed since it was listed: nothing to copy.
+        if let Some(value) = from.xattr(&name).map_err(io(src))? {
+            to.set_xattr(&name, &value).map_err(io(dst))?;
         }
     }
     Ok(())
@@ -370,16 +528,6 @@ fn fd_path(fd: &std::os::fd::OwnedFd) -> std::io::Result<PathBuf> {
         "/proc/self/fd/{}",
         std::os::fd::AsRawFd::as_raw_fd(fd)
     ))
-}
-
-fn remove_beneath(parent: &std::os::fd::OwnedFd, name: &str) -> std::io::Result<()> {
-    let p = fd_path(parent)?.join(name);
-    match fs::symlink_metadata(&p) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(&p),
-        Ok(_) => fs::remove_file(&p),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 /// Take down what [`materialize`] built at `root`.
