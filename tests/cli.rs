@@ -111,6 +111,7 @@ fn garbage(dir: &Path) {
         ("matrix.toml", "[[case]]\nbenchmark = 5\n"),
         ("tasks.jsonl", "{\n[]\n\"x\"\n{\"id\": null}\n"),
         ("hoist.lock", "version = \"x\"\n[[image]]\n"),
+        ("task/agent.json", r#"{"task_id": 5}"#),
     ];
     for (name, text) in files {
         let p = dir.join(name);
@@ -118,14 +119,89 @@ fn garbage(dir: &Path) {
         std::fs::write(p, text).unwrap();
     }
     std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    layout_of_lies(&dir.join("lies"));
+    // Evaluations whose plans' shards are absurd: past the last, and one
+    // of usize::MAX shards of usize::MAX tasks.
+    let max = usize::MAX;
+    eval_plan(&dir.join("past"), max, 2, 2);
+    eval_plan(&dir.join("huge"), 0, max, max);
+}
+
+/// `dir/eval.json`: a plan of tasks `a` and `b` as shard `index`/`count`
+/// of `total` tasks.
+fn eval_plan(dir: &Path, index: usize, count: usize, total: usize) {
+    let pin = serde_json::json!({"ref": "oci:/x:y", "digest": null});
+    let task = |id: &str| {
+        serde_json::json!({"id": id, "benchmark": pin, "agent": pin,
+                           "gateway": null, "agent_timeout_sec": null})
+    };
+    let plan = serde_json::json!({
+        "schema": "hoist.eval/v1", "created_at": "t", "mode": "crane",
+        "shard": {"index": index, "count": count}, "total_tasks": total,
+        "tasks": [task("a"), task("b")],
+    });
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("eval.json"), plan.to_string()).unwrap();
+}
+
+/// An OCI layout whose blobs hash to their names but say nothing true:
+/// tag `x` is a manifest of two layers whose config lists one diff_id,
+/// `y` the same manifest called an index, `z` one whose config matches
+/// but whose layers are not what their media types say.
+fn layout_of_lies(dir: &Path) {
+    use sha2::Digest as _;
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let blob = |bytes: &[u8]| {
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)));
+        std::fs::write(blobs.join(&digest[7..]), bytes).unwrap();
+        format!(r#""digest": "{digest}", "size": {}"#, bytes.len())
+    };
+    let layer = blob(b"not a tar, not gzip either");
+    let manifest = |diff_ids: usize| {
+        let ids = vec![format!(r#""sha256:{}""#, "0".repeat(64)); diff_ids].join(", ");
+        let config = blob(
+            format!(
+                r#"{{"architecture": "amd64", "os": "linux", "config": {{"Env": [5], "Labels": null}},
+                    "rootfs": {{"type": "layers", "diff_ids": [{ids}]}}}}"#
+            )
+            .as_bytes(),
+        );
+        blob(
+            format!(
+                r#"{{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "config": {{"mediaType": "application/vnd.oci.image.config.v1+json", {config}}},
+                    "layers": [{{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", {layer}}},
+                               {{"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd", {layer}}}]}}"#
+            )
+            .as_bytes(),
+        )
+    };
+    let (short, matching) = (manifest(1), manifest(2));
+    let entry = |media: &str, manifest: &str, tag: &str| {
+        format!(
+            r#"{{"mediaType": "application/vnd.oci.image.{media}.v1+json", {manifest},
+                 "annotations": {{"org.opencontainers.image.ref.name": "{tag}"}}}}"#
+        )
+    };
+    let index = format!(
+        r#"{{"schemaVersion": 2, "manifests": [{}, {}, {}]}}"#,
+        entry("manifest", &short, "x"),
+        entry("index", &short, "y"),
+        entry("manifest", &matching, "z"),
+    );
+    std::fs::write(dir.join("index.json"), index).unwrap();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion": "1.0.0"}"#).unwrap();
 }
 
 /// Each command's arguments that get past clap to garbage: `G` is the
 /// garbage directory, `O` an output directory.
 fn deeper(cmd: &str) -> Vec<Vec<&'static str>> {
     const AXES: &[&str] = &["--benchmark", "oci:G:x", "--agent", "oci:G:y"];
+    const LIES: &[&str] = &["--benchmark", "oci:G/lies:z", "--agent", "oci:G/lies:x"];
     let with = |extra: &[&'static str]| [AXES, extra].concat();
-    match cmd {
+    let lies = |extra: &[&'static str]| [LIES, extra].concat();
+    let mut v = match cmd {
         "pull" => vec![
             vec!["oci:G:x"],
             vec!["oci:G:y"],
@@ -164,7 +240,15 @@ fn deeper(cmd: &str) -> Vec<Vec<&'static str>> {
         ],
         "tasks" | "inspect" | "rmi" => vec![vec!["oci:G:x"]],
         "system" => vec![vec!["df", "%%"]],
-        "report" => vec![vec!["G"], vec!["G", "G"], vec!["G/task"]],
+        "report" => vec![
+            vec!["G"],
+            vec!["G", "G"],
+            vec!["G/task"],
+            vec!["G/past"],
+            vec!["G/huge"],
+            vec!["G/huge", "--partial"],
+            vec!["G/huge", "G/past"],
+        ],
         "grade" => vec![vec!["G"], vec!["G/task"]],
         "lock" => vec![with(&["--lock-file", "G/hoist.lock"])],
         "bake" => vec![with(&["--tag", "%%"]), with(&["--tag", "oci:G:z"])],
@@ -175,7 +259,25 @@ fn deeper(cmd: &str) -> Vec<Vec<&'static str>> {
         ],
         "doctor" => vec![vec!["--registry", "%%"]],
         _ => vec![],
-    }
+    };
+    v.extend(match cmd {
+        "pull" | "tasks" | "inspect" | "tree-digest" => {
+            vec![
+                vec!["oci:G/lies:x"],
+                vec!["oci:G/lies:y"],
+                vec!["oci:G/lies:z"],
+            ]
+        }
+        "materialize" => vec![
+            lies(&["--out", "O"]),
+            vec!["--benchmark", "oci:G/lies:z", "--out", "O"],
+        ],
+        "run" => vec![lies(&["--out", "O"])],
+        "lock" => vec![lies(&["--lock-file", "O"])],
+        "bake" => vec![lies(&["--tag", "oci:O:z"])],
+        _ => vec![],
+    });
+    v
 }
 
 /// `hoist --help` lists the subcommands above, and every internal stage
@@ -231,6 +333,7 @@ fn no_subcommand_panics_on_nonsense_or_garbage() {
                 let text = a.to_string_lossy();
                 let swapped = text
                     .replace("oci:G:", &format!("oci:{}:", g.display()))
+                    .replace("oci:O:", &format!("oci:{}:", o.display()))
                     .replace("G/", &format!("{}/", g.display()));
                 match text.as_ref() {
                     "G" => g.clone().into_os_string(),
