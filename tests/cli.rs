@@ -147,7 +147,8 @@ fn eval_plan(dir: &Path, index: usize, count: usize, total: usize) {
 /// An OCI layout whose blobs hash to their names but say nothing true:
 /// tag `x` is a manifest of two layers whose config lists one diff_id,
 /// `y` the same manifest called an index, `z` one whose config matches
-/// but whose layers are not what their media types say.
+/// but whose layers are not what their media types say, `w` one whose
+/// layers say they are u64::MAX bytes.
 fn layout_of_lies(dir: &Path) {
     use sha2::Digest as _;
     let blobs = dir.join("blobs/sha256");
@@ -158,11 +159,11 @@ fn layout_of_lies(dir: &Path) {
         format!(r#""digest": "{digest}", "size": {}"#, bytes.len())
     };
     let layer = blob(b"not a tar, not gzip either");
-    let manifest = |diff_ids: usize| {
+    let manifest = |diff_ids: usize, env: &str, layer: &str| {
         let ids = vec![format!(r#""sha256:{}""#, "0".repeat(64)); diff_ids].join(", ");
         let config = blob(
             format!(
-                r#"{{"architecture": "amd64", "os": "linux", "config": {{"Env": [5], "Labels": null}},
+                r#"{{"architecture": "amd64", "os": "linux", "config": {{"Env": {env}, "Labels": null}},
                     "rootfs": {{"type": "layers", "diff_ids": [{ids}]}}}}"#
             )
             .as_bytes(),
@@ -177,7 +178,11 @@ fn layout_of_lies(dir: &Path) {
             .as_bytes(),
         )
     };
-    let (short, matching) = (manifest(1), manifest(2));
+    let (short, matching) = (manifest(1, "[5]", &layer), manifest(2, "[5]", &layer));
+    // The layers said to be as large as a u64 can say.
+    let huge_layer = layer.replace(r#""size": 26"#, &format!(r#""size": {}"#, u64::MAX));
+    assert_ne!(huge_layer, layer);
+    let huge = manifest(2, r#"["A=b"]"#, &huge_layer);
     let entry = |media: &str, manifest: &str, tag: &str| {
         format!(
             r#"{{"mediaType": "application/vnd.oci.image.{media}.v1+json", {manifest},
@@ -185,10 +190,11 @@ fn layout_of_lies(dir: &Path) {
         )
     };
     let index = format!(
-        r#"{{"schemaVersion": 2, "manifests": [{}, {}, {}]}}"#,
+        r#"{{"schemaVersion": 2, "manifests": [{}, {}, {}, {}]}}"#,
         entry("manifest", &short, "x"),
         entry("index", &short, "y"),
         entry("manifest", &matching, "z"),
+        entry("manifest", &huge, "w"),
     );
     std::fs::write(dir.join("index.json"), index).unwrap();
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion": "1.0.0"}"#).unwrap();
@@ -266,6 +272,7 @@ fn deeper(cmd: &str) -> Vec<Vec<&'static str>> {
                 vec!["oci:G/lies:x"],
                 vec!["oci:G/lies:y"],
                 vec!["oci:G/lies:z"],
+                vec!["oci:G/lies:w"],
             ]
         }
         "materialize" => vec![
