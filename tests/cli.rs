@@ -198,6 +198,13 @@ fn layout_of_lies(dir: &Path) {
     );
     std::fs::write(dir.join("index.json"), index).unwrap();
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion": "1.0.0"}"#).unwrap();
+    // A tasks file of `w` images, for `eval --dry-run`, which sums what
+    // the manifests state.
+    let w = format!("oci:{}:w", dir.display());
+    let tasks = format!(
+        "{{\"id\": \"a\", \"benchmark\": \"{w}\"}}\n{{\"id\": \"b\", \"benchmark\": \"{w}\"}}\n"
+    );
+    std::fs::write(dir.join("tasks.jsonl"), tasks).unwrap();
 }
 
 /// Each command's arguments that get past clap to garbage: `G` is the
@@ -243,6 +250,17 @@ fn deeper(cmd: &str) -> Vec<Vec<&'static str>> {
                 "O",
             ],
             with(&["--out", "G"]),
+            vec![
+                "--dry-run",
+                "--tasks",
+                "G/lies/tasks.jsonl",
+                "--agent",
+                "oci:G/lies:w",
+                "--jobs",
+                "18446744073709551615",
+                "--out",
+                "O",
+            ],
         ],
         "tasks" | "inspect" | "rmi" => vec![vec!["oci:G:x"]],
         "system" => vec![vec!["df", "%%"]],
