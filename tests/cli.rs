@@ -349,8 +349,12 @@ fn no_subcommand_panics_on_nonsense_or_garbage() {
     let g = t.path().join("garbage");
     garbage(&g);
     let store = t.path().join("store");
+    // The stages run where no name the nonsense gives exists (`grade X`
+    // creates X).
+    let empty = t.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
     let mut runs = 0;
-    let mut check = |args: Vec<OsString>, with_store: bool| {
+    let mut check = |args: Vec<OsString>, with_store: bool, cwd: &Path| {
         let o = t.path().join(format!("out-{runs}"));
         let args: Vec<OsString> = args
             .into_iter()
@@ -374,7 +378,7 @@ fn no_subcommand_panics_on_nonsense_or_garbage() {
             Command::new(hoist_bin())
         };
         // Nothing may reach a registry or the test's own directory.
-        cmd.current_dir(t.path())
+        cmd.current_dir(cwd)
             .env("HOIST_RETRY_ATTEMPTS", "1")
             .env("HOIST_STALL_TIMEOUT_MS", "2000")
             .stdin(std::process::Stdio::null())
@@ -390,13 +394,13 @@ fn no_subcommand_panics_on_nonsense_or_garbage() {
                 let mut argv: Vec<OsString> = global.iter().map(OsString::from).collect();
                 argv.push(cmd.into());
                 argv.extend(args.iter().cloned());
-                check(argv, true);
+                check(argv, true, t.path());
             }
         }
         for args in deeper(cmd) {
             let mut argv = vec![OsString::from(cmd)];
             argv.extend(args.iter().map(OsString::from));
-            check(argv, true);
+            check(argv, true, t.path());
         }
     }
     // The store itself garbage.
@@ -408,7 +412,7 @@ fn no_subcommand_panics_on_nonsense_or_garbage() {
     ] {
         let mut argv: Vec<OsString> = vec!["--store".into(), "G".into()];
         argv.extend(args.iter().map(OsString::from));
-        check(argv, false);
+        check(argv, false, t.path());
     }
     // The internal stages: arguments of the wrong number are a usage
     // error before anything runs; a global flag in front sends them to
@@ -424,17 +428,30 @@ fn no_subcommand_panics_on_nonsense_or_garbage() {
                 "__userns-map" => args.len() == 4,
                 _ => false,
             };
-            let o = check(argv.clone(), false);
+            let o = check(argv.clone(), false, &empty);
             if !fits {
                 assert_eq!(o.status.code(), Some(2), "{}: {}", show(&argv), stderr(&o));
                 assert!(stderr(&o).contains("usage: hoist"), "{}", stderr(&o));
             }
+            if *stage == "__sandbox-probe-proc" {
+                // Only ever PID 1 of the probe's own pid namespace.
+                assert_eq!(o.status.code(), Some(2), "{}: {}", show(&argv), stderr(&o));
+            }
             argv.insert(0, "--quiet".into());
-            let o = check(argv.clone(), false);
+            let o = check(argv.clone(), false, &empty);
             assert_eq!(o.status.code(), Some(2), "{}: {}", show(&argv), stderr(&o));
         }
     }
     eprintln!("{runs} command lines, none panicked");
+    // Nothing was mounted here (`__sandbox-probe-proc DIR` outside its
+    // pid namespace once mounted a procfs on DIR).
+    let mounts = std::fs::read("/proc/self/mountinfo").unwrap();
+    let here = t.path().as_os_str().as_bytes();
+    assert!(
+        !mounts.windows(here.len()).any(|w| w == here),
+        "a mount under {}",
+        t.path().display()
+    );
 }
 
 #[test]

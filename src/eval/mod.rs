@@ -499,7 +499,8 @@ pub fn run_all(
     let total = plan.tasks.len();
     let done = AtomicUsize::new(0);
     let running: Mutex<BTreeSet<usize>> = Mutex::new(BTreeSet::new());
-    let workers = schedule.jobs.max(1);
+    // No more workers than tasks: the rest would find none.
+    let workers = schedule.jobs.clamp(1, total.max(1));
     let workers_left = AtomicUsize::new(workers);
     // The tasks whose images must stay: running, or not yet started.
     let tidy = || {
@@ -529,7 +530,7 @@ pub fn run_all(
                 k = started;
                 continue;
             }
-            if k >= started + schedule.prefetch {
+            if k >= started.saturating_add(schedule.prefetch) {
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
@@ -599,15 +600,26 @@ pub fn run_all(
         }
     };
     std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
+        // This thread is a worker too; the others are as many threads as
+        // the system gives (`--jobs` may ask for any number).
+        for spawned in 1..workers {
+            let started = std::thread::Builder::new().spawn_scoped(s, || {
                 worker();
                 workers_left.fetch_sub(1, Ordering::SeqCst);
             });
+            if let Err(e) = started {
+                tracing::warn!("running {spawned} tasks at once, not {workers}: {e}");
+                workers_left.fetch_sub(workers - spawned, Ordering::SeqCst);
+                break;
+            }
         }
         if schedule.prefetch > 0 {
-            s.spawn(prefetcher);
+            if let Err(e) = std::thread::Builder::new().spawn_scoped(s, prefetcher) {
+                tracing::warn!("not pulling ahead of the running tasks: {e}");
+            }
         }
+        worker();
+        workers_left.fetch_sub(1, Ordering::SeqCst);
     });
     let outcomes = outcomes.into_inner().unwrap_or_else(|e| e.into_inner());
     let list = outcomes
