@@ -503,3 +503,36 @@ fn a_timeout_too_long_for_the_clock_never_comes() {
     assert_eq!(r["resolved"], true, "{r}");
     assert_eq!(r["agent"]["timed_out"], false, "{r}");
 }
+
+/// `--jobs` and `--prefetch` as large as a usize: as many workers as
+/// there are tasks (threads the system gives), not a spawn until one
+/// fails.
+#[test]
+fn absurd_jobs_and_prefetch_still_run_an_evaluation() {
+    if !is_root() {
+        skip("hoist eval needs root here (namespaces, overlay mounts)");
+        return;
+    }
+    let (Some(oci), Some(tasks)) = (
+        env_or_skip("HOIST_SAMPLES_OCI"),
+        env_or_skip("HOIST_SAMPLES_PYFIX_TASKS"),
+    ) else {
+        return;
+    };
+    let tasks: Vec<&str> = tasks.split_whitespace().take(2).collect();
+    let out = tempfile::tempdir().unwrap();
+    let most = usize::MAX.to_string();
+    let mut cmd = hoist(&test_store("run-store"));
+    cmd.args(["eval", "--benchmark", &format!("oci:{oci}:pyfix")])
+        .args(["--agent", &format!("oci:{oci}:agent-noop")])
+        .args(["--jobs", &most, "--prefetch", &most]);
+    for t in &tasks {
+        cmd.args(["--task", t]);
+    }
+    let o = run(cmd.arg("--out").arg(out.path()));
+    assert_no_panic("hoist eval --jobs usize::MAX", &o);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary = read_json(&out.path().join("summary.json"));
+    assert_eq!(summary["total"], tasks.len(), "{summary}");
+    assert_eq!(summary["infra_error"], 0, "{summary}");
+}
