@@ -600,26 +600,17 @@ pub fn run_all(
         }
     };
     std::thread::scope(|s| {
-        // This thread is a worker too; the others are as many threads as
-        // the system gives (`--jobs` may ask for any number).
-        for spawned in 1..workers {
-            let started = std::thread::Builder::new().spawn_scoped(s, || {
-                worker();
-                workers_left.fetch_sub(1, Ordering::SeqCst);
-            });
-            if let Err(e) = started {
-                tracing::warn!("running {spawned} tasks at once, not {workers}: {e}");
-                workers_left.fetch_sub(workers - spawned, Ordering::SeqCst);
-                break;
-            }
-        }
+        let work = || {
+            worker();
+            workers_left.fetch_sub(1, Ordering::SeqCst);
+        };
+        // This thread is a worker too.
+        let others = spawn_many(s, workers - 1, work, "task workers");
+        workers_left.fetch_sub(workers - 1 - others, Ordering::SeqCst);
         if schedule.prefetch > 0 {
-            if let Err(e) = std::thread::Builder::new().spawn_scoped(s, prefetcher) {
-                tracing::warn!("not pulling ahead of the running tasks: {e}");
-            }
+            spawn_many(s, 1, prefetcher, "the prefetcher");
         }
-        worker();
-        workers_left.fetch_sub(1, Ordering::SeqCst);
+        work();
     });
     let outcomes = outcomes.into_inner().unwrap_or_else(|e| e.into_inner());
     let list = outcomes
@@ -638,6 +629,26 @@ pub fn run_all(
         list,
         stopped.into_inner().unwrap_or_else(|e| e.into_inner()),
     )
+}
+
+/// Start `n` threads of `f` in `s`, or as many as the system gives
+/// (`--jobs` may ask for any number), saying so; how many started.
+fn spawn_many<'scope, F>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    n: usize,
+    f: F,
+    what: &str,
+) -> usize
+where
+    F: Fn() + Copy + Send + 'scope,
+{
+    for started in 0..n {
+        if let Err(e) = std::thread::Builder::new().spawn_scoped(s, f) {
+            tracing::warn!("started {started} of {n} threads for {what}: {e}");
+            return started;
+        }
+    }
+    n
 }
 
 /// One task, retried after an infrastructure error.
