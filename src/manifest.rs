@@ -50,6 +50,16 @@ pub struct Manifest {
     pub annotations: Option<BTreeMap<String, String>>,
 }
 
+impl Manifest {
+    /// The bytes of the config and the layers, as the manifest states
+    /// them: saturating, since a manifest may state any size.
+    pub fn total_size(&self) -> u64 {
+        self.layers
+            .iter()
+            .fold(self.config.size, |total, l| total.saturating_add(l.size))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Index {
@@ -228,6 +238,20 @@ mod tests {
         format!(
             r#"{{"schemaVersion":2,"mediaType":"{media_type}","config":{{"mediaType":"{OCI_CONFIG}","digest":"{D}","size":0}},"layers":[]}}"#
         )
+    }
+
+    #[test]
+    fn a_manifests_total_size_saturates() {
+        let Document::Manifest(mut m) =
+            parse_document(manifest(OCI_MANIFEST).as_bytes(), Some(OCI_MANIFEST)).unwrap()
+        else {
+            panic!("not a manifest")
+        };
+        m.config.size = 7;
+        assert_eq!(m.total_size(), 7);
+        m.layers = vec![m.config.clone(); 2];
+        m.layers[1].size = u64::MAX;
+        assert_eq!(m.total_size(), u64::MAX);
     }
 
     #[test]

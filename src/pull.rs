@@ -482,7 +482,7 @@ pub async fn pull(
     };
     store.record(&name, &desc)?;
     store.mark_used(&manifest_digest)?;
-    let size = manifest.config.size + manifest.layers.iter().map(|b| b.size).sum::<u64>();
+    let size = manifest.total_size();
     Ok(Pulled {
         reference: ref_str,
         name,
@@ -704,7 +704,9 @@ fn copy_layout_blob(
     let src = Store::view(path).blob_path(&desc.digest);
     let file = std::fs::File::open(&src).map_err(crate::store::io_err(&src))?;
     ingest.reset()?;
-    let mut reader = file.take(desc.size + 1);
+    // One byte past the stated size shows a blob longer than it; the
+    // size is the manifest's word, up to u64::MAX.
+    let mut reader = file.take(desc.size.saturating_add(1));
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = reader.read(&mut buf).map_err(crate::store::io_err(&src))?;

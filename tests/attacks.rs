@@ -68,7 +68,6 @@ const SENTINEL_TEXT: &[u8] = b"hoist-attack-sentinel: the host side of an attack
 const STORE_MARKER: &str = "hoist-attack-store-marker";
 const LOCK: &str = "/tmp/hoist-attack.lock";
 
-const DOCKER: &str = "/usr/bin/docker";
 const RUNNER_IMAGE: &str = "hoist-runner:attacks";
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -256,12 +255,6 @@ struct Env {
     task: String,
 }
 
-fn test_dir() -> PathBuf {
-    std::env::var("HOIST_TEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| std::env::temp_dir())
-}
-
 fn env(setting: Setting) -> Option<Env> {
     if !is_root() {
         skip("the attack tests need root (namespaces, chroot, docker)");
@@ -283,12 +276,7 @@ fn env(setting: Setting) -> Option<Env> {
         .next()?
         .to_string();
     if matches!(setting, Setting::Runner | Setting::Container) {
-        if env_or_skip("HOIST_TEST_DOCKER")? != "1" {
-            skip("HOIST_TEST_DOCKER is not 1: no Docker Engine");
-            return None;
-        }
-        if !run(Command::new(DOCKER).arg("info")).status.success() {
-            skip("HOIST_TEST_DOCKER is set but `docker info` fails; run scripts/dockerd start");
+        if !have_docker() {
             return None;
         }
         if static_hoist().is_none() {
@@ -535,15 +523,6 @@ fn check_no_leftovers(failures: &mut Vec<String>) {
 }
 
 // ---- reading what the hostile code reported --------------------------------------
-
-fn json_lines(path: &Path) -> (String, Vec<Value>) {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .collect();
-    (text, lines)
-}
 
 /// Every expected attempt against what the logs in `task` say; one line per
 /// attempt on stderr (the table), failures collected.

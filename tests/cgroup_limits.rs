@@ -45,10 +45,7 @@ fn env() -> Option<Env> {
 }
 
 fn store() -> PathBuf {
-    std::env::var("HOIST_TEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| std::env::temp_dir())
-        .join("cgroup-store")
+    test_store("cgroup-store")
 }
 
 /// `hoist run` of the scripted agent replaying `rec`, plus `extra`.

@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use support::{docker, env_or_skip, have_tool, hoist, is_root, ok, run, skip, stderr, stdout};
+use support::{
+    docker, env_or_skip, have_docker, have_tool, hoist, is_root, ok, read_json, run, skip, stderr,
+    stdout,
+};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -54,12 +57,7 @@ fn env() -> Option<Env> {
         skip("conformance needs root (crane sandbox, exact ownership in the trees, docker)");
         return None;
     }
-    env_or_skip("HOIST_TEST_DOCKER")?;
-    if !(have_tool("skopeo") && have_tool("tar")) {
-        return None;
-    }
-    if !run(docker().arg("info")).status.success() {
-        skip("HOIST_TEST_DOCKER is set but `docker info` fails; run scripts/dockerd start");
+    if !(have_docker() && have_tool("skopeo") && have_tool("tar")) {
         return None;
     }
     Some(Env {
@@ -73,11 +71,6 @@ fn conformance(store: &Path) -> Command {
     let mut c = hoist(store);
     c.current_dir(REPO).arg("conformance");
     c
-}
-
-fn report(path: &Path) -> Value {
-    let bytes = std::fs::read(path).expect("the JSON report was written");
-    serde_json::from_slice(&bytes).expect("the report is JSON")
 }
 
 fn case<'a>(report: &'a Value, name: &str) -> &'a Value {
@@ -218,7 +211,7 @@ fn small_matrix_passes_in_both_modes() {
     let o = run(cmd.arg("--json-out").arg(&json).arg("--keep").arg(&keep));
     eprintln!("{}", show(&o));
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
-    let r = report(&json);
+    let r = read_json(&json);
     assert_eq!(r["schema"], "hoist.conformance/v1");
     assert_eq!(r["passed"], true);
     assert_eq!(r["summary"]["cases"], 4);
@@ -280,7 +273,7 @@ fn small_matrix_passes_in_both_modes() {
         .arg(&crane)
         .arg(&container));
     let file = container.join("task/result.json");
-    let mut v: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let mut v: Value = read_json(&file);
     v["resolved"] = Value::Bool(false);
     v["images"]["benchmark"]["digest"] = "sha256:tampered".into();
     v["hoist_version"] = "99.0.0".into();
@@ -313,7 +306,7 @@ fn broken_cases_fail_naming_paths_and_fields() {
         .arg(&json));
     eprintln!("{}", show(&o));
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
-    let r = report(&json);
+    let r = read_json(&json);
     assert_eq!(r["passed"], false);
     assert_eq!(r["summary"]["fail"], 2, "{:#}", r["summary"]);
     assert_eq!(r["summary"]["expected_difference"], 1, "{:#}", r["summary"]);

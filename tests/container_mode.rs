@@ -32,9 +32,7 @@ fn samples() -> Option<Samples> {
         skip("container mode tests need root (crane mode for comparison, docker)");
         return None;
     }
-    env_or_skip("HOIST_TEST_DOCKER")?;
-    if !run(docker().arg("info")).status.success() {
-        skip("HOIST_TEST_DOCKER is set but `docker info` fails; run scripts/dockerd start");
+    if !have_docker() {
         return None;
     }
     let words = |v: String| v.split_whitespace().map(str::to_string).collect::<Vec<_>>();
@@ -55,17 +53,12 @@ impl Samples {
 
 /// One store for the whole file, so layers and bakes are made once.
 fn store() -> PathBuf {
-    let dir = std::env::var("HOIST_TEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| std::env::temp_dir());
-    dir.join("container-store")
+    test_store("container-store")
 }
 
 fn hoist_cmd() -> Command {
     let mut c = hoist(&store());
-    if Path::new(DOCKER).exists() {
-        c.env("HOIST_DOCKER", DOCKER);
-    }
+    c.env("HOIST_DOCKER", docker_path());
     c
 }
 
@@ -330,14 +323,7 @@ fn no_docker_is_a_clear_error_that_points_to_crane_mode() {
     let dead = t.path().join("dead.sock");
     let stopped = run(hoist(t.path())
         .env("DOCKER_HOST", format!("unix://{}", dead.display()))
-        .env(
-            "HOIST_DOCKER",
-            if Path::new(DOCKER).exists() {
-                DOCKER
-            } else {
-                "docker"
-            },
-        )
+        .env("HOIST_DOCKER", docker_path())
         .args(args)
         .arg(out.path()));
     let missing = run(hoist(t.path())

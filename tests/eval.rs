@@ -33,10 +33,7 @@ fn samples() -> Option<Samples> {
 
 /// tests/run_crane.rs's store: its layer cache is filled already.
 fn store() -> PathBuf {
-    std::env::var("HOIST_TEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| std::env::temp_dir())
-        .join("run-store")
+    test_store("run-store")
 }
 
 impl Samples {

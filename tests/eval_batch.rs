@@ -33,12 +33,6 @@ fn samples() -> Option<Samples> {
     })
 }
 
-fn test_dir() -> PathBuf {
-    std::env::var("HOIST_TEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| std::env::temp_dir())
-}
-
 /// tests/run_crane.rs's store (its layer cache is filled already).
 fn store() -> PathBuf {
     test_dir().join("run-store")

@@ -46,12 +46,6 @@ fn container_store() -> PathBuf {
     test_dir().join("container-store")
 }
 
-fn test_dir() -> PathBuf {
-    std::env::var("HOIST_TEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| std::env::temp_dir())
-}
-
 impl Setup {
     fn r(&self, tag: &str) -> String {
         format!("oci:{}:{tag}", self.oci)

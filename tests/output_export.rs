@@ -16,7 +16,7 @@ mod support;
 
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -59,13 +59,6 @@ impl Samples {
     }
 }
 
-fn store(name: &str) -> PathBuf {
-    let dir = std::env::var("HOIST_TEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| std::env::temp_dir());
-    dir.join(name)
-}
-
 /// Create the target file, or check an earlier test's: its content is
 /// fixed, and it is linked into place whole, so tests running at once
 /// agree on it.
@@ -91,12 +84,8 @@ fn assert_target_unchanged() {
 }
 
 /// One JSON object per line of `out/task/NAME`.
-fn json_lines(out: &Path, name: &str) -> Vec<Value> {
-    std::fs::read_to_string(out.join("task").join(name))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+fn task_log(out: &Path, name: &str) -> Vec<Value> {
+    json_lines(&out.join("task").join(name)).1
 }
 
 /// Which plants install.sh (root) and run (the agent) managed.
@@ -152,7 +141,7 @@ fn check_hostile_run(setting: Setting, command: impl FnOnce(&Path) -> Command) {
     );
     assert_eq!(r["agent"]["exit_code"], 0, "{r}");
 
-    let install = json_lines(out, "install.log");
+    let install = task_log(out, "install.log");
     let root_made = planted(&install, 0);
     let mut must = ALWAYS.to_vec();
     if matches!(setting, Setting::Container | Setting::Runner) {
@@ -172,7 +161,7 @@ fn check_hostile_run(setting: Setting, command: impl FnOnce(&Path) -> Command) {
             "install.sh could not plant {p}: {install:?}"
         );
     }
-    let agent = json_lines(out, "agent.log");
+    let agent = task_log(out, "agent.log");
     assert!(agent.len() >= 10, "the agent's attempts: {agent:?}");
     assert_eq!(planted(&agent, 1000), Vec::<String>::new(), "{agent:?}");
 
@@ -248,7 +237,7 @@ const ALWAYS: &[&str] = &[
 ];
 
 fn crane(s: &Samples, isolation: &str, out: &Path) -> Command {
-    let mut c = hoist(&store("output-export-store"));
+    let mut c = hoist(&test_store("output-export-store"));
     c.args(["run", "--benchmark", &s.r("pyfix"), "--agent"])
         .arg(s.r("agent-hostile-output"))
         .args(["--task", &s.task, "--isolation", isolation, "--out"])
@@ -268,30 +257,15 @@ fn crane_chroot_keeps_hostile_output_off_the_host() {
     check_hostile_run(Setting::Chroot, |out| crane(&s, "chroot", out));
 }
 
-/// The docker CLI when Docker is there to test with, else `None` after
-/// printing why.
-fn docker() -> Option<&'static str> {
-    env_or_skip("HOIST_TEST_DOCKER")?;
-    // Debian's client: a /usr/local/bin/docker may shadow it on PATH.
-    let docker = if Path::new("/usr/bin/docker").exists() {
-        "/usr/bin/docker"
-    } else {
-        "docker"
-    };
-    if !run(Command::new(docker).arg("info")).status.success() {
-        skip("HOIST_TEST_DOCKER is set but `docker info` fails; run scripts/dockerd start");
-        return None;
-    }
-    Some(docker)
-}
-
 #[test]
 fn container_mode_keeps_hostile_output_off_the_host() {
     let Some(s) = samples() else { return };
-    let Some(docker) = docker() else { return };
+    if !have_docker() {
+        return;
+    }
     check_hostile_run(Setting::Container, |out| {
-        let mut c = hoist(&store("output-export-container-store"));
-        c.env("HOIST_DOCKER", docker)
+        let mut c = hoist(&test_store("output-export-container-store"));
+        c.env("HOIST_DOCKER", docker_path())
             .args(["run", "--mode", "container", "--benchmark", &s.r("pyfix")])
             .arg("--agent")
             .arg(s.r("agent-hostile-output"))
@@ -308,7 +282,9 @@ const RUNNER: &str = "hoist-runner:output-export";
 #[test]
 fn runner_chroot_keeps_hostile_output_off_the_host() {
     let Some(s) = samples() else { return };
-    let Some(docker) = docker() else { return };
+    if !have_docker() {
+        return;
+    }
     let Some(bin) = static_hoist() else {
         skip("no static hoist: run scripts/build-static");
         return;
@@ -318,10 +294,10 @@ fn runner_chroot_keeps_hostile_output_off_the_host() {
         .arg("--binary")
         .arg(bin)
         .args(["--tag", RUNNER]));
-    let store = store("output-export-runner-store");
+    let store = test_store("output-export-runner-store");
     std::fs::create_dir_all(&store).unwrap();
     check_hostile_run(Setting::Runner, |out| {
-        let mut c = Command::new(docker);
+        let mut c = docker();
         c.args(["run", "--rm", "-v"])
             .arg(format!("{}:/out", out.display()))
             .arg("-v")

@@ -12,6 +12,8 @@
 //! Needs root (to become uid 1000) and unshare(1); skipped with a reason
 //! otherwise, or failed under HOIST_TEST_REQUIRE_ALL=1.
 
+mod support;
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,18 +21,11 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::{read_json, skip};
 
 /// One run at a time: every run kills all uid-1000 processes of its
 /// namespace, and the gateway tests take a port.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// Print why a test is skipped, or fail when everything is required.
-fn skip(reason: &str) {
-    if std::env::var("HOIST_TEST_REQUIRE_ALL").as_deref() == Ok("1") {
-        panic!("required test part missing: {reason}");
-    }
-    eprintln!("SKIPPED: {reason}");
-}
 
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n";
 
@@ -990,8 +985,7 @@ fn a_grading_session_sees_only_the_agents_workdir_changes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Value =
-        serde_json::from_slice(&std::fs::read(b.join("output/task/result.json")).unwrap()).unwrap();
+    let v: Value = read_json(&b.join("output/task/result.json"));
     assert_eq!(v["infra_error"], Value::Null, "{v:#}");
     assert_eq!(v["task_id"], "t1");
     assert_eq!(

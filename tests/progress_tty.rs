@@ -34,10 +34,7 @@ fn samples() -> Option<Samples> {
 
 /// The store run_crane.rs fills, so the layers are cached once.
 fn store() -> PathBuf {
-    let dir = std::env::var("HOIST_TEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| std::env::temp_dir());
-    dir.join("run-store")
+    test_store("run-store")
 }
 
 /// `hoist run` of the oracle on one pyfix task into `out`, with `extra`

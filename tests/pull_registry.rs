@@ -346,8 +346,7 @@ fn four_concurrent_pulls_share_one_store() {
         })
         .count();
     assert_eq!(partials, 0, "no partial download left behind");
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(store.path().join("index.json")).unwrap()).unwrap();
+    let index: serde_json::Value = read_json(&store.path().join("index.json"));
     assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
     let _ = Path::new("");
 }

@@ -192,9 +192,7 @@ impl Rootless {
             stdout(&o),
             stderr(&o)
         );
-        let read = |p: &str| -> Value {
-            serde_json::from_slice(&std::fs::read(out.join(p)).unwrap()).unwrap()
-        };
+        let read = |p: &str| -> Value { read_json(&out.join(p)) };
         (read("task/result.json"), read("run.json"))
     }
 }

@@ -38,10 +38,7 @@ fn samples() -> Option<Samples> {
 
 /// One store for the whole file, so the layer cache is filled once.
 fn store() -> PathBuf {
-    let dir = std::env::var("HOIST_TEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| std::env::temp_dir());
-    dir.join("run-store")
+    test_store("run-store")
 }
 
 impl Samples {
@@ -128,8 +125,7 @@ fn oracle_resolves_every_sample_task() {
     };
     assert!(!added(&fix).is_empty());
     assert_eq!(added(&patch), added(&fix), "patch.diff:\n{patch}");
-    let run_json: Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("run.json")).unwrap()).unwrap();
+    let run_json: Value = read_json(&out.path().join("run.json"));
     assert_eq!(run_json["isolation"], "namespaces");
     assert_eq!(run_json["not_isolated"], serde_json::json!([]));
     // Root in the sandbox is root of its own user namespace, not the host's.
@@ -337,8 +333,7 @@ fn an_older_landlock_abi_is_recorded_in_not_isolated_and_refused_by_strict() {
     let chroot = [&base[..], &["--isolation", "chroot"]].concat();
     let (out, o) = run_pinned("3", &chroot);
     assert!(o.status.success(), "{}", stderr(&o));
-    let run_json: Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("run.json")).unwrap()).unwrap();
+    let run_json: Value = read_json(&out.path().join("run.json"));
     let gaps: Vec<&str> = run_json["not_isolated"]
         .as_array()
         .unwrap()
@@ -426,7 +421,7 @@ fn probe_answers_are_cached_in_the_store() {
     // The next run takes the answer from probe.json, without probing: one
     // that says namespaces are refused sends `auto` to chroot.
     let cache = store.path().join("probe.json");
-    let mut entry: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    let mut entry: Value = read_json(&cache);
     assert_eq!(
         entry["probed"]["namespaces"],
         serde_json::json!({"Ok": null}),
@@ -468,8 +463,7 @@ fn chroot_isolation_runs_the_same_pipeline() {
     assert!(outlived, "the run killed a uid-1000 process not its own");
     assert_eq!(r["resolved"], true, "{r}");
     assert_eq!(r["isolation"], "chroot");
-    let run_json: Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("run.json")).unwrap()).unwrap();
+    let run_json: Value = read_json(&out.path().join("run.json"));
     assert_eq!(run_json["rootfs"], "copy");
     // Landlock ABI 7 here: TCP rules and scopes make up for the shared
     // network and pid namespace (see chroot_on_an_older_landlock_*).

@@ -144,9 +144,7 @@ fn default_profile_runs_chroot_and_matches_the_host() {
     let mut args = pyfix_args(&e);
     args.extend(["--out".to_string(), out.path().display().to_string()]);
     ok(hoist(store.path()).args(&args));
-    let mut host: Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("task/result.json")).unwrap())
-            .unwrap();
+    let mut host: Value = read_json(&out.path().join("task/result.json"));
     assert_eq!(host["isolation"], "namespaces");
     let mut inside = result.clone();
     hoist::result::normalise_json(&mut host);
@@ -310,7 +308,7 @@ fn concurrent_runs_in_one_runner_keep_to_their_own_processes_and_gateways() {
 
     let result = |dir: &str| -> Value {
         let p = out.path().join(dir).join("task/result.json");
-        serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
+        read_json(&p)
     };
     let sleeper = result("sleeper");
     assert_eq!(sleeper["isolation"], "chroot", "{sleeper}");

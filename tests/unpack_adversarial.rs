@@ -8,6 +8,8 @@
 //! `/etc/passwd`. The cases follow containerd's `archive/tar_test.go`
 //! breakouts and moby's `pkg/archive` tests.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
@@ -326,14 +328,7 @@ fn shape(tree: Vec<String>) -> Vec<String> {
 }
 
 fn require_root(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("HOIST_TEST_REQUIRE_ALL").as_deref() == Ok("1") {
-        panic!("{test} needs root and HOIST_TEST_REQUIRE_ALL=1 forbids skipping it");
-    }
-    eprintln!("skipping {test}: it needs root (ownership, devices or trusted.* xattrs)");
-    false
+    support::require_root(test, "ownership, devices or trusted.* xattrs")
 }
 
 fn same_inode(a: &Path, b: &Path) -> bool {

@@ -4,6 +4,8 @@
 //! the same tree: that is what makes the layer cache's overlay form a
 //! faithful stand-in for the copy path.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
@@ -158,14 +160,7 @@ fn layers() -> Vec<Vec<u8>> {
 }
 
 fn require_root(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("HOIST_TEST_REQUIRE_ALL").as_deref() == Ok("1") {
-        panic!("{test} needs root and HOIST_TEST_REQUIRE_ALL=1 forbids skipping it");
-    }
-    eprintln!("skipping {test}: it needs root (ownership, devices, overlay mounts)");
-    false
+    support::require_root(test, "ownership, devices, overlay mounts")
 }
 
 /// path → type, mode, owner, content or link target.

@@ -312,32 +312,54 @@ fn enter_user_namespace_if_unprivileged(command: &Command) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Dispatch the internal sandbox stages by hand (no clap, no threads).
+/// The internal stages hoist starts itself, as `hoist STAGE ARGS...` with
+/// nothing before STAGE, and the arguments each takes.
+const STAGES: &[(&str, &str)] = &[
+    ("__sandbox", "CONFIG"),
+    ("__sandbox-chroot", "ROOTFS SUPERVISOR-ARGS..."),
+    ("__sandbox-probe", "[userns]"),
+    ("__sandbox-probe-proc", "DIR"),
+    ("__sandbox-netns", ""),
+    (hoist::pipeline::jail::STAGE, "POLICY SCRIPT"),
+    (hoist::confine::STAGE, "POLICY PROGRAM [ARGS...]"),
+    ("__userns-map", "NEWUIDMAP NEWGIDMAP UIDMAP GIDMAP"),
+];
+
+/// Dispatch the internal sandbox stages by hand (no clap, no threads);
+/// arguments hoist would never pass are a usage error (exit 2).
 fn sandbox_stage() -> Option<i32> {
+    use std::path::Path;
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let stage = args.get(1)?.to_str()?;
-    let arg = |i: usize| PathBuf::from(args.get(i).cloned().unwrap_or_default());
-    match stage {
-        "__sandbox" => Some(hoist::sandbox::sandbox_stage(&arg(2))),
-        "__install-jail" => Some(hoist::pipeline::jail::jail_stage(
-            &args[2.min(args.len())..],
-        )),
-        hoist::confine::STAGE => Some(hoist::confine::stage(&args[2.min(args.len())..])),
-        "__sandbox-probe-proc" => Some(hoist::sandbox::probe_proc(&arg(2))),
-        "__sandbox-probe" => Some(hoist::sandbox::probe_stage(
-            args.get(2).is_some_and(|a| a == "userns"),
-        )),
-        "__sandbox-netns" => Some(hoist::sandbox::netns_holder_stage()),
-        "__userns-map" => Some(hoist::userns::map_stage(&args[2.min(args.len())..])),
-        "__sandbox-chroot" => {
-            let rest: Vec<String> = args[3.min(args.len())..]
+    let (stage, rest) = match args.get(1..)? {
+        [stage, rest @ ..] => (stage.to_str()?, rest),
+        [] => return None,
+    };
+    let (_, synopsis) = STAGES.iter().find(|(name, _)| *name == stage)?;
+    Some(match (stage, rest) {
+        ("__sandbox", [config]) => hoist::sandbox::sandbox_stage(Path::new(config)),
+        (hoist::pipeline::jail::STAGE, [_, _]) => hoist::pipeline::jail::jail_stage(rest),
+        (hoist::confine::STAGE, [_, _, ..]) => hoist::confine::stage(rest),
+        ("__sandbox-probe-proc", [dir]) => hoist::sandbox::probe_proc(Path::new(dir)),
+        ("__sandbox-probe", []) => hoist::sandbox::probe_stage(false),
+        ("__sandbox-probe", [userns]) if userns == "userns" => hoist::sandbox::probe_stage(true),
+        ("__sandbox-netns", []) => hoist::sandbox::netns_holder_stage(),
+        ("__userns-map", _) => hoist::userns::map_stage(rest),
+        ("__sandbox-chroot", [rootfs, supervisor @ ..]) if !supervisor.is_empty() => {
+            let supervisor: Vec<String> = supervisor
                 .iter()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect();
-            Some(hoist::sandbox::chroot_exec(&arg(2), &rest))
+            hoist::sandbox::chroot_exec(Path::new(rootfs), &supervisor)
         }
-        _ => None,
-    }
+        _ => {
+            let usage = format!("hoist {stage} {synopsis}");
+            eprintln!(
+                "usage: {}\n(an internal stage, which hoist starts itself)",
+                usage.trim_end()
+            );
+            2 // ExitStatus::Usage: the stage exits before main's ExitCode
+        }
+    })
 }
 
 fn init_logging(quiet: bool) {

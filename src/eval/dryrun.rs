@@ -148,7 +148,7 @@ pub struct Count {
 impl Count {
     fn add(&mut self, bytes: u64) {
         self.count += 1;
-        self.bytes += bytes;
+        self.bytes = self.bytes.saturating_add(bytes);
     }
 }
 
@@ -568,10 +568,10 @@ pub(crate) fn gzip_tar_size(tail: [u8; 4], compressed: u64) -> Option<u64> {
         return None;
     }
     let floor = compressed.saturating_sub(compressed / 100 + 70_000);
-    let mut size = isize;
-    while size < floor {
-        size += WRAP;
-    }
+    // The fewest wraps that reach the floor, counted rather than added
+    // one by one: a registry may state a size near u64::MAX.
+    let wraps = floor.saturating_sub(isize).div_ceil(WRAP);
+    let size = isize.saturating_add(wraps.saturating_mul(WRAP));
     (size <= compressed.saturating_mul(1032)).then_some(size)
 }
 
@@ -782,9 +782,14 @@ fn summarize(
         .iter()
         .map(|is| is.iter().flat_map(|&i| &image_units[i]).collect())
         .collect();
-    let width = (2 * opts.jobs.max(1)).min(task_units.len()).max(1);
+    let width = opts
+        .jobs
+        .max(1)
+        .saturating_mul(2)
+        .min(task_units.len())
+        .max(1);
     let (window_bytes, first) = window_peak(&task_units, |u| units[*u].bytes, width);
-    let growth = t.download.bytes + t.unpacked.new_bytes;
+    let growth = t.download.bytes.saturating_add(t.unpacked.new_bytes);
     let (bytes, basis) = match opts.max_store_size {
         None => (growth, "growth"),
         Some(max) => (max.max(window_bytes), "max_store_size"),
@@ -856,19 +861,21 @@ impl Totals {
 }
 
 impl Unpacked {
+    /// Saturating, as every sum here: a manifest states any size.
     fn add(&mut self, s: &Sized) {
-        self.bytes += s.bytes;
-        if s.present {
-            self.present_bytes += s.bytes;
+        let add = |total: &mut u64| *total = total.saturating_add(s.bytes);
+        add(&mut self.bytes);
+        add(if s.present {
+            &mut self.present_bytes
         } else {
-            self.new_bytes += s.bytes;
-        }
-        match s.how {
-            How::Measured => self.measured_bytes += s.bytes,
-            How::Tar | How::Exact => self.tar_bytes += s.bytes,
-            How::Estimated => self.estimated_bytes += s.bytes,
-            How::Bound => self.bound_bytes += s.bytes,
-        }
+            &mut self.new_bytes
+        });
+        add(match s.how {
+            How::Measured => &mut self.measured_bytes,
+            How::Tar | How::Exact => &mut self.tar_bytes,
+            How::Estimated => &mut self.estimated_bytes,
+            How::Bound => &mut self.bound_bytes,
+        });
     }
 }
 
@@ -880,8 +887,8 @@ fn estimate_ratio(images: &[Image], facts: &Facts) -> f64 {
     for layer in images.iter().flat_map(|i| &i.manifest.layers) {
         if let Some(t) = facts.layer_tar.get(&layer.digest) {
             if seen.insert(&layer.digest) {
-                tar += t;
-                compressed += layer.size;
+                tar = tar.saturating_add(*t);
+                compressed = compressed.saturating_add(layer.size);
             }
         }
     }
@@ -955,7 +962,7 @@ fn units_of(
                     .layers
                     .iter()
                     .map(|l| layer_size(l, facts, ratio).bytes)
-                    .sum(),
+                    .fold(0, u64::saturating_add),
                 present: false,
                 how: How::Bound,
             },
@@ -988,11 +995,11 @@ fn image_line(img: &Image, present: &HashSet<Digest>) -> ImageLine {
         roles,
         tasks: uses.tasks,
         layers: m.layers.len(),
-        bytes: blobs().map(|b| b.size).sum(),
+        bytes: blobs().map(|b| b.size).fold(0, u64::saturating_add),
         missing_bytes: blobs()
             .filter(|b| !present.contains(&b.digest))
             .map(|b| b.size)
-            .sum(),
+            .fold(0, u64::saturating_add),
     }
 }
 
@@ -1011,7 +1018,7 @@ fn window_peak<U: Ord + Clone>(
         for u in units {
             let n = held.entry(u.clone()).or_insert(0);
             if *n == 0 {
-                total += size(u);
+                total = total.saturating_add(size(u));
             }
             *n += 1;
         }
@@ -1020,7 +1027,7 @@ fn window_peak<U: Ord + Clone>(
                 if let Some(n) = held.get_mut(u) {
                     *n -= 1;
                     if *n == 0 {
-                        total -= size(u);
+                        total = total.saturating_sub(size(u));
                         held.remove(u);
                     }
                 }
@@ -1057,6 +1064,15 @@ mod tests {
         // 5.5 GiB that compress to 2 GiB: ISIZE keeps 1.5 GiB.
         let real = (11u64 << 30) / 2;
         assert_eq!(gzip_tar_size(isize_of(real), 2 << 30), Some(real));
+    }
+
+    #[test]
+    fn a_size_near_u64_max_is_unwrapped_at_once() {
+        // A registry may state any size: counted, not looped up to.
+        let got = gzip_tar_size(isize_of(512), u64::MAX).unwrap();
+        let floor = u64::MAX - u64::MAX / 100 - 70_000;
+        assert!(got >= floor && got - floor < 1 << 32, "{got}");
+        assert_eq!(got % (1 << 32), 512);
     }
 
     #[test]

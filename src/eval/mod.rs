@@ -48,11 +48,13 @@ pub enum EvalError {
         first: PathBuf,
         second: PathBuf,
     },
-    #[error("the directories hold {found} of the {total} tasks planned{}; give every shard's directory, or --partial to sum up what is there", missing_shards(.missing))]
+    #[error("the directories hold {found} of the {total} tasks planned{}; give every shard's directory, or --partial to sum up what is there", missing_shards(*.missing_count, .missing))]
     Incomplete {
         found: usize,
         total: usize,
-        /// Shards of the plan no directory holds (`I/N`).
+        /// How many shards of the plan no directory holds.
+        missing_count: usize,
+        /// The first [`MISSING_SHOWN`] of them (`I/N`).
         missing: Vec<String>,
     },
     #[error("{path}: not an evaluation's plan: {why}")]
@@ -325,11 +327,14 @@ pub fn completed(out: &Path, task: &PlannedTask) -> Option<TaskResult> {
     (same && r.infra_error.is_none()).then_some(r)
 }
 
-fn missing_shards(missing: &[String]) -> String {
-    match missing.len() {
+/// How many missing shards an error names.
+pub const MISSING_SHOWN: usize = 10;
+
+fn missing_shards(count: usize, first: &[String]) -> String {
+    match count {
         0 => String::new(),
-        n if n <= 10 => format!(" (missing shards: {})", missing.join(", ")),
-        n => format!(" ({n} shards missing, first {})", missing[..10].join(", ")),
+        n if n <= first.len() => format!(" (missing shards: {})", first.join(", ")),
+        n => format!(" ({n} shards missing, first {})", first.join(", ")),
     }
 }
 
@@ -369,6 +374,12 @@ pub fn gather(dirs: &[PathBuf], partial: bool) -> Result<Vec<Gathered>, EvalErro
             });
         }
         let (index, count) = plan.shard.map_or((0, 1), |s| (s.index, s.count));
+        if count == 0 || index >= count {
+            return Err(EvalError::BadPlan {
+                path,
+                why: format!("shard {index}/{count} is not I/N with 0 <= I < N"),
+            });
+        }
         total = total.max(plan.total_tasks);
         shards.entry(count).or_default().insert(index);
         for (j, t) in plan.tasks.iter().enumerate() {
@@ -382,22 +393,32 @@ pub fn gather(dirs: &[PathBuf], partial: bool) -> Result<Vec<Gathered>, EvalErro
             all.push(Gathered {
                 id: t.id.clone(),
                 result: read_result(dir, &t.id),
-                position: index + j * count,
+                // Saturating: a plan's numbers are whatever its file says.
+                position: index.saturating_add(j.saturating_mul(count)),
             });
         }
     }
     if all.len() < total && !partial {
-        let missing = shards
-            .iter()
-            .flat_map(|(&count, have)| {
-                (0..count)
+        // Shard I of N holds tasks I, I+N, ...: only the first `total`
+        // shards hold any. Counted, and the first few named, without
+        // walking an N that may be as large as a plan's file says.
+        let (mut missing_count, mut missing) = (0usize, Vec::new());
+        for (&count, have) in &shards {
+            let holding = count.min(total);
+            let present = have.iter().filter(|&&i| i < holding).count();
+            missing_count = missing_count.saturating_add(holding - present);
+            let room = MISSING_SHOWN.saturating_sub(missing.len());
+            missing.extend(
+                (0..holding)
                     .filter(|i| !have.contains(i))
-                    .map(move |i| format!("{i}/{count}"))
-            })
-            .collect();
+                    .take(room)
+                    .map(|i| format!("{i}/{count}")),
+            );
+        }
         return Err(EvalError::Incomplete {
             found: all.len(),
             total,
+            missing_count,
             missing,
         });
     }
@@ -478,7 +499,8 @@ pub fn run_all(
     let total = plan.tasks.len();
     let done = AtomicUsize::new(0);
     let running: Mutex<BTreeSet<usize>> = Mutex::new(BTreeSet::new());
-    let workers = schedule.jobs.max(1);
+    // No more workers than tasks: the rest would find none.
+    let workers = schedule.jobs.clamp(1, total.max(1));
     let workers_left = AtomicUsize::new(workers);
     // The tasks whose images must stay: running, or not yet started.
     let tidy = || {
@@ -508,7 +530,7 @@ pub fn run_all(
                 k = started;
                 continue;
             }
-            if k >= started + schedule.prefetch {
+            if k >= started.saturating_add(schedule.prefetch) {
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
@@ -578,15 +600,17 @@ pub fn run_all(
         }
     };
     std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                worker();
-                workers_left.fetch_sub(1, Ordering::SeqCst);
-            });
-        }
+        let work = || {
+            worker();
+            workers_left.fetch_sub(1, Ordering::SeqCst);
+        };
+        // This thread is a worker too.
+        let others = spawn_many(s, workers - 1, work, "task workers");
+        workers_left.fetch_sub(workers - 1 - others, Ordering::SeqCst);
         if schedule.prefetch > 0 {
-            s.spawn(prefetcher);
+            spawn_many(s, 1, prefetcher, "the prefetcher");
         }
+        work();
     });
     let outcomes = outcomes.into_inner().unwrap_or_else(|e| e.into_inner());
     let list = outcomes
@@ -605,6 +629,26 @@ pub fn run_all(
         list,
         stopped.into_inner().unwrap_or_else(|e| e.into_inner()),
     )
+}
+
+/// Start `n` threads of `f` in `s`, or as many as the system gives
+/// (`--jobs` may ask for any number), saying so; how many started.
+fn spawn_many<'scope, F>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    n: usize,
+    f: F,
+    what: &str,
+) -> usize
+where
+    F: Fn() + Copy + Send + 'scope,
+{
+    for started in 0..n {
+        if let Err(e) = std::thread::Builder::new().spawn_scoped(s, f) {
+            tracing::warn!("started {started} of {n} threads for {what}: {e}");
+            return started;
+        }
+    }
+    n
 }
 
 /// One task, retried after an infrastructure error.
@@ -787,5 +831,62 @@ mod tests {
     fn default_jobs_is_at_least_one() {
         assert!(default_jobs(None) >= 1);
         assert_eq!(default_jobs(Some(u64::MAX)), 1);
+    }
+
+    /// An evaluation directory whose eval.json plans `ids` as shard
+    /// `index`/`count` of `total` tasks.
+    fn plan_dir(index: usize, count: usize, total: usize, ids: &[&str]) -> tempfile::TempDir {
+        let pin = serde_json::json!({"ref": "oci:/x:y", "digest": null});
+        let tasks: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                serde_json::json!({"id": id, "benchmark": pin, "agent": pin,
+                                          "gateway": null, "agent_timeout_sec": null})
+            })
+            .collect();
+        let plan = serde_json::json!({"schema": PLAN_SCHEMA, "created_at": "t", "mode": "crane",
+            "shard": {"index": index, "count": count}, "total_tasks": total, "tasks": tasks});
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("eval.json"), plan.to_string()).unwrap();
+        dir
+    }
+
+    fn gather_err(dir: &tempfile::TempDir) -> EvalError {
+        match gather(&[dir.path().to_path_buf()], false) {
+            Err(e) => e,
+            Ok(all) => panic!("gathered {} tasks", all.len()),
+        }
+    }
+
+    #[test]
+    fn a_plan_with_absurd_shards_is_refused_or_counted_not_walked() {
+        let bad = plan_dir(usize::MAX, 2, 2, &["a", "b"]);
+        let e = gather_err(&bad);
+        assert!(matches!(e, EvalError::BadPlan { .. }), "{e}");
+        assert!(e.to_string().contains("is not I/N"), "{e}");
+
+        let huge = plan_dir(0, usize::MAX, usize::MAX, &["a", "b"]);
+        match gather_err(&huge) {
+            EvalError::Incomplete {
+                missing_count,
+                missing,
+                ..
+            } => {
+                assert_eq!(missing_count, usize::MAX - 1);
+                assert_eq!(missing.len(), MISSING_SHOWN);
+                assert_eq!(missing[0], format!("1/{}", usize::MAX));
+            }
+            e => panic!("{e}"),
+        }
+        let all = gather(&[huge.path().to_path_buf()], true).unwrap();
+        assert_eq!(all.len(), 2);
+    }
+
+    #[test]
+    fn only_shards_that_hold_tasks_can_be_missing() {
+        // Three tasks in four shards: shard 3 holds none.
+        let first = plan_dir(0, 4, 3, &["a"]);
+        let e = gather_err(&first);
+        assert!(e.to_string().contains("(missing shards: 1/4, 2/4)"), "{e}");
     }
 }

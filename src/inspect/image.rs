@@ -184,7 +184,7 @@ pub async fn inspect(
         platform,
         created: file.created,
         config: Blob::from(&manifest.config),
-        size: manifest.config.size + manifest.layers.iter().map(|l| l.size).sum::<u64>(),
+        size: manifest.total_size(),
         layers: manifest.layers.iter().map(Blob::from).collect(),
         labels,
         env: run.env.unwrap_or_default(),

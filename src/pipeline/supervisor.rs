@@ -74,6 +74,18 @@ g diff --cached --binary --no-ext-diff --no-textconv --no-color "$base"
 /// How long the agent's processes have to vanish after SIGKILL.
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The longest wait the supervisor measures: a timeout past it (from
+/// `--agent-timeout` or a task.json, up to `u64::MAX` seconds) never
+/// comes, rather than overflowing the clock.
+const FOREVER: Duration = Duration::from_secs(u32::MAX as u64);
+
+/// The instant `secs` after `start`, at most [`FOREVER`] after it.
+fn deadline_after(start: Instant, secs: u64) -> Instant {
+    // Cannot overflow: Linux's monotonic clock counts seconds since boot
+    // in an i64, and FOREVER is 136 years.
+    start + Duration::from_secs(secs).min(FOREVER)
+}
+
 pub struct Supervisor<'a> {
     root: &'a Root,
     ctx: &'a RunContext,
@@ -276,7 +288,7 @@ impl<'a> Supervisor<'a> {
         };
         let timeout = self.ctx.agent_timeout_sec.unwrap_or(task.agent_timeout_sec);
         let started = Instant::now();
-        let deadline = started + Duration::from_secs(timeout);
+        let deadline = deadline_after(started, timeout);
         let guard = self.guard_hidden()?;
         let installed = self.install(&task, &workdir, deadline)?;
         // Root processes install.sh left behind must not see the agent run.
@@ -594,7 +606,7 @@ impl<'a> Supervisor<'a> {
         };
         let exit = self
             .reaper
-            .wait_until(pid, Instant::now() + Duration::from_secs(u32::MAX as u64));
+            .wait_until(pid, deadline_after(Instant::now(), u64::MAX));
         self.gateway = None;
         Err(message(
             Stage::Gateway,
@@ -848,7 +860,7 @@ impl<'a> Supervisor<'a> {
         let started = Instant::now();
         let pid = process::spawn(spec, &mut self.reaper)
             .map_err(|e| grade_err(e, &format!("cannot start the grader {program}")))?;
-        let f = self.finish(pid, started + Duration::from_secs(timeout));
+        let f = self.finish(pid, deadline_after(started, timeout));
         self.rec.grade_ms = millis(started.elapsed());
         self.rec.grade.exit_code = Some(f.code());
         self.rec.grade.timed_out = f.timed_out;
@@ -969,6 +981,13 @@ fn read_bounded(path: &Path, max: usize) -> std::io::Result<Option<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_timeout_too_long_for_the_clock_is_one_that_never_comes() {
+        let now = Instant::now();
+        assert_eq!(deadline_after(now, 90), now + Duration::from_secs(90));
+        assert_eq!(deadline_after(now, u64::MAX), now + FOREVER);
+    }
 
     #[test]
     fn agent_env_is_exactly_the_design_set() {

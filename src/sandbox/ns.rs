@@ -161,6 +161,12 @@ pub fn probe() -> Result<(), SandboxError> {
 /// `__sandbox-probe-proc DIR`: mount a procfs on DIR (run by the probe as
 /// the first process of its new pid namespace).
 pub fn probe_proc(dir: &Path) -> i32 {
+    // Anywhere else it would mount a procfs on DIR in the caller's mount
+    // namespace, the host's when root runs it by hand.
+    if !rustix::process::getpid().is_init() {
+        eprintln!("hoist: __sandbox-probe-proc runs only as PID 1 of the probe's pid namespace");
+        return 2;
+    }
     let mounted = File::open(dir).map_err(io_err("probe dir")).and_then(|fd| {
         mounts::fresh(
             "proc",

@@ -41,6 +41,16 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// Whether this runs as root; prints why `test` is skipped when not
+/// (`why`: what it needs root for).
+pub fn require_root(test: &str, why: &str) -> bool {
+    let root = is_root();
+    if !root {
+        skip(&format!("{test} needs root ({why})"));
+    }
+    root
+}
+
 pub fn hoist_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hoist"))
 }
@@ -81,19 +91,67 @@ pub fn run(cmd: &mut Command) -> Output {
 /// Debian's docker client: a `/usr/local/bin/docker` may shadow it on PATH.
 pub const DOCKER: &str = "/usr/bin/docker";
 
-/// The docker CLI the tests drive ([`DOCKER`], else `docker` on PATH).
-pub fn docker() -> Command {
+/// The docker CLI the tests drive ([`DOCKER`], else `docker` on PATH), as
+/// a program name for `HOIST_DOCKER`.
+pub fn docker_path() -> &'static str {
     if Path::new(DOCKER).exists() {
-        Command::new(DOCKER)
+        DOCKER
     } else {
-        Command::new("docker")
+        "docker"
     }
+}
+
+/// A command of the docker CLI at [`docker_path`].
+pub fn docker() -> Command {
+    Command::new(docker_path())
+}
+
+/// Whether a Docker Engine is there to test with: `HOIST_TEST_DOCKER=1`
+/// (set by scripts/test-env) and `docker info` answers. Prints why not.
+pub fn have_docker() -> bool {
+    match env_or_skip("HOIST_TEST_DOCKER").as_deref() {
+        None => return false,
+        Some("1") => {}
+        Some(_) => {
+            skip("HOIST_TEST_DOCKER is not 1: no Docker Engine");
+            return false;
+        }
+    }
+    if !run(docker().arg("info")).status.success() {
+        skip("HOIST_TEST_DOCKER is set but `docker info` fails; run scripts/dockerd start");
+        return false;
+    }
+    true
+}
+
+/// Where the tests keep what outlives one test (stores whose layer cache
+/// later tests reuse): `HOIST_TEST_DIR`, else the temp directory.
+pub fn test_dir() -> PathBuf {
+    std::env::var("HOIST_TEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir())
+}
+
+/// The store `name` under [`test_dir`], shared by the tests that name it.
+pub fn test_store(name: &str) -> PathBuf {
+    test_dir().join(name)
 }
 
 /// The JSON file at `path`; panics naming it when it is missing or not JSON.
 pub fn read_json(path: &Path) -> serde_json::Value {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The text of the JSON Lines file at `path` (empty when it is missing)
+/// and the lines of it that are JSON.
+pub fn json_lines(path: &Path) -> (String, Vec<serde_json::Value>) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    (text, lines)
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -231,15 +289,8 @@ pub fn assert_probe_denied(out: &Path) -> Vec<serde_json::Value> {
 /// through (what an isolation states it shares, such as the network
 /// interfaces' names in chroot isolation); they must still be reported.
 pub fn assert_probe_denied_but(out: &Path, reported: &[&str]) -> Vec<serde_json::Value> {
-    let json_lines = |file: &str| -> (String, Vec<serde_json::Value>) {
-        let text = std::fs::read_to_string(out.join("task").join(file)).unwrap();
-        let lines = text
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect();
-        (text, lines)
-    };
-    let (log, lines) = json_lines("agent.log");
+    let task_log = |file: &str| json_lines(&out.join("task").join(file));
+    let (log, lines) = task_log("agent.log");
     let attempts: Vec<serde_json::Value> = lines
         .iter()
         .filter(|l| l.get("attempt").is_some())
@@ -267,7 +318,7 @@ pub fn assert_probe_denied_but(out: &Path, reported: &[&str]) -> Vec<serde_json:
         .filter(|e| !reported.contains(e))
         .collect();
     assert!(escaped.is_empty(), "{summary}");
-    let (install, jailed) = json_lines("install.log");
+    let (install, jailed) = task_log("install.log");
     assert_eq!(jailed.len(), 4, "install.log:\n{install}");
     for a in &jailed {
         assert_eq!(a["denied"], true, "install.sh got through: {a}\n{install}");
