@@ -154,7 +154,7 @@ fn assert_interrupted(
             "the run's work directory {} is still there",
             work.display()
         );
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let mounts = mountinfo();
         let w = work.to_string_lossy();
         assert!(
             !mounts.lines().any(|l| l.contains(w.as_ref())),

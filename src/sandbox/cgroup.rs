@@ -354,7 +354,10 @@ fn locate(c: Controller) -> Result<(Version, PathBuf), String> {
         None => return Err(format!("nothing mounted at {ROOT}")),
     };
     // Without it the mount is taken to hold the whole hierarchy.
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // Lossy: one mount point that is not UTF-8 must not hide the others.
+    let mountinfo = std::fs::read("/proc/self/mountinfo")
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let dir = own_dir(root, version, &own, c, |m| mount_root(&mountinfo, m))?;
     if !dir.is_dir() {
         return Err(format!(

@@ -260,6 +260,14 @@ pub fn processes_of(uid: u32, prefix: &str) -> Vec<String> {
 /// The command lines of this test's live descendants, whatever their
 /// uid: what a run started here left running (with [`adopt_orphans`],
 /// orphans included).
+/// This process's mount table as text. Mount points are whatever the host
+/// holds, not always UTF-8 (a test elsewhere may leave one), so the bytes
+/// are read lossily rather than failing the reader.
+pub fn mountinfo() -> String {
+    let bytes = std::fs::read("/proc/self/mountinfo").expect("reading /proc/self/mountinfo");
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 pub fn live_descendants() -> Vec<String> {
     use hoist::confine::procfs::{descendants, Procfs};
     let me = rustix::process::getpid().as_raw_nonzero().get();
