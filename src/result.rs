@@ -39,11 +39,35 @@ pub struct AgentOutcome {
 }
 
 /// How grading ended, and the per-test verdicts the grader reported.
+/// `FAIL_TO_PASS` and `PASS_TO_PASS` are there only when the grader's
+/// report gave them (SWE-bench's split of the tests a task names), so a
+/// grader that does not know them leaves result.json as it was.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GradeOutcome {
     pub exit_code: Option<i32>,
     pub timed_out: bool,
     pub tests: BTreeMap<String, TestStatus>,
+    #[serde(
+        rename = "FAIL_TO_PASS",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub fail_to_pass: Option<TestSplit>,
+    #[serde(
+        rename = "PASS_TO_PASS",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pass_to_pass: Option<TestSplit>,
+}
+
+/// One group of SWE-bench's split, as its `report.json` writes it: the
+/// tests of the group that passed after the agent's change, and those
+/// that did not.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestSplit {
+    pub success: Vec<String>,
+    pub failure: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +229,7 @@ mod tests {
                 exit_code: Some(0),
                 timed_out: false,
                 tests: [("test_add".to_string(), TestStatus::Passed)].into(),
+                ..GradeOutcome::default()
             },
             images: Images {
                 benchmark: image("oci:/b:latest", "sha256:aa"),
@@ -277,6 +302,38 @@ mod tests {
         r.images.gateway = None;
         let v: serde_json::Value = serde_json::from_str(&r.json().unwrap()).unwrap();
         assert_eq!(v["images"]["gateway"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn without_the_split_grade_has_only_its_three_fields() {
+        let v: serde_json::Value = serde_json::from_str(&sample().json().unwrap()).unwrap();
+        let mut keys: Vec<&String> = v["grade"].as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["exit_code", "tests", "timed_out"]);
+    }
+
+    #[test]
+    fn the_split_is_written_under_swe_bench_names_and_read_back() {
+        let mut r = sample();
+        r.grade.fail_to_pass = Some(TestSplit {
+            success: vec!["test_add".into()],
+            failure: vec![],
+        });
+        r.grade.pass_to_pass = Some(TestSplit {
+            success: vec![],
+            failure: vec!["test_sub".into()],
+        });
+        let text = r.json().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v["grade"]["FAIL_TO_PASS"],
+            serde_json::json!({"success": ["test_add"], "failure": []})
+        );
+        assert_eq!(
+            v["grade"]["PASS_TO_PASS"],
+            serde_json::json!({"success": [], "failure": ["test_sub"]})
+        );
+        assert_eq!(TaskResult::from_json(&text).unwrap(), r);
     }
 
     #[test]

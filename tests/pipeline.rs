@@ -289,6 +289,8 @@ fn resolving_task_gives_a_full_result() {
         v["grade"]["tests"],
         json!({"test_fix": "PASSED", "test_other": "PASSED"})
     );
+    // A grader that gives no SWE-bench split leaves result.json without one.
+    assert_eq!(v["grade"].as_object().unwrap().len(), 3, "{:#}", v["grade"]);
     assert_eq!(
         v["images"]["benchmark"],
         json!({"ref": "oci:/b:1", "digest": "sha256:b0"})
@@ -614,6 +616,53 @@ fn grader_with_invalid_report_is_a_grade_infra_error() {
     s.exec(
         "/tests/grade.sh",
         "#!/bin/sh\nprintf '{\"resolved\": \"yes\", \"tests\": {}}' > \"$HOIST_GRADE_OUT\"\n",
+        0o700,
+    );
+    let (v, _) = run_ok(&s, &[]);
+    assert_infra(&v, "grade", "invalid");
+}
+
+/// A grader that reports as SWE-bench's report.json does: the tests the
+/// fix must make pass and those it must keep passing.
+#[test]
+fn a_graders_swe_bench_split_is_carried_into_result_json() {
+    let Some(s) = setup() else { return };
+    s.agent("#!/bin/sh\necho fixed > fix.txt\n");
+    s.exec(
+        "/tests/grade.sh",
+        r#"#!/bin/sh
+cat > "$HOIST_GRADE_OUT" <<'END'
+{"resolved": false,
+ "tests": {"test_fix": "PASSED", "test_edge": "FAILED", "test_other": "PASSED"},
+ "FAIL_TO_PASS": {"success": ["test_fix"], "failure": ["test_edge"]},
+ "PASS_TO_PASS": {"success": ["test_other"], "failure": []},
+ "PASS_TO_FAIL": {"success": [], "failure": []}}
+END
+"#,
+        0o700,
+    );
+    let (v, _) = run_ok(&s, &[]);
+    assert_eq!(v["infra_error"], Value::Null, "{v:#}");
+    assert_eq!(v["resolved"], false);
+    assert_eq!(
+        v["grade"]["FAIL_TO_PASS"],
+        json!({"success": ["test_fix"], "failure": ["test_edge"]})
+    );
+    assert_eq!(
+        v["grade"]["PASS_TO_PASS"],
+        json!({"success": ["test_other"], "failure": []})
+    );
+    assert_eq!(v["grade"]["tests"]["test_edge"], "FAILED");
+    assert!(v["grade"].get("PASS_TO_FAIL").is_none(), "{v:#}");
+}
+
+#[test]
+fn a_malformed_swe_bench_split_is_a_grade_infra_error() {
+    let Some(s) = setup() else { return };
+    s.agent(NOOP);
+    s.exec(
+        "/tests/grade.sh",
+        "#!/bin/sh\nprintf '{\"resolved\": true, \"tests\": {}, \"FAIL_TO_PASS\": [\"t\"]}' > \"$HOIST_GRADE_OUT\"\n",
         0o700,
     );
     let (v, _) = run_ok(&s, &[]);

@@ -1,8 +1,12 @@
-//! The grader's report (DESIGN §3 step 7): `{"resolved": bool, "tests":
-//! {"name": "PASSED"|"FAILED"|"SKIPPED"|"ERROR"}}` at `HOIST_GRADE_OUT`.
-//! Both keys are required and typed strictly; other keys are ignored, as in
-//! task.json. The grader runs code from the agent's workdir as root, so its
-//! report is read with a size bound and never trusted to be well formed.
+//! The grader's report (docs/pipeline.md, "Grade"): `{"resolved": bool,
+//! "tests": {"name": "PASSED"|"FAILED"|"SKIPPED"|"ERROR"}}` at
+//! `HOIST_GRADE_OUT`. Both keys are required and typed strictly; other keys
+//! are ignored, as in task.json, but for SWE-bench's split, `FAIL_TO_PASS`
+//! and `PASS_TO_PASS` (each `{"success": [names], "failure": [names]}`, as
+//! its report.json writes them), which are optional, typed as strictly,
+//! and carried into result.json. The grader runs code from the agent's
+//! workdir as root, so its report is read with a size bound and never
+//! trusted to be well formed.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -11,7 +15,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::result::TestStatus;
+use crate::result::{TestSplit, TestStatus};
 
 /// A report larger than this is refused (1 MiB holds ~20 000 test names).
 pub const MAX_GRADE_BYTES: usize = 1 << 20;
@@ -20,6 +24,10 @@ pub const MAX_GRADE_BYTES: usize = 1 << 20;
 pub struct GradeReport {
     pub resolved: bool,
     pub tests: BTreeMap<String, TestStatus>,
+    #[serde(rename = "FAIL_TO_PASS", default)]
+    pub fail_to_pass: Option<TestSplit>,
+    #[serde(rename = "PASS_TO_PASS", default)]
+    pub pass_to_pass: Option<TestSplit>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -104,6 +112,70 @@ mod tests {
     #[test]
     fn extra_keys_are_ignored() {
         assert!(parse(r#"{"resolved": true, "tests": {}, "duration": 3.2}"#).is_ok());
+    }
+
+    #[test]
+    fn a_report_without_the_split_has_none() {
+        let r = parse(r#"{"resolved": true, "tests": {"a": "PASSED"}}"#).unwrap();
+        assert_eq!(r.fail_to_pass, None);
+        assert_eq!(r.pass_to_pass, None);
+    }
+
+    #[test]
+    fn swe_bench_split_parses() {
+        let r = parse(
+            r#"{"resolved": false, "tests": {"t1": "PASSED", "t2": "FAILED", "t3": "PASSED"},
+                "FAIL_TO_PASS": {"success": ["t1"], "failure": ["t2"]},
+                "PASS_TO_PASS": {"success": ["t3"], "failure": []},
+                "FAIL_TO_FAIL": {"success": [], "failure": []}}"#,
+        )
+        .unwrap();
+        let f2p = r.fail_to_pass.unwrap();
+        assert_eq!(f2p.success, ["t1"]);
+        assert_eq!(f2p.failure, ["t2"]);
+        let p2p = r.pass_to_pass.unwrap();
+        assert_eq!(p2p.success, ["t3"]);
+        assert!(p2p.failure.is_empty());
+    }
+
+    #[test]
+    fn one_half_of_the_split_alone_parses() {
+        let r = parse(
+            r#"{"resolved": true, "tests": {}, "FAIL_TO_PASS": {"success": ["a"], "failure": []}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.fail_to_pass.unwrap().success, ["a"]);
+        assert_eq!(r.pass_to_pass, None);
+    }
+
+    #[test]
+    fn a_null_split_is_absent() {
+        let r = parse(r#"{"resolved": true, "tests": {}, "PASS_TO_PASS": null}"#).unwrap();
+        assert_eq!(r.pass_to_pass, None);
+    }
+
+    #[test]
+    fn a_split_without_failure_is_refused() {
+        assert!(matches!(
+            parse(r#"{"resolved": true, "tests": {}, "FAIL_TO_PASS": {"success": []}}"#),
+            Err(GradeError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn a_split_of_other_than_names_is_refused() {
+        for bad in [
+            r#""t1""#,
+            r#"["t1"]"#,
+            r#"{"success": "t1", "failure": []}"#,
+            r#"{"success": [1], "failure": []}"#,
+        ] {
+            let text = format!(r#"{{"resolved": true, "tests": {{}}, "PASS_TO_PASS": {bad}}}"#);
+            assert!(
+                matches!(parse(&text), Err(GradeError::Invalid(_))),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -246,6 +246,7 @@ mod tests {
                 exit_code: Some(0),
                 timed_out: false,
                 tests: [("a".to_string(), TestStatus::Passed)].into(),
+                ..GradeOutcome::default()
             },
             resolved,
             agent_ms: 5,

@@ -880,6 +880,8 @@ impl<'a> Supervisor<'a> {
             )
         })?;
         self.rec.grade.tests = r.tests;
+        self.rec.grade.fail_to_pass = r.fail_to_pass;
+        self.rec.grade.pass_to_pass = r.pass_to_pass;
         self.rec.resolved = r.resolved;
         Ok(())
     }
