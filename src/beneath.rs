@@ -43,8 +43,8 @@ pub enum Access {
 }
 
 /// Mode and owner of the directories made on the way: Docker's
-/// `MkdirAll(parent, 0755)` as root, DESIGN §2's "parents the benchmark
-/// lacks are made 0755 root".
+/// `MkdirAll(parent, 0755)` as root: a missing `/opt` is made 0755 root
+/// (docs/images.md).
 const MADE_DIR_MODE: u32 = 0o755;
 
 /// How often openat2's EAGAIN is retried before it is reported.

@@ -1,4 +1,4 @@
-//! `hoist run --mode container` (DESIGN §6): the same task pipeline as
+//! `hoist run --mode container` (docs/pipeline.md): the same task pipeline as
 //! crane mode, run by the Docker Engine in the combination image.
 //!
 //! The image is made ready first ([`prepare`]): baked from the axes and

@@ -1,9 +1,8 @@
-//! Crane mode on the host (DESIGN §3–§5), the daemonless [`Backend`]:
-//! resolve the isolation, materialize each session's tree from the
-//! store's cached layers, run the supervisor in the sandbox, copy its
-//! output out. The sessions' order and `run.json` are
-//! `crate::orchestrate`'s; the images are already pulled (and checked
-//! against the lock file) by the caller.
+//! Crane mode on the host (docs/pipeline.md, docs/isolation.md), the daemonless
+//! [`Backend`]: resolve the isolation, materialize each session's tree from the
+//! store's cached layers, run the supervisor in the sandbox, copy its output
+//! out. The sessions' order and `run.json` are `crate::orchestrate`'s; the
+//! images are already pulled (and checked against the lock file) by the caller.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -304,7 +303,7 @@ impl Backend for Crane<'_> {
         let dir = self.work.join(name);
         std::fs::create_dir(&dir).map_err(io(&dir))?;
         let rootfs_dir = dir.join("rootfs");
-        // The sandbox's /output: never --out (DESIGN, threat model). With
+        // The sandbox's /output: never --out (docs/threat-model.md). With
         // namespaces, a directory of the session's own (0700, in the 0700
         // work dir) bound there; in chroot, the rootfs copy's own /output.
         let private = private_output(&dir, self.isolation, &rootfs_dir)?;

@@ -1,4 +1,5 @@
-//! Process exit codes (DESIGN §8), one place so the CLI and the docs agree.
+//! Process exit codes (docs/exit-codes.md), one place so the CLI and the docs
+//! agree.
 
 use std::process::ExitCode;
 

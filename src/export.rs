@@ -1,6 +1,6 @@
-//! How results leave the sandbox (DESIGN, threat model: "results leave the
-//! sandbox as plain files copied out by the host ... and the host never
-//! follows a link it did not make").
+//! How results leave the sandbox (docs/threat-model.md, invariant 3: they
+//! leave as plain files the host copies out, and the host never follows a
+//! link it did not make).
 //!
 //! The sandbox writes into a directory of its own (crane mode: the run's
 //! private directory, or the chroot copy's `/output`; container mode: the
@@ -197,9 +197,9 @@ impl OutDir {
         })
     }
 
-    /// `--out` for one run (DESIGN §8): created if missing, locked for as
-    /// long as the returned `OutDir` lives, and empty. `force` clears what
-    /// is there first (links are removed, never followed). A directory
+    /// `--out` for one run (README.md, `hoist run`): created if missing, locked
+    /// for as long as the returned `OutDir` lives, and empty. `force` clears
+    /// what is there first (links are removed, never followed). A directory
     /// another hoist holds is refused, and so is one with an earlier run's
     /// output in it: two runs in one directory would mix their files.
     pub fn claim(out: &Path, force: bool) -> Result<OutDir, ExportError> {

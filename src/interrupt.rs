@@ -1,5 +1,5 @@
-//! SIGINT, SIGTERM and SIGHUP (DESIGN §8: exit 130/143, the sandbox torn
-//! down first).
+//! SIGINT, SIGTERM and SIGHUP (docs/exit-codes.md: exit 129, 130 or 143,
+//! the sandbox torn down first).
 //!
 //! [`install`] takes the three signals for the whole process. While no run
 //! holds anything that must be taken down (pulling, planning), a signal

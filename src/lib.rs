@@ -1,10 +1,10 @@
 //! hoist: run agent evaluations from OCI images without a container daemon.
 //!
-//! The modules follow the data's journey (DESIGN §9): a [`reference`] is
-//! resolved by the [`registry`] client (or read from an OCI layout), its
+//! The modules follow the data's journey (README.md, "Layout"): a [`reference`]
+//! is resolved by the [`registry`] client (or read from an OCI layout), its
 //! blobs land in the content-addressed [`store`], layers are applied by
-//! [`unpack`] into the layer cache, fused into a root filesystem, and run in
-//! a sandbox by the task pipeline. The `cli` module in the binary is thin.
+//! [`unpack`] into the layer cache, fused into a root filesystem, and run in a
+//! sandbox by the task pipeline. The `cli` module in the binary is thin.
 
 // Errors carry the facts a user needs (URLs, references, paths), which
 // makes them larger than clippy likes; they are built once, on the cold

@@ -1,5 +1,5 @@
-//! `hoist.lock` (DESIGN §5 "lock file"): every axis reference pinned to the
-//! digest it resolved to. `hoist run --locked` fails on drift (exit 3),
+//! `hoist.lock` (docs/pull.md, "The lock file"): every axis reference pinned to
+//! the digest it resolved to. `hoist run --locked` fails on drift (exit 3),
 //! naming the axis and both digests.
 
 use std::collections::BTreeMap;

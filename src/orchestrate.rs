@@ -1,9 +1,9 @@
-//! One task run, whichever backend runs it (DESIGN §3): the sessions, what
-//! passes between them, and the run record. Crane mode (`crate::crane`:
-//! materialize, then the sandbox) and container mode (`crate::container`:
-//! a combination image under Docker) each implement [`Backend`]; the order
-//! of the sessions, the hand-over from the agent's to grading, and
-//! `run.json` are this module's alone, so the two modes cannot drift.
+//! One task run, whichever backend runs it (docs/pipeline.md): the sessions,
+//! what passes between them, and the run record. Crane mode (`crate::crane`:
+//! materialize, then the sandbox) and container mode (`crate::container`: a
+//! combination image under Docker) each implement [`Backend`]; the order of the
+//! sessions, the hand-over from the agent's to grading, and `run.json` are this
+//! module's alone, so the two modes cannot drift.
 //!
 //! A run is an agent session (install.sh, the gateway, the agent; it
 //! leaves `agent.json` and `changes.tar`, or a result.json when it ended
@@ -207,8 +207,8 @@ pub fn run_sessions<B: Backend>(
         }
         Start::Regrade { phase, saved } => (Some(phase), Some(saved)),
     };
-    // DESIGN §3 step 7: unless the first session ended the run, grade in
-    // a fresh rootfs with the agent's changes.
+    // docs/pipeline.md, "Grade": unless the first session ended the run, grade
+    // in a fresh rootfs with the agent's changes.
     let Some(phase) = phase else {
         return Ok(Sessions {
             ran,
@@ -365,7 +365,7 @@ pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-/// result.json is small (DESIGN §4); anything this big is not one.
+/// result.json is small (docs/result.md); anything this big is not one.
 const MAX_RESULT_BYTES: u64 = 16 << 20;
 
 /// `OUT/task/result.json`, parsed.
@@ -404,8 +404,8 @@ pub fn refuse_gaps_when_strict(
 
 /// The time limits the supervisor enforces in a run: `--agent-timeout`
 /// and `--grade-timeout` where given, else the task's own (task.json,
-/// DESIGN §2, with its defaults). install.sh and the agent share the
-/// agent timeout (one deadline, DESIGN §3); grading has its own.
+/// docs/images.md, with its defaults). install.sh and the agent share the
+/// agent timeout (one deadline, docs/pipeline.md); grading has its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     pub agent_sec: u64,
@@ -576,7 +576,7 @@ pub struct RunRecord {
     /// The signal that stopped the run, whose sandbox was killed.
     pub interrupted: Option<&'static str>,
     /// The sandbox sessions, in order: the agent's, then grading in a
-    /// fresh rootfs (DESIGN §3 step 7) unless the first ended the run.
+    /// fresh rootfs (docs/pipeline.md, "Grade") unless the first ended the run.
     pub sessions: Vec<SessionRecord>,
     /// What the host copied out of the sandbox into `OUT/task`, and what
     /// it left behind (links, devices, ...) and why.

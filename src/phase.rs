@@ -3,7 +3,7 @@
 //! CLI, which alone prints). The library only calls a [`PhaseHook`]; it
 //! never waits on it and never fails because of it.
 //!
-//! Where each phase begins (DESIGN §3, §5, §6):
+//! Where each phase begins (docs/pipeline.md):
 //! - [`Phase::Pull`]: the caller's pull of the axes (the CLI's).
 //! - [`Phase::Fuse`]: crane mode materializing the agent session's rootfs
 //!   (and the gateway's tree); container mode baking and loading the

@@ -526,7 +526,7 @@ async fn registry_pin(
 }
 
 /// An image is for the platform asked for (`--platform`), or without
-/// one, for this host: never emulated (DESIGN §4).
+/// one, for this host: never emulated (docs/images.md).
 fn check_platform(
     reference: &str,
     requested: Option<&Platform>,

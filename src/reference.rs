@@ -1,4 +1,4 @@
-//! Image references (DESIGN §1): `HOST[:PORT]/REPO[:TAG][@DIGEST]` for a
+//! Image references (docs/pull.md): `HOST[:PORT]/REPO[:TAG][@DIGEST]` for a
 //! registry and `oci:PATH[:TAG|@DIGEST]` for an image layout on disk.
 //! Parsing is pure; Docker Hub short names normalise as `docker` does
 //! (distribution/reference `ParseNormalizedNamed`).

@@ -1,4 +1,4 @@
-//! The task result, `hoist.result/v1` (DESIGN §4): what one task run
+//! The task result, `hoist.result/v1` (docs/result.md): what one task run
 //! produced, written by the supervisor to `/output/task/result.json` and
 //! compared across modes by the conformance suite after [`normalise`].
 
@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// The value of the `schema` field.
 pub const SCHEMA: &str = "hoist.result/v1";
 
-/// One task's `result.json`. Field order is the order of DESIGN §4, which
+/// One task's `result.json`. Field order is the order of docs/result.md, which
 /// serde keeps when writing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskResult {
@@ -95,7 +95,7 @@ pub struct ImageRecord {
 }
 
 /// A failure that is not the agent's: such a task is never counted as
-/// merely unresolved (DESIGN §4).
+/// merely unresolved (docs/result.md).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InfraError {
     pub stage: Stage,
@@ -163,7 +163,7 @@ pub fn score(resolved: bool) -> f64 {
     }
 }
 
-/// The result with the volatile fields of DESIGN §4 blanked (`mode`,
+/// The result with the volatile fields (docs/result.md) blanked (`mode`,
 /// `isolation`, `hoist_version`, `started_at`, `durations_ms`, each image's
 /// `ref`), so that two runs of the same task compare equal.
 pub fn normalise(r: &TaskResult) -> TaskResult {

@@ -1,7 +1,8 @@
-//! `hoist bake` (DESIGN §6): the combination image for (benchmark, agent,
-//! gateway), built without a daemon. Its layers are the benchmark's
-//! (the same blobs, unchanged), then one appended layer each for the
-//! agent's `/opt/agent`, the gateway's `/opt/gateway`, and `/.hoist/hoist`.
+//! `hoist bake` (docs/images.md, "The combination image"): the combination
+//! image for (benchmark, agent, gateway), built without a daemon. Its layers
+//! are the benchmark's (the same blobs, unchanged), then one appended layer
+//! each for the agent's `/opt/agent`, the gateway's `/opt/gateway`, and
+//! `/.hoist/hoist`.
 //!
 //! Each axis layer holds the subtree exactly as crane mode fuses it: its
 //! directory entry carries the subtree root's mode, owner and xattrs (a

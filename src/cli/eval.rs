@@ -1,4 +1,4 @@
-//! `hoist eval` (DESIGN §10): every task of a benchmark, `--jobs` at a
+//! `hoist eval` (docs/eval.md): every task of a benchmark, `--jobs` at a
 //! time, resumable; `OUT/eval.json`, `OUT/tasks/<id>/`, `OUT/summary.json`,
 //! `OUT/junit.xml`, and the summary table.
 

@@ -1,4 +1,4 @@
-//! `hoist grade OUT`: grade a saved run again (DESIGN §3 step 7). The
+//! `hoist grade OUT`: grade a saved run again (docs/pipeline.md, "Grade"). The
 //! benchmark is pulled by the digest the run recorded in `OUT/run.json`,
 //! a fresh rootfs of it gets the agent's changes from
 //! `OUT/task/changes.tar`, and the grading session runs as in the run

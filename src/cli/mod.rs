@@ -1,5 +1,6 @@
-//! The command line (DESIGN §8). Each subcommand lives in its own small
-//! file that turns parsed arguments into a library call and prints.
+//! The command line (README.md; exit codes: docs/exit-codes.md). Each
+//! subcommand lives in its own small file that turns parsed arguments into a
+//! library call and prints.
 
 /// `println!` that ends the command quietly when stdout's reader has gone
 /// (`hoist tree-digest --list DIR | head`) instead of panicking.
@@ -185,7 +186,7 @@ enum Command {
     /// /.hoist/hoist) to an OCI layout, a registry or a docker-archive.
     Bake(bake::BakeArgs),
     /// Run every matrix case in crane and container mode and compare the
-    /// results and the root filesystems (DESIGN §7).
+    /// results and the root filesystems (see conformance/README.md).
     Conformance(conformance::ConformanceArgs),
     /// Report what this host can do for hoist (namespaces, overlay,
     /// cgroups, Docker, registries, disk) and what each missing piece costs.
@@ -200,7 +201,7 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Internal: the supervisor inside the sandbox (DESIGN §3).
+    /// Internal: the supervisor inside the sandbox (see docs/pipeline.md).
     #[command(hide = true)]
     TaskExec(task_exec::TaskExecArgs),
     /// Internal: can this host enter namespaces and mount?

@@ -1,5 +1,5 @@
 //! `hoist report DIR... [--out DIR]`: evaluations (the shards of one, on
-//! many machines) summed up as one (DESIGN §10).
+//! many machines) summed up as one (docs/eval.md).
 
 use std::path::PathBuf;
 

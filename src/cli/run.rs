@@ -260,7 +260,7 @@ pub fn execute(
         return Ok((result, record.isolation));
     };
     // --mode container: the same task in the combination image, under
-    // Docker (DESIGN §6).
+    // Docker (docs/pipeline.md).
     let axes = || container::Axes {
         benchmark,
         agent,

@@ -1,5 +1,5 @@
-//! `hoist task-exec [--task ID] [--context FILE]`: the supervisor, run
-//! inside the sandbox as root (DESIGN §3). Hidden: users run `hoist run`.
+//! `hoist task-exec [--task ID] [--context FILE]`: the supervisor, run inside
+//! the sandbox as root (docs/pipeline.md). Hidden: users run `hoist run`.
 
 use std::path::PathBuf;
 

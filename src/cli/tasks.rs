@@ -1,4 +1,4 @@
-//! `hoist tasks REF`: the tasks an image holds (DESIGN §10).
+//! `hoist tasks REF`: the tasks an image holds (docs/eval.md).
 
 use clap::Args;
 use hoist::exit::ExitStatus;

@@ -1,12 +1,12 @@
-//! The capabilities a root phase keeps (`install.sh`, the gateway, the
-//! grader). Root runs them because DESIGN §3 says so — a grader may chown
-//! the workdir, drop to another user to run tests, bind a low port — not
-//! so that they can administer the machine. Everything else leaves the
-//! bounding set before the exec, so an exec'd root program's permitted
-//! set is at most [`KEPT`] (capabilities(7): P'(permitted) = F(permitted)
-//! & P(bounding) | P'(ambient), and the inheritable and ambient sets are
-//! emptied too). Among what goes: CAP_SYS_CHROOT (chroot escape),
-//! CAP_SYS_ADMIN, CAP_SYS_PTRACE, CAP_MKNOD, CAP_SYS_MODULE, CAP_SYS_RAWIO,
+//! The capabilities a root phase keeps (`install.sh`, the gateway, the grader).
+//! Root runs them because the pipeline says so (docs/pipeline.md) — a grader
+//! may chown the workdir, drop to another user to run tests, bind a low port —
+//! not so that they can administer the machine. Everything else leaves the
+//! bounding set before the exec, so an exec'd root program's permitted set is
+//! at most [`KEPT`] (capabilities(7): P'(permitted) = F(permitted) &
+//! P(bounding) | P'(ambient), and the inheritable and ambient sets are emptied
+//! too). Among what goes: CAP_SYS_CHROOT (chroot escape), CAP_SYS_ADMIN,
+//! CAP_SYS_PTRACE, CAP_MKNOD, CAP_SYS_MODULE, CAP_SYS_RAWIO,
 //! CAP_DAC_READ_SEARCH (open_by_handle_at), CAP_NET_ADMIN, CAP_NET_RAW,
 //! CAP_SETFCAP, CAP_LINUX_IMMUTABLE, CAP_KILL (signals to other users'
 //! processes), CAP_SETPCAP.

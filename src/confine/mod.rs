@@ -1,6 +1,6 @@
-//! Confinement of every process the supervisor starts (DESIGN "Threat
-//! model", §5 "chroot hardening"): one policy, read in one place, applied
-//! the same way in namespaces, chroot and container mode.
+//! Confinement of every process the supervisor starts (docs/threat-model.md;
+//! docs/isolation.md, "Confinement of every phase"): one policy, read in one
+//! place, applied the same way in namespaces, chroot and container mode.
 //!
 //! Each phase — `install.sh`, the gateway, the agent, the grader — is
 //! started through `hoist __confine POLICY PROGRAM ARGS…`, a fresh exec of
@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 /// The hidden subcommand that confines, then execs the phase.
 pub const STAGE: &str = "__confine";
 
-/// What `install.sh` and the agent may not see (DESIGN §2).
+/// What `install.sh` and the agent may not see (docs/images.md).
 pub const HIDDEN_FROM_AGENT: [&str; 4] = ["tests", "tasks", "opt/gateway", ".hoist"];
 /// What the gateway may not see: it serves the agent, so it must not be
 /// able to hand it the answers, whatever code ended up in its interpreter.

@@ -1,5 +1,5 @@
 //! Field-by-field comparison of two `result.json`s after the volatile
-//! fields of DESIGN §4 are blanked ([`crate::result::normalise_json`]).
+//! fields (docs/result.md) are blanked ([`crate::result::normalise_json`]).
 
 use serde::Serialize;
 use serde_json::Value;

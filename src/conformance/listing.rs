@@ -34,7 +34,7 @@ pub const DOCKER_INIT_FILES: &[&str] = &[
 /// tests/rootfs_equality.rs, which checked this on Docker 20.10).
 pub const DOCKER_INIT_DIRS: &[&str] = &["/dev", "/dev/pts", "/dev/shm", "/etc", "/proc", "/sys"];
 
-/// Where the combination image keeps the supervisor (DESIGN §3); crane
+/// Where the combination image keeps the supervisor (docs/pipeline.md); crane
 /// mode bind-mounts it instead, so it is not part of the fused tree.
 pub const HOIST_DIR: &str = "/.hoist";
 

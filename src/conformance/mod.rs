@@ -1,8 +1,8 @@
-//! `hoist conformance` (DESIGN §7): every case of a matrix runs in crane
-//! mode and in container mode, and the two must agree — the normalised
+//! `hoist conformance` (conformance/README.md): every case of a matrix runs in
+//! crane mode and in container mode, and the two must agree — the normalised
 //! `result.json` field by field, and the crane rootfs path by path with
-//! Docker's own export of the combination container. A combination built
-//! by `docker build` is compared too, for information only.
+//! Docker's own export of the combination container. A combination built by
+//! `docker build` is compared too, for information only.
 //!
 //! The pure parts — [`matrix`] parsing and selection, [`jsondiff`],
 //! [`listing`] comparison and the [`report`] table — are apart from the

@@ -1,5 +1,5 @@
 //! `hoist doctor`: what this host can do for hoist, and what each missing
-//! piece costs (DESIGN §5 "sandbox", "materialize"; §6).
+//! piece costs (docs/isolation.md, docs/rootfs.md, docs/pipeline.md).
 //!
 //! One probe per file. Each reads what the kernel and the system say
 //! (`/proc`, `/sys`, `/etc/subuid`, a socket) or tries the real thing (the

@@ -1,5 +1,5 @@
 //! `hoist eval --emit slurm`: the evaluation as a batch job of the
-//! engines people already run (DESIGN §10). Each array task runs one shard
+//! engines people already run (docs/eval.md). Each array task runs one shard
 //! (`--shard I/N`) into a directory of its own, `OUT/shards/I`; `hoist
 //! report OUT/shards/*` sums them up.
 

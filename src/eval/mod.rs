@@ -1,4 +1,4 @@
-//! `hoist eval` (DESIGN §10): every task of a benchmark, each exactly as
+//! `hoist eval` (docs/eval.md): every task of a benchmark, each exactly as
 //! `hoist run` runs it, with one store, resumable and interruptible.
 //!
 //! The plan ([`EvalPlan`], `OUT/eval.json`) lists the tasks of this shard

@@ -1,4 +1,4 @@
-//! Which axes (DESIGN §2) an image can serve: a benchmark holds
+//! Which axes (docs/images.md) an image can serve: a benchmark holds
 //! `/tasks/<id>/task.json`, an agent `/opt/agent/run`, a gateway
 //! `/opt/gateway/run`. Read from the layers' tar headers, without
 //! unpacking anything, when every layer is on this machine; otherwise from

@@ -1,5 +1,5 @@
 //! The agent's changes to the task's workdir, carried from the session that
-//! ran the agent to the fresh tree the grader runs in (DESIGN §3).
+//! ran the agent to the fresh tree the grader runs in (docs/pipeline.md).
 //!
 //! Grading must see the benchmark's pristine rootfs plus only what the agent
 //! did to the workdir (`/testbed`, say): nothing `install.sh` or the agent

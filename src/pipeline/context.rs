@@ -48,7 +48,7 @@ pub struct RunContext {
     /// Use at most this Landlock ABI (`HOIST_LANDLOCK_ABI`).
     #[serde(default)]
     pub landlock_abi_max: Option<u32>,
-    /// Which part of DESIGN §3 this sandbox runs.
+    /// Which part of the pipeline (docs/pipeline.md) this sandbox runs.
     #[serde(default)]
     pub session: Session,
     /// The gateway runs in a session of its own (container mode) on this
@@ -58,7 +58,7 @@ pub struct RunContext {
     pub gateway_elsewhere: bool,
 }
 
-/// A run is two sandbox sessions on two trees (DESIGN §3 step 7): the
+/// A run is two sandbox sessions on two trees (docs/pipeline.md, "Grade"): the
 /// agent's, then grading in a fresh rootfs that holds only the agent's
 /// changes to the workdir.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

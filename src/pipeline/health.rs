@@ -1,4 +1,4 @@
-//! The gateway's readiness probe (DESIGN §3 step 3): `GET /health` over
+//! The gateway's readiness probe (docs/pipeline.md step 3): `GET /health` over
 //! loopback with HTTP/1.0, so the server closes the connection after one
 //! answer and no HTTP library or DNS is involved.
 

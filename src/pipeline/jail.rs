@@ -1,12 +1,12 @@
-//! The install jail. DESIGN §3 runs `/opt/agent/install.sh` as root, but
-//! the script comes from the agent image, which the threat model does not
-//! trust: as plain root it could read `/tests`, `/tasks` and `/opt/gateway`
-//! and leave a copy for the agent. So, where the kernel allows, the
-//! supervisor covers those paths with empty read-only tmpfs mounts and runs
-//! the script in a new user and mount namespace (`hoist __install-jail`).
-//! Mounts inherited into a mount namespace owned by a less privileged user
-//! namespace are locked (mount_namespaces(7)): the script's root can
-//! neither unmount the covers nor bind-mount around them.
+//! The install jail. The pipeline (docs/pipeline.md) runs
+//! `/opt/agent/install.sh` as root, but the script comes from the agent image,
+//! which the threat model does not trust: as plain root it could read `/tests`,
+//! `/tasks` and `/opt/gateway` and leave a copy for the agent. So, where the
+//! kernel allows, the supervisor covers those paths with empty read-only tmpfs
+//! mounts and runs the script in a new user and mount namespace (`hoist
+//! __install-jail`). Mounts inherited into a mount namespace owned by a less
+//! privileged user namespace are locked (mount_namespaces(7)): the script's
+//! root can neither unmount the covers nor bind-mount around them.
 
 use std::io;
 use std::os::fd::AsFd;

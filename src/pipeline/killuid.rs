@@ -1,4 +1,4 @@
-//! Ending the run's processes (DESIGN §3 step 6, and the sweeps around
+//! Ending the run's processes (docs/pipeline.md step 6, and the sweeps around
 //! it) without ever signalling a process that is not the run's.
 //!
 //! Which processes are the run's depends on where the supervisor is

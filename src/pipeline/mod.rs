@@ -1,4 +1,4 @@
-//! The task pipeline (DESIGN §3): `hoist task-exec`, the supervisor that
+//! The task pipeline (docs/pipeline.md): `hoist task-exec`, the supervisor that
 //! runs inside the sandbox as root and takes one task from task.json to
 //! `/output/task/result.json`.
 //!

@@ -1,6 +1,6 @@
-//! The steps of DESIGN §3 that start and stop processes. Each step either
-//! records what happened in the [`Record`] or returns the infra error that
-//! ends the run; [`Supervisor::cleanup`] runs whatever way it ended.
+//! The steps of docs/pipeline.md that start and stop processes. Each step
+//! either records what happened in the [`Record`] or returns the infra error
+//! that ends the run; [`Supervisor::cleanup`] runs whatever way it ended.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -213,7 +213,7 @@ impl<'a> Supervisor<'a> {
         process::run_to_deadline(&mut self.reaper, pid, deadline, grace)
     }
 
-    /// The session the context names (DESIGN §3; see [`Session`]). An
+    /// The session the context names (docs/pipeline.md; see [`Session`]). An
     /// `Err` ends the run with that infra error; an agent session returns
     /// what it wrote to `changes.tar`.
     pub fn execute(&mut self, requested: Option<&str>) -> Result<Option<Written>, InfraError> {
@@ -265,7 +265,7 @@ impl<'a> Supervisor<'a> {
         }
     }
 
-    /// DESIGN §3 steps 1–6: the task, install.sh, the gateway and the
+    /// docs/pipeline.md steps 1–6: the task, install.sh, the gateway and the
     /// agent; then nothing of theirs runs. With `snapshot`, what the
     /// workdir held before anything untrusted ran, to tell its changes.
     fn agent_session(
@@ -354,13 +354,13 @@ impl<'a> Supervisor<'a> {
             Ok(_) => {
                 return Err(message(
                     Stage::Sandbox,
-                    format!("{AGENT_RUN} is not an executable file; the agent image must provide one (DESIGN §2)"),
+                    format!("{AGENT_RUN} is not an executable file; the agent image must provide one (see docs/images.md)"),
                 ))
             }
             Err(e) => {
                 return Err(message(
                     Stage::Sandbox,
-                    format!("{AGENT_RUN} is missing from the rootfs ({e}); the agent image must provide an executable {AGENT_RUN} (DESIGN §2)"),
+                    format!("{AGENT_RUN} is missing from the rootfs ({e}); the agent image must provide an executable {AGENT_RUN} (see docs/images.md)"),
                 ))
             }
         }
@@ -921,7 +921,7 @@ impl<'a> Supervisor<'a> {
     }
 }
 
-/// The agent's whole environment (DESIGN §3 step 5), nothing inherited.
+/// The agent's whole environment (docs/pipeline.md step 5), nothing inherited.
 pub fn agent_env(
     task_id: &str,
     instruction: OsString,

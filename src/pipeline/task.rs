@@ -1,10 +1,10 @@
-//! `/tasks/<id>/task.json` (DESIGN §2): choosing the task and reading it
+//! `/tasks/<id>/task.json` (docs/images.md): choosing the task and reading it
 //! strictly. Unknown fields are ignored so benchmarks may carry their own
 //! metadata; every known field is checked for type and sense.
 
 use serde_json::{Map, Value};
 
-/// Defaults of DESIGN §2 when task.json leaves a timeout out.
+/// Defaults (docs/images.md) when task.json leaves a timeout out.
 pub const DEFAULT_AGENT_TIMEOUT_SEC: u64 = 600;
 pub const DEFAULT_GRADE_TIMEOUT_SEC: u64 = 300;
 

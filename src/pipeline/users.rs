@@ -1,4 +1,4 @@
-//! The `agent` user (DESIGN §3 step 1), made by editing `/etc/passwd`,
+//! The `agent` user (docs/pipeline.md step 1), made by editing `/etc/passwd`,
 //! `/etc/group` and `/etc/shadow` as text. Never `useradd` and never the
 //! image's NSS libraries: both are code from an image, and the supervisor
 //! runs as root.

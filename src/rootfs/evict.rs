@@ -1,9 +1,9 @@
-//! Keeping a store under a size (`hoist eval --max-store-size`, DESIGN
-//! §10): when the store's blobs, unpacked layers and subtrees outgrow the
-//! limit, the images least recently used ([`Store::last_used`]) that no
-//! running or pending task needs are forgotten (dropped from
-//! `index.json`), one at a time, and what no remaining image references
-//! and no live run reads is swept, until the store fits.
+//! Keeping a store under a size (`hoist eval --max-store-size`, docs/eval.md):
+//! when the store's blobs, unpacked layers and subtrees outgrow the limit, the
+//! images least recently used ([`Store::last_used`]) that no running or pending
+//! task needs are forgotten (dropped from `index.json`), one at a time, and
+//! what no remaining image references and no live run reads is swept, until the
+//! store fits.
 //!
 //! Eviction holds the store's gc lock, as `hoist gc` does, so it never
 //! sweeps what a pull is recording or a materialize is reading. It trusts

@@ -1,4 +1,4 @@
-//! The fused root filesystem (DESIGN §2, §5 "materialize"): the benchmark's
+//! The fused root filesystem (docs/images.md, docs/rootfs.md): the benchmark's
 //! whole rootfs, then only `/opt/agent` from the agent image, then only
 //! `/opt/gateway` from the gateway image. Each axis subtree *replaces* what
 //! the benchmark had at that path, as the opaque directory that `hoist bake`
@@ -162,7 +162,7 @@ pub fn can_mount() -> bool {
 }
 
 /// Whether `dir` is on overlayfs (a container's root), which cannot hold
-/// the upper directories of another overlay (DESIGN §5 "materialize").
+/// the upper directories of another overlay (docs/rootfs.md).
 // f_type is i64 here, u32 or c_long on other architectures.
 #[allow(clippy::unnecessary_cast)]
 pub fn on_overlayfs(dir: &Path) -> bool {

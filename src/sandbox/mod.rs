@@ -1,4 +1,4 @@
-//! The sandbox (DESIGN §5 "sandbox"): run the supervisor inside the fused
+//! The sandbox (docs/isolation.md): run the supervisor inside the fused
 //! rootfs, isolated as strongly as the host allows.
 //!
 //! - **namespaces**: user (when not root), mount, pid, network, ipc and uts

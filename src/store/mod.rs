@@ -1,4 +1,4 @@
-//! The content-addressed store (DESIGN §5): a valid OCI image layout
+//! The content-addressed store (docs/pull.md): a valid OCI image layout
 //! (`oci-layout`, `index.json`, `blobs/ALG/HEX`) so skopeo and umoci read
 //! it, plus hoist's own working directories beside it:
 //!

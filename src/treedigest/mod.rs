@@ -3,7 +3,7 @@
 //! compared exactly. Each entry records path, type, mode (with setuid,
 //! setgid and sticky), uid, gid, size, content hash, link target, device
 //! numbers, hardlink group and xattrs. Modification times are not part of
-//! the contract (DESIGN §2) and are left out.
+//! the contract (docs/rootfs.md) and are left out.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;

@@ -1,5 +1,5 @@
-//! Layer unpacking (DESIGN §5 "unpack"): one layer blob, streamed, onto a
-//! directory handle, with nothing able to reach outside it.
+//! Layer unpacking (docs/rootfs.md, "Unpacking a layer"): one layer blob,
+//! streamed, onto a directory handle, with nothing able to reach outside it.
 //!
 //! * The media type alone decides the decompressor; bytes that do not match
 //!   it, and every non-layer type, are refused before any tar is parsed.

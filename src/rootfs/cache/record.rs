@@ -10,7 +10,7 @@
 //! shows). A tamperer could change any of those and keep the image digest.
 //!
 //! Modification times are in (an overlay shows its layers' and tools act
-//! on them), though the contract leaves them out (DESIGN §2). What is left
+//! on them), though the contract leaves them out (docs/rootfs.md). What is left
 //! out, and why it cannot change what a run sees:
 //! - atimes and ctimes, which reading and renaming change;
 //! - `security.selinux`, which the host's policy stamps and relabels;
