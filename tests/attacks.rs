@@ -1,5 +1,5 @@
 //! The project's own hostile agents (agents/hostile-*, beyond agent-probe)
-//! against the threat model of DESIGN.md, in every setting hoist runs in:
+//! against the threat model of docs/threat-model.md, in every setting hoist runs in:
 //!
 //! - `namespaces`: `hoist run --isolation namespaces` on this host;
 //! - `chroot`: `hoist run --isolation chroot` on this host;

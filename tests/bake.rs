@@ -1,4 +1,4 @@
-//! `hoist bake` on the sample images (DESIGN §6): the combination of pyfix,
+//! `hoist bake` on the sample images (docs/pipeline.md): the combination of pyfix,
 //! agent-oracle and gateway-replay written to OCI layouts, the test
 //! registries and a docker-archive, and read back by the tools users have:
 //!
@@ -211,7 +211,7 @@ fn baked_image_unpacks_to_the_crane_rootfs() {
     }
     eprintln!("baked == crane: {} entries", baked.lines().count());
 
-    // DESIGN §2: /opt/gateway stays 0700 root (COPY --from would not keep it).
+    // docs/images.md: /opt/gateway stays 0700 root (COPY --from would not keep it).
     for (p, mode) in [
         ("opt/gateway", 0o700),
         ("tests", 0o700),

@@ -1,4 +1,4 @@
-//! `hoist conformance` end to end (DESIGN §7, issue 5): a small slice of
+//! `hoist conformance` end to end (conformance/README.md, issue 5): a small slice of
 //! `conformance/matrix.toml` passes in both modes with every comparison
 //! made, and the deliberately broken cases of `conformance/broken.toml`
 //! make it fail, naming the changed path and the differing fields.

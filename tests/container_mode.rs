@@ -1,4 +1,4 @@
-//! `hoist run --mode container` on the sample images (DESIGN §6), against
+//! `hoist run --mode container` on the sample images (docs/pipeline.md), against
 //! the real Docker Engine: the oracle resolves a shared-environment task
 //! and a per-task image, noop does not, the gateway case works, and each
 //! normalised result.json equals crane mode's for the same case. The

@@ -1,4 +1,4 @@
-//! `hoist eval` end to end (DESIGN §10, issue 10) on the sample images: a
+//! `hoist eval` end to end (docs/eval.md, issue 10) on the sample images: a
 //! shared-environment benchmark and a tasks file of per-task images, the
 //! plan, the summary, junit.xml, resume, retries of infrastructure errors
 //! only, shards, and an evaluation interrupted half-way and resumed.

@@ -1,4 +1,4 @@
-//! `hoist eval --emit slurm|k8s` on the engines people run (DESIGN §10,
+//! `hoist eval --emit slurm|k8s` on the engines people run (docs/eval.md,
 //! issue 10): a Slurm job array on the single-node cluster of
 //! `scripts/slurm`, and a Kubernetes Indexed Job validated offline
 //! against the API schema (`kubernetes-validate`), whose container

@@ -1,4 +1,4 @@
-//! SIGINT and SIGTERM during `hoist run` (DESIGN §8, issue 10): the
+//! SIGINT and SIGTERM during `hoist run` (docs/exit-codes.md, issue 10): the
 //! sandbox is killed and taken down before hoist exits 130 or 143, the
 //! result says `infra_error {stage: "interrupted"}`, and nothing is left:
 //! no process, no mount, no run directory. `--out` belongs to one run: a

@@ -1,4 +1,4 @@
-//! The output never enters the sandbox (issue 9, DESIGN threat model):
+//! The output never enters the sandbox (issue 9, docs/threat-model.md):
 //! `agent-hostile-output`'s install.sh, root in the sandbox, plants a
 //! setuid-root shell, a setgid file, symlinks to host files (at
 //! `/output/run.json` and beside `result.json`), a fifo, a device node, a

@@ -1,4 +1,4 @@
-//! End-to-end tests of `hoist task-exec`, the supervisor of DESIGN §3,
+//! End-to-end tests of `hoist task-exec`, the supervisor of docs/pipeline.md,
 //! without the sandbox: the supervisor's paths are resolved under a
 //! scratch root (`--root`), and the agent really runs as uid 1000.
 //!
@@ -957,7 +957,7 @@ t() { if eval "$2"; then s=PASSED; else s=FAILED; fi; printf '"%s": "%s", ' "$1"
 } > "$HOIST_GRADE_OUT"
 "#;
 
-/// DESIGN §3 step 7: an agent session leaves `agent.json` and
+/// docs/pipeline.md (grading): an agent session leaves `agent.json` and
 /// `changes.tar` (no result.json); a grading session on a second, pristine
 /// tree applies only the workdir's changes and writes the one result,
 /// whose agent part is the first session's. What install.sh (root) or the

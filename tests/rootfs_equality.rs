@@ -1,5 +1,5 @@
 //! Byte-level equality of hoist's materialized rootfs with the trees Docker
-//! and umoci produce for the same image (issue 3, DESIGN §2 §5): paths,
+//! and umoci produce for the same image (issue 3, docs/images.md, docs/isolation.md): paths,
 //! types, modes, uid/gid, sizes, contents, link targets, hardlink groups
 //! and xattrs, as `hoist tree-digest --list` prints them.
 //!
@@ -184,7 +184,7 @@ RUN ln /usr/bin/ls /usr/bin/ls-hard && ln /usr/bin/cat /usr/local/cat-hard && ln
 RUN rm /usr/bin/env
 # setuid, setgid, sticky
 RUN cp /bin/true /usr/local/bin/suid && chmod 4755 /usr/local/bin/suid && cp /bin/true /usr/local/bin/sgid && chmod 2755 /usr/local/bin/sgid && mkdir -m 1777 /sticky
-# root-only trees (DESIGN §2: /tests 0700, /tasks 0700 with 0600 files)
+# root-only trees (docs/images.md: /tests 0700, /tasks 0700 with 0600 files)
 RUN mkdir -m 0700 /tests && echo x > /tests/t && chmod 0600 /tests/t && mkdir -p /tasks/toy && chmod 0700 /tasks && echo '{{}}' > /tasks/toy/task.json && chmod 0600 /tasks/toy/task.json
 # symlink chains, relative and absolute, and a dangling one
 RUN echo a > /a && ln -s a /b && ln -s /b /c && ln -s c /d && ln -s ../usr/bin /usrbin && ln -s /nonexistent /dangling

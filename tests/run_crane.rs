@@ -626,7 +626,7 @@ fn leftover_check_finds_an_orphan_of_this_test_and_nothing_else() {
     assert_eq!(found.len(), 1, "{found:?}");
 }
 
-/// DESIGN §3 step 7: a run is an agent session, then grading in a fresh
+/// docs/pipeline.md (grading): a run is an agent session, then grading in a fresh
 /// rootfs; `hoist grade OUT` runs that grading session again from the
 /// saved run (the benchmark by the digest in run.json, its changes.tar and
 /// agent.json) and gives the same result, in either isolation.

@@ -1,4 +1,4 @@
-//! The generic runner image (runner-image/, DESIGN §5, §9) under a real
+//! The generic runner image (runner-image/, docs/isolation.md) under a real
 //! Docker Engine: crane mode inside one container, pulling the sample
 //! images by digest from the test registry on the host (`--network host`,
 //! since the registries listen on 127.0.0.1), in both security profiles,
