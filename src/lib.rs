@@ -10,9 +10,8 @@
 // makes them larger than clippy likes; they are built once, on the cold
 // path, so boxing every variant would buy nothing but noise.
 #![allow(clippy::result_large_err)]
-// `unsafe` lives in `sys`, each block with its SAFETY line; the two
-// `pre_exec` hooks that must run between fork and exec say so where they
-// are.
+// `unsafe` lives in `sys` alone, each block with its SAFETY line, the two
+// `pre_exec` hooks between fork and exec included.
 #![deny(unsafe_code)]
 
 pub mod atomic;

@@ -1,14 +1,72 @@
 //! The few raw system calls rustix does not wrap safely (Landlock's ABI
-//! probe, close_range, loopback ioctls, unshare), and the taking
-//! over of a descriptor inherited across exec, each `unsafe` block with a
-//! `SAFETY:` comment. The only `unsafe` elsewhere is where a
-//! child must act between fork and exec (`Command::pre_exec`: joining the
-//! run's cgroup in `sandbox::cgroup`, becoming PID 1 in `sandbox::ns`),
-//! each with its own `SAFETY:` comment.
+//! probe, close_range, loopback ioctls, unshare), the taking over of a
+//! descriptor inherited across exec, and the two places a child acts
+//! between fork and exec (`Command::pre_exec`: joining the run's cgroup,
+//! becoming PID 1 of the sandbox), each `unsafe` block with a `SAFETY:`
+//! comment. This is the only module that may use `unsafe`.
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus};
+
+/// Spawn `cmd` so that the child, before it execs, writes "0" into each of
+/// `procs` (open `cgroup.procs` or v1 `tasks` files): it moves itself into
+/// those cgroups, and nothing it starts can run outside them. `cmd` is
+/// taken, so it cannot be spawned again once the files are closed.
+pub fn spawn_joining(mut cmd: Command, procs: &[&std::fs::File]) -> io::Result<Child> {
+    let fds: Vec<RawFd> = procs.iter().map(|f| f.as_raw_fd()).collect();
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe work is allowed: it makes write(2) calls over
+    // a vector allocated before the fork, and allocates nothing (a failure
+    // becomes an `io::Error` from its raw errno, which does not allocate).
+    // The descriptors stay open in the parent until `spawn` has returned,
+    // which is after the child exec'd or failed: `procs` is borrowed for
+    // this whole call, and the child has a copy of the descriptor table.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                let fd = BorrowedFd::borrow_raw(fd);
+                rustix::io::write(fd, b"0")?;
+            }
+            Ok(())
+        })
+    };
+    cmd.spawn()
+}
+
+/// Run `cmd` to its end, `before_exec` running in the child between fork
+/// and exec. That closure may allocate and make any system call, which is
+/// only sound when this process has a single thread (no lock can then be
+/// held by a thread the fork left behind): with more, this refuses.
+pub fn status_single_threaded(
+    mut cmd: Command,
+    before_exec: impl FnMut() -> io::Result<()> + Send + Sync + 'static,
+) -> io::Result<ExitStatus> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "this process has {threads} threads: the work before exec needs exactly one"
+        )));
+    }
+    // SAFETY: this process is single-threaded (checked above, and nothing
+    // here starts a thread before the fork), so the forked child holds no
+    // lock another thread took, and `before_exec` may allocate and call
+    // anything, as the program it came from could.
+    unsafe { cmd.pre_exec(before_exec) };
+    cmd.status()
+}
+
+/// How many threads this process has (`Threads:` of /proc/self/status).
+fn thread_count() -> io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("/proc/self/status has no Threads: line"))
+}
 
 /// Own the descriptor `fd` that the program which exec'd this one left
 /// open for it, and mark it close-on-exec so that no child inherits it in
@@ -128,6 +186,15 @@ pub fn cloexec_from(first: u32) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_test_thread_is_not_alone() {
+        // The test harness runs this beside its main thread.
+        assert!(super::thread_count().unwrap() >= 2);
+        let refused = super::status_single_threaded(std::process::Command::new("true"), || Ok(()))
+            .unwrap_err();
+        assert!(refused.to_string().contains("threads"), "{refused}");
+    }
+
     use super::*;
     use std::os::fd::{AsRawFd, IntoRawFd};
 

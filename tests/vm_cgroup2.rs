@@ -10,7 +10,9 @@
 //! - the runner image in the VM's Docker (cgroup v2, `--cgroupns private`): under the
 //!   default profile a chroot run whose `not_isolated` names exactly what Landlock ABI
 //!   2 lacks there (TCP rules, scopes), `--isolation strict` refusing for those, and
-//!   with `--cap-add SYS_ADMIN` a namespaces run with nothing missing.
+//!   with `--cap-add SYS_ADMIN` a namespaces run with nothing missing; privileged, as
+//!   Docker-in-Docker runs, hoist moves itself out of its cgroup namespace's top into
+//!   `init` and the hog is OOM-killed by the run cgroup's `memory.max`.
 //!
 //! Needs root, `HOIST_TEST_VM=1`, Docker (the runner image is built here and loaded
 //! into the VM), the sample images (`HOIST_SAMPLES_OCI`) and the static hoist.
@@ -58,6 +60,14 @@ runner() {
 runner runner-default ""
 runner runner-strict "" --isolation strict
 runner runner-sys-admin "--cap-add SYS_ADMIN --security-opt seccomp=unconfined --security-opt apparmor=unconfined"
+# As Docker-in-Docker runs: privileged, so the cgroupfs is writable, at the top of a
+# private cgroup namespace that holds hoist itself.
+mkdir -p "$OUT/runner-dind"
+docker run --rm --network none --privileged --cgroupns private -v "$ST:/store" -v "$S:$S:ro" \
+    -v "$OUT/runner-dind:/out" -v "$OUT/rec-hog:/rec:ro" \
+    hoist-runner:dev run --mode crane --benchmark "oci:$S:pyfix" --task "$TASK" --out /out \
+    $scripted --recordings /rec --memory 64M >runner-dind.log 2>&1
+echo $? >runner-dind.code
 "#;
 
 struct Results {
@@ -302,4 +312,16 @@ fn cgroup_v2_limits_and_landlock_abi_2_on_debian_12() {
     assert_eq!(run["not_isolated"], serde_json::json!([]), "{run:#}");
     let result = r.json("runner-sys-admin/task/result.json");
     assert_eq!(result["resolved"], true, "{result}");
+
+    // Privileged, at the top of a private cgroup namespace with hoist in it: the
+    // run's cgroup is made after hoist moves into `init`, and it enforces.
+    r.ok("runner-dind");
+    let run = r.json("runner-dind/run.json");
+    assert_eq!(run["isolation"], "namespaces", "{run:#}");
+    by_cgroup_v2(&run, "memory", 64 << 20);
+    by_cgroup_v2(&run, "pids", 1024);
+    let log = r.text("runner-dind/task/agent.log");
+    assert!(has_line(&log, "hog: 8 MiB"), "the hog never ran:\n{log}");
+    assert!(!has_line(&log, "hog: done"), "not limited:\n{log}");
+    graded(&r, "runner-dind");
 }

@@ -21,7 +21,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -253,24 +253,9 @@ impl RunCgroup {
     /// Spawn `cmd` so that the child joins the run's cgroup before it
     /// execs: nothing it starts can run outside it. `cmd` is taken, so it
     /// cannot be spawned again once the descriptors are closed.
-    pub(crate) fn spawn(&self, mut cmd: Command) -> io::Result<Child> {
-        use std::os::unix::process::CommandExt;
-        // At most one directory per controller.
-        let mut fds: [RawFd; 2] = [-1; 2];
-        for (slot, d) in fds.iter_mut().zip(&self.dirs) {
-            *slot = d.procs.as_raw_fd();
-        }
-        // SAFETY: the closure runs in the child between fork and exec, where
-        // only async-signal-safe work is allowed: `join` makes write(2)
-        // calls on a copied array and allocates nothing (a failure becomes
-        // an `io::Error` from its raw errno, which does not allocate). The
-        // descriptors are open: `self` owns them, and `cmd` dies with this
-        // one spawn.
-        #[allow(unsafe_code)]
-        unsafe {
-            cmd.pre_exec(move || join(&fds))
-        };
-        cmd.spawn()
+    pub(crate) fn spawn(&self, cmd: Command) -> io::Result<Child> {
+        let procs: Vec<&File> = self.dirs.iter().map(|d| &d.procs).collect();
+        crate::sys::spawn_joining(cmd, &procs)
     }
 
     /// Kill whatever is left in the run's cgroup and remove it. Every
@@ -294,21 +279,6 @@ impl Drop for RunCgroup {
             tracing::warn!(error = %e, "could not remove the run's cgroup");
         }
     }
-}
-
-/// Move the calling process into each cgroup whose `cgroup.procs` or
-/// `tasks` is open at `fds` (writing "0" moves the writer). Runs between
-/// fork and exec.
-fn join(fds: &[RawFd; 2]) -> io::Result<()> {
-    for &fd in fds.iter().filter(|&&fd| fd >= 0) {
-        // SAFETY: `fd` is one of the `cgroup.procs` files `RunCgroup::spawn`
-        // holds open (it borrows them until the child has exec'd), and the
-        // child has a copy of the parent's descriptor table.
-        #[allow(unsafe_code)]
-        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-        rustix::io::write(fd, b"0")?;
-    }
-    Ok(())
 }
 
 /// The files to write for `c`: (name, value, whether it must exist).
@@ -365,17 +335,9 @@ fn locate(c: Controller) -> Result<(Version, PathBuf), String> {
             dir.display()
         ));
     }
-    if version == Version::V2 {
-        let ctls = read(&dir.join("cgroup.controllers"))?;
-        if !ctls.split_whitespace().any(|x| x == c.name()) {
-            return Err(format!(
-                "the {} controller is not delegated to {} (cgroup.controllers: {:?})",
-                c.name(),
-                dir.display(),
-                ctls.trim()
-            ));
-        }
-    }
+    // v2: whether `c` is delegated is asked where the run's cgroup goes
+    // (`enabled`), which need not be here: once hoist moved into a cgroup
+    // namespace's `init`, this is a leaf that has only what it was given.
     Ok((version, dir))
 }
 
@@ -501,6 +463,15 @@ fn is_host_root(dir: &Path) -> bool {
 
 /// `dir`, once `c` is enabled for its children.
 fn enabled(dir: &Path, c: Controller) -> Result<PathBuf, String> {
+    let ctls = read(&dir.join("cgroup.controllers"))?;
+    if !ctls.split_whitespace().any(|x| x == c.name()) {
+        return Err(format!(
+            "the {} controller is not delegated to {} (cgroup.controllers: {:?})",
+            c.name(),
+            dir.display(),
+            ctls.trim()
+        ));
+    }
     match enable(dir, c) {
         Ok(()) => Ok(dir.to_path_buf()),
         Err(Enable::Busy) => Err(format!(

@@ -5,7 +5,6 @@
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -321,25 +320,19 @@ pub fn stage(cfg: &SandboxConfig) -> Result<i32, SandboxError> {
     // its limits; the exec of `/.hoist/hoist` then resolves in the rootfs.
     // (One exec fewer than a separate init stage: start-up is measured.)
     let limits = cfg.limits.clone();
-    let mut supervisor = supervisor_command(&supervisor_args(cfg));
-    // SAFETY: the closure runs in the forked child. This stage process is
-    // single-threaded (it could not have entered namespaces otherwise), so
-    // no lock can be held by a thread the fork left behind, and the
-    // allocations and system calls of `become_init` are safe to make there.
-    #[allow(unsafe_code)]
-    unsafe {
-        supervisor.pre_exec(move || {
-            become_init(root.as_fd(), &limits).map_err(|e| match e {
-                SandboxError::Io { what, source } => {
-                    std::io::Error::new(source.kind(), format!("{what}: {source}"))
-                }
-                other => std::io::Error::other(other.to_string()),
-            })
-        });
-    }
-    let status = supervisor
-        .status()
-        .map_err(io_err("starting PID 1 of the sandbox"))?;
+    let supervisor = supervisor_command(&supervisor_args(cfg));
+    // This stage process is single-threaded (it could not have entered
+    // namespaces otherwise), which `status_single_threaded` checks again:
+    // `become_init` may then allocate and make its calls in the child.
+    let status = crate::sys::status_single_threaded(supervisor, move || {
+        become_init(root.as_fd(), &limits).map_err(|e| match e {
+            SandboxError::Io { what, source } => {
+                std::io::Error::new(source.kind(), format!("{what}: {source}"))
+            }
+            other => std::io::Error::other(other.to_string()),
+        })
+    })
+    .map_err(io_err("starting PID 1 of the sandbox"))?;
     Ok(status.code().unwrap_or_else(|| {
         128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
     }))
