@@ -16,11 +16,12 @@ Blobs, unpacked layers and subtrees another image still uses stay. As podman doe
 found are removed even when another REF is not known; that one is reported and the exit status is 1.
 
 Examples:
-  hoist rmi oci:./samples/oci:pyfix 127.0.0.1:5000/samples/agent-oracle
+  hoist rmi oci:target/hoist-test/samples/oci:pyfix localhost:5000/samples/agent-oracle:latest
   hoist rmi 3f2a9c81d0e4                         # by the DIGEST column of hoist images"
 )]
 pub struct RmiArgs {
-    /// Images to remove: NAME, REF or a digest (prefix).
+    /// Images to remove: a NAME as `hoist images` shows it, a REF as
+    /// `hoist pull` takes it, or a digest (prefix).
     #[arg(required = true, value_name = "REF")]
     refs: Vec<String>,
 }
