@@ -20,9 +20,11 @@ Examples:
   hoist rmi 3f2a9c81d0e4                         # by the DIGEST column of hoist images"
 )]
 pub struct RmiArgs {
-    /// Images to remove: a NAME as `hoist images` shows it, a REF as
-    /// `hoist pull` takes it, or a digest (prefix).
-    #[arg(required = true, value_name = "REF")]
+    #[arg(
+        required = true,
+        value_name = "REF",
+        help = ref_help!("Images to remove: a name as `hoist images` shows it, a digest (at least 4 hex characters of one), or a REF.")
+    )]
     refs: Vec<String>,
 }
 

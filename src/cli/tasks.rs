@@ -10,7 +10,7 @@ use super::Global;
 #[derive(Args)]
 #[command(after_help = "Examples:
   hoist tasks oci:target/hoist-test/samples/oci:pyfix
-  hoist tasks --json localhost:5000/samples/pyfix:latest | jq -r '.[].id'")]
+  hoist tasks --json localhost:5000/samples/pyfix:latest | jq -r '.[]'")]
 pub struct TasksArgs {
     #[arg(value_name = "REF", help = ref_help!("A benchmark image."))]
     image: String,
