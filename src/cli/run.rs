@@ -426,6 +426,9 @@ pub fn print_result(
         outln!("{}", serde_json::to_string_pretty(result)?)?;
     } else if !global.quiet {
         print_verdict(result, isolation)?;
+    } else if let Some(line) = infra_line(result) {
+        // --quiet prints errors, and the run's infrastructure error is one.
+        eprintln!("error: {line}");
     }
     Ok(if let Some(sig) = hoist::interrupt::pending() {
         ExitStatus::Interrupted(sig)
@@ -436,16 +439,23 @@ pub fn print_result(
     })
 }
 
+/// `TASK: infrastructure error at STAGE: MESSAGE`, for a result that has
+/// one: the one place a run's infrastructure error is printed.
+fn infra_line(r: &serde_json::Value) -> Option<String> {
+    let e = r["infra_error"].as_object()?;
+    Some(format!(
+        "{}: infrastructure error at {}: {}",
+        r["task_id"].as_str().unwrap_or("?"),
+        e.get("stage").and_then(|s| s.as_str()).unwrap_or("?"),
+        e.get("message").and_then(|s| s.as_str()).unwrap_or("?")
+    ))
+}
+
 fn print_verdict(r: &serde_json::Value, isolation: &str) -> anyhow::Result<()> {
-    let task = r["task_id"].as_str().unwrap_or("?");
-    if let Some(e) = r["infra_error"].as_object() {
-        outln!(
-            "{task}: infrastructure error at {}: {}",
-            e.get("stage").and_then(|s| s.as_str()).unwrap_or("?"),
-            e.get("message").and_then(|s| s.as_str()).unwrap_or("?")
-        )?;
-        return Ok(());
+    if let Some(line) = infra_line(r) {
+        return outln!("{line}");
     }
+    let task = r["task_id"].as_str().unwrap_or("?");
     let verdict = if r["resolved"].as_bool() == Some(true) {
         "RESOLVED"
     } else {
