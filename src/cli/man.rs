@@ -31,8 +31,9 @@ pub struct ManArgs {
 pub fn run(global: &Global, args: &ManArgs) -> anyhow::Result<ExitStatus> {
     let pages = pages()?;
     let Some(dir) = &args.dir else {
-        let (_, top) = &pages[0];
-        out!("{top}")?;
+        for (_, top) in pages.iter().take(1) {
+            out!("{top}")?;
+        }
         return Ok(ExitStatus::Success);
     };
     let written = write_pages(dir, &pages)?;
