@@ -34,6 +34,8 @@ const PUBLIC: &[&str] = &[
     "bake",
     "conformance",
     "doctor",
+    "completions",
+    "man",
     "help",
 ];
 

@@ -13,15 +13,16 @@ use super::run::static_binary;
 use super::Global;
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  hoist bake --benchmark oci:target/hoist-test/samples/oci:pyfix --agent oci:target/hoist-test/samples/oci:agent-oracle --tag oci:/tmp/baked:pyfix-oracle
+  hoist bake --benchmark localhost:5000/samples/pyfix:latest --agent localhost:5000/samples/agent-oracle:latest --tag localhost:5000/baked/pyfix-oracle:v1
+  hoist bake --benchmark localhost:5000/samples/pyfix:latest --agent localhost:5000/samples/agent-oracle:latest --tag docker-archive:/tmp/pyfix-oracle.tar && docker load -i /tmp/pyfix-oracle.tar")]
 pub struct BakeArgs {
-    /// The benchmark image: all its layers, unchanged.
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", help = ref_help!("The benchmark image: all its layers, unchanged."))]
     benchmark: String,
-    /// The agent image: its /opt/agent, as one appended layer.
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", help = ref_help!("The agent image: its /opt/agent, as one appended layer."))]
     agent: String,
-    /// The gateway image: its /opt/gateway, as one appended layer.
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", help = ref_help!("The gateway image: its /opt/gateway, as one appended layer."))]
     gateway: Option<String>,
     /// Where to write the image: oci:PATH:TAG (an OCI layout),
     /// HOST[:PORT]/REPO[:TAG] (a registry), or

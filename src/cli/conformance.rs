@@ -16,6 +16,10 @@ use hoist::exit::ExitStatus;
 use super::Global;
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  hoist conformance --list
+  hoist conformance --cases 'pyfix/*' --junit conformance.xml --keep /tmp/conformance
+  hoist conformance --compare runs/crane runs/container")]
 pub struct ConformanceArgs {
     /// The matrix of cases (see conformance/README.md).
     #[arg(long, value_name = "FILE", default_value = "conformance/matrix.toml")]

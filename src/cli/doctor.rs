@@ -8,6 +8,10 @@ use hoist::store::Store;
 use super::Global;
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  hoist doctor
+  hoist doctor --registry localhost:5000 --registry docker.io/library/alpine
+  hoist doctor --json | jq .")]
 pub struct DoctorArgs {
     /// Also check that this registry answers `GET /v2/` (200, or 401 for
     /// one that wants credentials): a host[:port] or an image reference.

@@ -34,10 +34,17 @@ use super::run::{execute, static_binary, How, Mode, TaskFlags};
 use super::Global;
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  hoist eval --benchmark oci:target/hoist-test/samples/oci:pyfix --agent oci:target/hoist-test/samples/oci:agent-oracle --jobs 2 --out runs/pyfix
+  hoist eval --tasks swe-mini.jsonl --agent localhost:5000/samples/agent-oracle:latest --out runs/swe-mini --dry-run
+  hoist eval --benchmark localhost:5000/samples/pyfix:latest --agent localhost:5000/samples/agent-noop:latest --out /shared/runs/pyfix --emit slurm --shards 3")]
 pub struct EvalArgs {
-    /// A shared-environment benchmark image: its tasks (all of /tasks, or
-    /// the --task ones).
-    #[arg(long, value_name = "REF", conflicts_with = "tasks")]
+    #[arg(
+        long,
+        value_name = "REF",
+        conflicts_with = "tasks",
+        help = ref_help!("A shared-environment benchmark image: its tasks (all of /tasks, or the --task ones).")
+    )]
     benchmark: Option<String>,
     /// With --benchmark: run only these tasks (repeatable).
     #[arg(long = "task", value_name = "ID", requires = "benchmark")]
@@ -47,20 +54,30 @@ pub struct EvalArgs {
     /// "agent_timeout_sec").
     #[arg(long, value_name = "FILE", required_unless_present = "benchmark")]
     tasks: Option<PathBuf>,
-    #[arg(long, value_name = "REF", env = "HOIST_AGENT")]
+    #[arg(
+        long,
+        value_name = "REF",
+        env = "HOIST_AGENT",
+        help = ref_help!("The agent image of every task (a --tasks line may name its own): its /opt/agent.")
+    )]
     agent: String,
-    #[arg(long, value_name = "REF", env = "HOIST_GATEWAY")]
+    #[arg(
+        long,
+        value_name = "REF",
+        env = "HOIST_GATEWAY",
+        help = ref_help!("The model gateway image, if any (a --tasks line may name its own): its /opt/gateway.")
+    )]
     gateway: Option<String>,
     /// The evaluation's directory: eval.json, tasks/<id>/, summary.json,
     /// junit.xml. Run again to resume.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Tasks run at once (default: one per core, at most one per 2 GiB of
-    /// memory, or per --memory).
+    /// Tasks run at once [default: one per core, at most one per 2 GiB of
+    /// memory (or per --memory)].
     #[arg(long, short = 'j', value_name = "N")]
     jobs: Option<usize>,
-    /// Pull the images of up to N tasks ahead while the running ones run
-    /// (default: as many as --jobs; 0: pull each when its task starts).
+    /// Pull the images of up to N tasks ahead while the running ones run;
+    /// 0 pulls each when its task starts [default: as many as --jobs].
     #[arg(long, value_name = "N")]
     prefetch: Option<usize>,
     /// Run task k (in the plan's order) when k mod N = I. Unset: from
@@ -75,6 +92,8 @@ pub struct EvalArgs {
     /// Run every task again, even those complete in OUT.
     #[arg(long)]
     rerun: bool,
+    /// Where each task runs: crane fuses and sandboxes here, container
+    /// runs the baked combination image under Docker.
     #[arg(long, value_enum, default_value = "crane")]
     mode: Mode,
     /// How each task runs, as `hoist run`.
@@ -82,24 +101,26 @@ pub struct EvalArgs {
     flags: TaskFlags,
     #[command(flatten)]
     pull: PullFlags,
-    /// Write the evaluation as a batch job instead of running it here:
-    /// `slurm` writes OUT/slurm/job.sbatch (a job array, one shard per
-    /// array task) and OUT/slurm/submit.
+    /// Write the evaluation as a batch job instead of running it here,
+    /// one shard per array task or pod (see --shards).
     #[arg(long, value_enum, value_name = "ENGINE", conflicts_with = "shard")]
     emit: Option<Emit>,
     /// With a shard (--shard, or the batch system's index): write into
     /// OUT/shards/I, so the shards of one job can share OUT's volume.
     #[arg(long)]
     shard_dir: bool,
-    /// With --emit: how many shards (default: one per task).
+    /// With --emit: how many shards [default: one per task].
     #[arg(long, value_name = "N", requires = "emit")]
     shards: Option<usize>,
     /// With --emit: at most this many shards run at once.
     #[arg(long, value_name = "N", default_value_t = 16)]
     max_running: usize,
-    /// With --emit k8s: the runner image the pods run (runner-image/),
-    /// best pinned by digest.
-    #[arg(long, value_name = "REF", required_if_eq("emit", "k8s"))]
+    #[arg(
+        long,
+        value_name = "REF",
+        required_if_eq("emit", "k8s"),
+        help = ref_help!("With --emit k8s: the runner image the pods run (runner-image/), best pinned by digest.")
+    )]
     runner_image: Option<String>,
     /// With --emit k8s: each pod's node-local disk (store and trees).
     #[arg(long, value_name = "SIZE", default_value = "40Gi")]
@@ -119,7 +140,9 @@ pub struct EvalArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Emit {
+    /// OUT/slurm/job.sbatch (a job array) and OUT/slurm/submit.
     Slurm,
+    /// OUT/k8s/*.json: an Indexed Job of the runner image.
     K8s,
 }
 

@@ -31,7 +31,7 @@ pub struct PullFlags {
     pub policy: PullPolicy,
     /// The image platform wanted, os/arch[/variant]: chosen from a
     /// multi-platform index; a single-platform image of another platform
-    /// is an error. Default: this host's.
+    /// is an error [default: this host's].
     #[arg(long, value_name = "OS/ARCH")]
     pub platform: Option<Platform>,
 }

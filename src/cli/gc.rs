@@ -6,6 +6,10 @@ use hoist::exit::ExitStatus;
 use super::Global;
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  hoist gc
+  hoist gc --docker --json | jq .
+  hoist system df                                # what hoist gc would reclaim, removing nothing")]
 pub struct GcArgs {
     /// Also remove container mode's combination images
     /// (hoist/combination:*) from Docker, except those a container uses.

@@ -26,6 +26,9 @@ use super::run::{print_result, static_binary};
 use super::Global;
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  hoist grade runs/oracle                        # writes task/result.json again, keeps run.json
+  hoist grade runs/oracle --out runs/oracle-regraded --grade-timeout 20m")]
 pub struct GradeArgs {
     /// The `--out` of the run to grade again (it holds run.json and
     /// task/agent.json, task/changes.tar).
@@ -35,12 +38,15 @@ pub struct GradeArgs {
     /// [default: OUT].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// How the sandbox isolates the grading, as `hoist run --isolation`.
     #[arg(long, value_enum, default_value = "auto")]
     isolation: Isolation,
+    /// How the fresh root filesystem is fused, as `hoist run --rootfs`.
     #[arg(long, value_enum, default_value = "auto")]
     rootfs: RootfsMode,
-    /// Override the task's grade timeout (seconds).
-    #[arg(long, value_name = "SEC")]
+    /// Override the task's grade timeout: seconds, or 90s, 10m, 1h
+    /// [default: task.json's grade.timeout_sec, else 300 s].
+    #[arg(long, value_name = "DURATION", value_parser = super::checks::parse_duration)]
     grade_timeout: Option<u64>,
     /// Limit the grading's memory, swap excluded (512M, 2G, bytes).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]

@@ -16,17 +16,15 @@ use super::Global;
 
 #[derive(Args)]
 #[command(after_help = "Examples:
-  hoist inspect oci:./samples/oci:pyfix          # digest, layers, labels; tasks from the layers
-  hoist inspect --json registry.example/bench/swe:v1 | jq .axes
+  hoist inspect oci:target/hoist-test/samples/oci:pyfix   # digest, layers, labels; tasks from the layers
+  hoist inspect --json localhost:5000/samples/pyfix:latest | jq .axes
   hoist inspect --platform linux/arm64 --raw docker.io/library/alpine")]
 pub struct InspectArgs {
-    /// The image: HOST[:PORT]/REPO[:TAG][@sha256:HEX] or
-    /// oci:PATH[:TAG|@sha256:HEX].
-    #[arg(value_name = "REF")]
+    #[arg(value_name = "REF", help = ref_help!("The image to describe."))]
     image: String,
     /// Describe this platform's image of a multi-platform index
-    /// (os/arch[/variant]); default: the host's.
-    #[arg(long)]
+    /// (os/arch[/variant]) [default: this host's].
+    #[arg(long, value_name = "OS/ARCH")]
     platform: Option<Platform>,
     /// Print the platform's image manifest exactly as stored, and nothing
     /// else (as `skopeo inspect --raw` does for a single-platform image).

@@ -10,13 +10,18 @@ use super::fetch::{pull_axes, PullFlags};
 use super::Global;
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  hoist lock --benchmark localhost:5000/samples/pyfix:latest --agent localhost:5000/samples/agent-oracle:latest
+  hoist lock --pull always --benchmark localhost:5000/samples/pyfix:latest --agent localhost:5000/samples/agent-oracle:latest --lock-file ci/hoist.lock
+  hoist run --locked --benchmark localhost:5000/samples/pyfix:latest --agent localhost:5000/samples/agent-oracle:latest --out runs/pinned")]
 pub struct LockArgs {
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", help = ref_help!("The benchmark image to pin."))]
     benchmark: String,
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", help = ref_help!("The agent image to pin."))]
     agent: String,
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", help = ref_help!("The gateway image to pin, if any."))]
     gateway: Option<String>,
+    /// The lock file to write (`hoist run --locked` reads it).
     #[arg(long = "lock-file", value_name = "FILE", default_value = DEFAULT_FILE)]
     lock_file: PathBuf,
     // `--pull always` pins what each tag names at the registry now; by

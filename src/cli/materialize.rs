@@ -11,21 +11,20 @@ use super::fetch::{pull_axes, PullFlags};
 use super::Global;
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  hoist materialize --benchmark oci:target/hoist-test/samples/oci:pyfix --agent oci:target/hoist-test/samples/oci:agent-oracle --out /tmp/rootfs
+  hoist materialize --benchmark docker.io/library/debian:bookworm --rootfs copy --out /tmp/debian && hoist tree-digest /tmp/debian")]
 pub struct MaterializeArgs {
-    /// The benchmark image: its whole root filesystem.
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", help = ref_help!("The benchmark image: its whole root filesystem."))]
     benchmark: String,
-    /// The agent image: only its /opt/agent.
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", help = ref_help!("The agent image: only its /opt/agent."))]
     agent: Option<String>,
-    /// The gateway image: only its /opt/gateway.
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", help = ref_help!("The gateway image: only its /opt/gateway."))]
     gateway: Option<String>,
     /// Where to build the rootfs (absent or empty).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// overlay: mount cached layers (root only); copy: apply layers onto a
-    /// plain directory; auto: overlay when permitted.
+    /// How the root filesystem is fused from the images' layers.
     #[arg(long, value_enum, default_value = "auto")]
     rootfs: RootfsMode,
     #[command(flatten)]

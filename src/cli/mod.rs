@@ -20,8 +20,22 @@ macro_rules! out {
     };
 }
 
+/// What every REF flag and argument accepts (src/reference.rs), said in
+/// each one's help after what the image is for.
+macro_rules! ref_help {
+    ($what:literal) => {
+        concat!(
+            $what,
+            " REF: HOST/REPO:TAG, HOST/REPO@sha256:HEX, docker://HOST/REPO:TAG, \
+             or oci:PATH[:TAG|@sha256:HEX] (an OCI layout on disk); TAG defaults \
+             to latest, and a name without HOST is Docker Hub's"
+        )
+    };
+}
+
 mod bake;
 mod checks;
+mod completions;
 mod conformance;
 mod doctor;
 mod dryrun;
@@ -32,6 +46,7 @@ mod grade;
 mod images;
 mod inspect;
 mod lock;
+mod man;
 mod materialize;
 mod progress;
 mod pull;
@@ -46,7 +61,7 @@ mod tree_digest;
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use hoist::exit::ExitStatus;
 use hoist::registry::config::{parse_mirror, RegistriesConf};
 use hoist::registry::RegistryOptions;
@@ -56,7 +71,20 @@ use hoist::store::Store;
 #[command(
     name = "hoist",
     version,
-    about = "Run agent evaluations from OCI images with no container daemon"
+    about = "Run agent evaluations from OCI images with no container daemon",
+    long_about = "Run agent evaluations from OCI images with no container daemon.\n\n\
+A run fuses three images: a benchmark (its tasks under /tasks), an agent \
+(/opt/agent) and an optional model gateway (/opt/gateway); runs the agent \
+on a task in a sandbox, grades its work in a fresh copy of the benchmark, \
+and writes result.json. Images are pulled, verified, into a local store \
+(`--store`).",
+    after_help = "Examples (the sample images scripts/demo builds, in target/hoist-test/samples/oci):
+  hoist tasks oci:target/hoist-test/samples/oci:pyfix
+  hoist run --benchmark oci:target/hoist-test/samples/oci:pyfix --agent oci:target/hoist-test/samples/oci:agent-oracle --task ini-quoted-values --out runs/one
+  hoist eval --benchmark oci:target/hoist-test/samples/oci:pyfix --agent oci:target/hoist-test/samples/oci:agent-noop --out runs/pyfix
+
+`hoist COMMAND --help` explains a command; `hoist man DIR` writes the man pages, \
+`hoist completions SHELL` the shell completions."
 )]
 struct Cli {
     #[command(flatten)]
@@ -65,24 +93,55 @@ struct Cli {
     command: Command,
 }
 
+/// The whole command line, as clap builds it: for the completions, the
+/// man pages and the tests that read every command's help.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
+/// [`command`] as a user is shown it, without the hidden subcommands:
+/// clap_complete completes those too (clap-rs/clap#1335). clap cannot
+/// remove a subcommand, so the top level is built again from its parts;
+/// no command below it has hidden subcommands.
+pub fn public_command() -> clap::Command {
+    let full = command();
+    clap::Command::new("hoist")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(full.get_about().cloned().unwrap_or_default())
+        .long_about(full.get_long_about().cloned().unwrap_or_default())
+        .after_help(full.get_after_help().cloned().unwrap_or_default())
+        .subcommand_required(true)
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned())
+}
+
+/// The options every command takes, listed apart under their own heading.
 #[derive(Args, Clone)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
-    /// The content-addressed store (an OCI image layout).
-    #[arg(long, global = true, env = "HOIST_STORE")]
+    /// The content-addressed store (an OCI image layout) of pulled images,
+    /// unpacked layers and run trees [default: $XDG_CACHE_HOME/hoist, else
+    /// ~/.cache/hoist].
+    #[arg(long, value_name = "DIR", global = true, env = "HOIST_STORE")]
     pub store: Option<PathBuf>,
-    /// Print machine-readable JSON on stdout.
+    /// Print machine-readable JSON on stdout instead of text; progress
+    /// and warnings stay on stderr.
     #[arg(long, global = true)]
     pub json: bool,
-    /// Print nothing but errors.
+    /// Print nothing but errors: no progress, no verdict, no table.
     #[arg(long, short, global = true)]
     pub quiet: bool,
-    /// Allow plain HTTP and unverified TLS for this registry host.
+    /// Allow plain HTTP and unverified TLS for this registry, HOST[:PORT]
+    /// as in its references (repeatable).
     #[arg(long = "insecure-registry", value_name = "HOST", global = true)]
     pub insecure: Vec<String>,
-    /// Fetch HOST's images from a mirror first: HOST=URL.
+    /// Fetch HOST's images from the mirror at URL first (repeatable):
+    /// docker.io=mirror.example:5000; a URL without a scheme is https.
+    /// Mirrors of /etc/containers/registries.conf apply too.
     #[arg(long = "mirror", value_name = "HOST=URL", global = true)]
     pub mirrors: Vec<String>,
-    /// Trust this PEM CA bundle for registry TLS, besides the system roots.
+    /// Trust this PEM CA bundle for registry TLS, besides the system roots
+    /// (repeatable).
     #[arg(long = "ca-file", value_name = "PEM", global = true)]
     pub ca_files: Vec<PathBuf>,
 }
@@ -191,6 +250,12 @@ enum Command {
     /// Report what this host can do for hoist (namespaces, overlay,
     /// cgroups, Docker, registries, disk) and what each missing piece costs.
     Doctor(doctor::DoctorArgs),
+    /// Print the completion script of SHELL (bash, zsh, fish, elvish,
+    /// powershell) on stdout.
+    Completions(completions::CompletionsArgs),
+    /// Write a man page per command (hoist.1, hoist-run.1, ...) to DIR, or
+    /// print hoist.1 on stdout.
+    Man(man::ManArgs),
     /// Internal: the sandbox stage (namespaces or chroot).
     #[command(name = "__sandbox", hide = true)]
     SandboxStage { config: PathBuf },
@@ -218,6 +283,7 @@ pub fn main() -> ExitStatus {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
+            let e = without_internal_commands(e);
             // clap prints help and version to stdout with exit 0.
             let code = if e.use_stderr() {
                 ExitStatus::Usage
@@ -267,6 +333,8 @@ pub fn main() -> ExitStatus {
         Command::Bake(a) => bake::run(&cli.global, a),
         Command::Conformance(a) => conformance::run(&cli.global, a),
         Command::Doctor(a) => doctor::run(&cli.global, a),
+        Command::Completions(a) => completions::run(a),
+        Command::Man(a) => man::run(&cli.global, a),
         Command::TaskExec(a) => task_exec::run(a),
         // Only reached when the stage name is not argv[1] (a global flag
         // before it): hoist itself never starts a stage so.
@@ -279,6 +347,52 @@ pub fn main() -> ExitStatus {
         Ok(status) => status,
         Err(e) => report(&e),
     }
+}
+
+/// A parse error without the internal commands clap would name: "did you
+/// mean" suggestions and the list of subcommands of a command that needs
+/// one include hidden subcommands (clap-rs/clap#4853, #5471), and no user
+/// should be sent to `task-exec` or a sandbox stage.
+fn without_internal_commands(mut e: clap::Error) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue};
+    let hidden = hidden_subcommands(&command());
+    for kind in [
+        ContextKind::SuggestedSubcommand,
+        ContextKind::ValidSubcommand,
+    ] {
+        let Some(ContextValue::Strings(names)) = e.get(kind) else {
+            continue;
+        };
+        let public: Vec<String> = names
+            .iter()
+            .filter(|n| !hidden.contains(n))
+            .cloned()
+            .collect();
+        if public.is_empty() {
+            e.remove(kind);
+        } else {
+            e.insert(kind, ContextValue::Strings(public));
+        }
+    }
+    // An empty list of other tips still prints a blank line.
+    if let Some(ContextValue::StyledStrs(tips)) = e.get(ContextKind::Suggested) {
+        if tips.is_empty() {
+            e.remove(ContextKind::Suggested);
+        }
+    }
+    e
+}
+
+/// The names of the hidden subcommands of `cmd`, at any depth.
+fn hidden_subcommands(cmd: &clap::Command) -> Vec<String> {
+    let mut names = Vec::new();
+    for sub in cmd.get_subcommands() {
+        if sub.is_hide_set() {
+            names.push(sub.get_name().to_string());
+        }
+        names.extend(hidden_subcommands(sub));
+    }
+    names
 }
 
 /// As an unprivileged user, the commands that create or read image-owned

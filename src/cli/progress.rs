@@ -12,6 +12,7 @@ use hoist::digest::Digest;
 use hoist::eval::{Event, Outcome};
 use hoist::phase::{Phase, PhaseHook};
 use hoist::pull::{NoProgress, Progress};
+use hoist::result::Stage;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Whether to draw: stderr is a terminal and output is not quiet.
@@ -126,6 +127,14 @@ impl Drop for RunSpinner {
     }
 }
 
+/// A stage as result.json names it (`sandbox`, `grade`, ...).
+pub fn stage_name(stage: Stage) -> String {
+    match serde_json::to_value(stage) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => format!("{stage:?}").to_lowercase(),
+    }
+}
+
 /// The line `hoist eval` prints for `e`, on a terminal (above the bars)
 /// and off one alike: a retry's start, a retry, a task's end. A first
 /// start prints nothing, so a log has one line per task that ran once.
@@ -149,7 +158,11 @@ pub fn event_line(e: &Event<'_>) -> Option<String> {
             let verdict = match &outcome.result {
                 None => "not run".to_string(),
                 Some(r) => match &r.infra_error {
-                    Some(e) => format!("infrastructure error: {}", e.message),
+                    Some(e) => format!(
+                        "infrastructure error at {}: {}",
+                        stage_name(e.stage),
+                        e.message
+                    ),
                     None if r.resolved => "RESOLVED".into(),
                     None if r.agent.timed_out => "unresolved (agent timed out)".into(),
                     None => "unresolved".into(),
@@ -491,7 +504,7 @@ mod tests {
             ),
             (
                 outcome(Some(result(false, false, Some("pull failed"))), false),
-                "[3/10] a: infrastructure error: pull failed",
+                "[3/10] a: infrastructure error at sandbox: pull failed",
             ),
             (outcome(None, false), "[3/10] a: not run"),
         ];

@@ -14,17 +14,20 @@ use super::progress::Bars;
 use super::Global;
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  hoist pull docker.io/library/alpine:3.20 oci:target/hoist-test/samples/oci:pyfix
+  hoist pull --platform linux/arm64 docker://docker.io/library/debian:bookworm
+  hoist pull --json localhost:5000/samples/agent-oracle:latest | jq -r '.[].digest'")]
 pub struct PullArgs {
-    /// Image references: HOST/REPO[:TAG][@DIGEST] or oci:PATH[:TAG|@DIGEST].
-    #[arg(required = true, value_name = "REF")]
+    #[arg(required = true, value_name = "REF", help = ref_help!("The images to pull (always asking the registry for a tag)."))]
     refs: Vec<String>,
     /// The platform wanted (os/arch[/variant]): chosen from a
     /// multi-platform index; a single-platform image of another platform
-    /// is an error. Default: this host's.
+    /// is an error [default: this host's].
     #[arg(long, value_name = "OS/ARCH")]
     platform: Option<Platform>,
     /// Blobs to download at once.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, value_name = "N", default_value_t = 4)]
     jobs: usize,
 }
 

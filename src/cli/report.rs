@@ -11,6 +11,10 @@ use hoist::export::{self, OutDir};
 use super::Global;
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  hoist report runs/pyfix/shards/*               # the shards of one --shard-dir evaluation
+  hoist report --out runs/all runs/machine-a runs/machine-b
+  hoist report --partial --json runs/pyfix/shards/* | jq .resolved")]
 pub struct ReportArgs {
     /// Evaluation directories (each a `hoist eval --out`).
     #[arg(value_name = "DIR", required = true)]

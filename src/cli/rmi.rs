@@ -16,12 +16,15 @@ Blobs, unpacked layers and subtrees another image still uses stay. As podman doe
 found are removed even when another REF is not known; that one is reported and the exit status is 1.
 
 Examples:
-  hoist rmi oci:./samples/oci:pyfix 127.0.0.1:5000/samples/agent-oracle
+  hoist rmi oci:target/hoist-test/samples/oci:pyfix localhost:5000/samples/agent-oracle:latest
   hoist rmi 3f2a9c81d0e4                         # by the DIGEST column of hoist images"
 )]
 pub struct RmiArgs {
-    /// Images to remove: NAME, REF or a digest (prefix).
-    #[arg(required = true, value_name = "REF")]
+    #[arg(
+        required = true,
+        value_name = "REF",
+        help = ref_help!("Images to remove: a name as `hoist images` shows it, a digest (at least 4 hex characters of one), or a REF.")
+    )]
     refs: Vec<String>,
 }
 

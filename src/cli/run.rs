@@ -44,17 +44,39 @@ impl Mode {
 }
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  hoist run --benchmark oci:target/hoist-test/samples/oci:pyfix --agent oci:target/hoist-test/samples/oci:agent-oracle --task ini-quoted-values --out runs/oracle
+  hoist run --benchmark localhost:5000/samples/pyfix:latest --agent localhost:5000/samples/agent-scripted:latest --gateway localhost:5000/samples/gateway-replay:latest --task lru-get-recency --agent-timeout 10m --out runs/scripted
+  hoist run --mode container --locked --benchmark localhost:5000/samples/pyfix:latest --agent localhost:5000/samples/agent-oracle:latest --task paginate-last-page --out runs/container")]
 pub struct RunArgs {
+    /// Where the run happens: crane fuses and sandboxes here, container
+    /// runs the baked combination image under Docker.
     #[arg(long, value_enum, default_value = "crane")]
     mode: Mode,
-    #[arg(long, value_name = "REF", env = "HOIST_BENCHMARK")]
+    #[arg(
+        long,
+        value_name = "REF",
+        env = "HOIST_BENCHMARK",
+        help = ref_help!("The benchmark image: its root filesystem and tasks (/tasks/ID/task.json).")
+    )]
     benchmark: String,
-    #[arg(long, value_name = "REF", env = "HOIST_AGENT")]
+    #[arg(
+        long,
+        value_name = "REF",
+        env = "HOIST_AGENT",
+        help = ref_help!("The agent image: its /opt/agent (install.sh, run) is fused in.")
+    )]
     agent: String,
-    #[arg(long, value_name = "REF", env = "HOIST_GATEWAY")]
+    #[arg(
+        long,
+        value_name = "REF",
+        env = "HOIST_GATEWAY",
+        help = ref_help!("The model gateway image, if any: its /opt/gateway serves the agent's model calls.")
+    )]
     gateway: Option<String>,
-    /// The task to run; may be left out for a per-task image.
-    #[arg(long, env = "HOIST_TASK")]
+    /// The task to run (a directory of the benchmark's /tasks); may be
+    /// left out when the image holds one task.
+    #[arg(long, value_name = "ID", env = "HOIST_TASK")]
     task: Option<String>,
     /// Where task/result.json, the logs and run.json go: a new or empty
     /// directory, locked while the run lasts.
@@ -72,13 +94,15 @@ pub struct RunArgs {
     /// another digest fails with exit 3.
     #[arg(long)]
     locked: bool,
-    /// The lock file --locked reads [default: hoist.lock].
+    /// The lock file --locked reads (`hoist lock` writes it)
+    /// [default: hoist.lock].
     #[arg(long = "lock-file", value_name = "FILE")]
     lock_file: Option<PathBuf>,
-    /// --mode container: run this combination image (HOST/REPO:TAG or
-    /// oci:PATH:TAG, made by `hoist bake`) instead of baking one; its
-    /// labels must name the same axes.
-    #[arg(long, value_name = "REF")]
+    #[arg(
+        long,
+        value_name = "REF",
+        help = ref_help!("With --mode container: run this combination image, made by `hoist bake`, instead of baking one; its labels must name the same axes.")
+    )]
     image: Option<String>,
 }
 
@@ -86,19 +110,25 @@ pub struct RunArgs {
 /// every task.
 #[derive(Args, Clone)]
 pub struct TaskFlags {
+    /// The network the gateway and the agent see.
     #[arg(long, value_enum, default_value = "none")]
     pub network: Network,
+    /// How the sandbox isolates the run; `run.json` records what it got
+    /// and what it could not isolate (`not_isolated`).
     #[arg(long, value_enum, default_value = "auto")]
     pub isolation: Isolation,
+    /// How the root filesystem is fused from the images' layers.
     #[arg(long, value_enum, default_value = "auto")]
     pub rootfs: RootfsMode,
     /// Recorded model responses for the gateway, mounted at /recordings.
     #[arg(long, value_name = "DIR")]
     pub recordings: Option<PathBuf>,
-    /// Override the task's agent timeout: seconds, or 90s, 10m, 1h.
+    /// Override the task's agent timeout: seconds, or 90s, 10m, 1h
+    /// [default: task.json's agent_timeout_sec, else 600 s].
     #[arg(long, value_name = "DURATION", value_parser = super::checks::parse_duration)]
     pub agent_timeout: Option<u64>,
-    /// Override the task's grade timeout: seconds, or 90s, 10m, 1h.
+    /// Override the task's grade timeout: seconds, or 90s, 10m, 1h
+    /// [default: task.json's grade.timeout_sec, else 300 s].
     #[arg(long, value_name = "DURATION", value_parser = super::checks::parse_duration)]
     pub grade_timeout: Option<u64>,
     /// Limit the run's memory, swap excluded (512M, 2G, bytes): a cgroup
@@ -396,6 +426,9 @@ pub fn print_result(
         outln!("{}", serde_json::to_string_pretty(result)?)?;
     } else if !global.quiet {
         print_verdict(result, isolation)?;
+    } else if let Some(line) = infra_line(result) {
+        // --quiet prints errors, and the run's infrastructure error is one.
+        eprintln!("error: {line}");
     }
     Ok(if let Some(sig) = hoist::interrupt::pending() {
         ExitStatus::Interrupted(sig)
@@ -406,16 +439,23 @@ pub fn print_result(
     })
 }
 
+/// `TASK: infrastructure error at STAGE: MESSAGE`, for a result that has
+/// one: the one place a run's infrastructure error is printed.
+fn infra_line(r: &serde_json::Value) -> Option<String> {
+    let e = r["infra_error"].as_object()?;
+    Some(format!(
+        "{}: infrastructure error at {}: {}",
+        r["task_id"].as_str().unwrap_or("?"),
+        e.get("stage").and_then(|s| s.as_str()).unwrap_or("?"),
+        e.get("message").and_then(|s| s.as_str()).unwrap_or("?")
+    ))
+}
+
 fn print_verdict(r: &serde_json::Value, isolation: &str) -> anyhow::Result<()> {
-    let task = r["task_id"].as_str().unwrap_or("?");
-    if let Some(e) = r["infra_error"].as_object() {
-        outln!(
-            "{task}: infrastructure error at {}: {}",
-            e.get("stage").and_then(|s| s.as_str()).unwrap_or("?"),
-            e.get("message").and_then(|s| s.as_str()).unwrap_or("?")
-        )?;
-        return Ok(());
+    if let Some(line) = infra_line(r) {
+        return outln!("{line}");
     }
+    let task = r["task_id"].as_str().unwrap_or("?");
     let verdict = if r["resolved"].as_bool() == Some(true) {
         "RESOLVED"
     } else {

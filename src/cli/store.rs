@@ -6,6 +6,9 @@ use hoist::exit::ExitStatus;
 use super::Global;
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  hoist store verify
+  hoist --store /var/cache/hoist store verify --json | jq .dropped")]
 pub struct StoreArgs {
     #[command(subcommand)]
     command: StoreCommand,
@@ -17,6 +20,9 @@ enum StoreCommand {
     /// the tree digest recorded when it was unpacked; drop what differs.
     /// Exit 0 when everything verified, 1 when anything was dropped or
     /// could not be checked.
+    #[command(after_help = "Examples:
+  hoist store verify                             # one line per dropped entry, then the counts
+  hoist store verify --json | jq .not_checked")]
     Verify,
 }
 

@@ -8,6 +8,9 @@ use hoist::inspect::{DiskUsage, Row};
 use super::Global;
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  hoist system df
+  hoist system df --json | jq .gc")]
 pub struct SystemArgs {
     #[command(subcommand)]
     command: SystemCommand,

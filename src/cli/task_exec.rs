@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use hoist::exit::ExitStatus;
-use hoist::pipeline::{task_exec, TaskExecOptions, Written};
+use hoist::pipeline::{task_exec, TaskExecOptions};
 
 #[derive(Args)]
 pub struct TaskExecArgs {
@@ -24,24 +24,16 @@ pub struct TaskExecArgs {
 }
 
 /// 0 when result.json (or, ending an agent session, agent.json) was
-/// written, whatever the verdict; 1 when not.
+/// written, whatever the verdict; 1 when not. An infrastructure error is
+/// said in result.json alone: the host reads it there and prints it once,
+/// naming its stage (its stderr is the host's, in crane and container
+/// mode alike).
 pub fn run(args: &TaskExecArgs) -> anyhow::Result<ExitStatus> {
-    let written = task_exec(&TaskExecOptions {
+    task_exec(&TaskExecOptions {
         root: args.root.clone(),
         task: args.task.clone(),
         context: args.context.clone(),
         proc_fd: args.proc_fd,
     })?;
-    let Written::Result(result) = written else {
-        return Ok(ExitStatus::Success);
-    };
-    if let Some(e) = &result.infra_error {
-        let stage = serde_json::to_value(e.stage).unwrap_or_default();
-        eprintln!(
-            "task-exec: infra_error ({}): {}",
-            stage.as_str().unwrap_or("?"),
-            e.message
-        );
-    }
     Ok(ExitStatus::Success)
 }

@@ -8,9 +8,11 @@ use super::fetch::{pull_axes, PullFlags};
 use super::Global;
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  hoist tasks oci:target/hoist-test/samples/oci:pyfix
+  hoist tasks --json localhost:5000/samples/pyfix:latest | jq -r '.[]'")]
 pub struct TasksArgs {
-    /// A benchmark image (registry reference or oci:PATH:TAG).
-    #[arg(value_name = "REF")]
+    #[arg(value_name = "REF", help = ref_help!("A benchmark image."))]
     image: String,
     #[command(flatten)]
     pull: PullFlags,

@@ -9,9 +9,15 @@ use super::fetch::{pull_axes, PullFlags};
 use super::Global;
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  hoist tree-digest /tmp/rootfs --exclude /proc --exclude /dev
+  hoist tree-digest oci:target/hoist-test/samples/oci:pyfix   # from the layers, nothing unpacked
+  hoist tree-digest --list /tmp/rootfs | head")]
 pub struct TreeDigestArgs {
-    /// A directory (a rootfs, an unpacked export), or an image reference,
-    /// whose tree is then computed from its layers without unpacking.
+    #[arg(
+        value_name = "DIR|REF",
+        help = ref_help!("A directory (a rootfs, an unpacked export), or an image, whose tree is then computed from its layers without unpacking.")
+    )]
     target: String,
     /// Print the canonical listing instead of the digest.
     #[arg(long)]

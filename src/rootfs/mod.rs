@@ -46,7 +46,9 @@ pub const GATEWAY_PATH: &str = "opt/gateway";
 pub enum RootfsMode {
     /// Overlay when this process may mount, else copy.
     Auto,
+    /// Overlay mounts of the cached layers (needs mount privileges).
     Overlay,
+    /// The layers applied onto a plain directory.
     Copy,
 }
 

@@ -38,7 +38,11 @@ pub enum Isolation {
     Auto,
     /// As `auto`, and refuse to run with anything in `not_isolated`.
     Strict,
+    /// New mount, pid, ipc, uts and (with --network none) network
+    /// namespaces, a user namespace where one can be had, pivot_root.
     Namespaces,
+    /// chroot in hoist's namespaces, for a container that forbids new
+    /// ones; Landlock and seccomp make up for what it shares.
     Chroot,
 }
 
