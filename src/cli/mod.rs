@@ -434,10 +434,15 @@ fn exit_status_for(e: &anyhow::Error) -> ExitStatus {
         return ExitStatus::Interrupted(sig);
     }
     for cause in e.chain() {
-        if let Some(hoist::lock::LockError::Drift { .. }) =
-            cause.downcast_ref::<hoist::lock::LockError>()
-        {
-            return ExitStatus::DigestMismatch;
+        if let Some(l) = cause.downcast_ref::<hoist::lock::LockError>() {
+            if l.is_drift() {
+                return ExitStatus::DigestMismatch;
+            }
+        }
+        if let Some(b) = cause.downcast_ref::<hoist::build::BuildError>() {
+            if b.is_usage() {
+                return ExitStatus::Usage;
+            }
         }
         if let Some(p) = cause.downcast_ref::<hoist::pull::PullError>() {
             if p.is_pin_mismatch() {

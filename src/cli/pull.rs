@@ -6,16 +6,17 @@ use anyhow::Context as _;
 use clap::Args;
 use hoist::exit::ExitStatus;
 use hoist::platform::Platform;
-use hoist::pull::{pull, Progress, PullOptions, PullPolicy, Pulled};
-use hoist::reference::Reference;
+use hoist::pull::{Progress, PullOptions, PullPolicy, Pulled};
 use hoist::registry::Client;
 
+use super::fetch::Wanted;
 use super::progress::Bars;
 use super::Global;
 
 #[derive(Args)]
 pub struct PullArgs {
-    /// Image references: HOST/REPO[:TAG][@DIGEST] or oci:PATH[:TAG|@DIGEST].
+    /// Image references: HOST/REPO[:TAG][@DIGEST], oci:PATH[:TAG|@DIGEST],
+    /// or dockerfile:PATH (built here, then stored).
     #[arg(required = true, value_name = "REF")]
     refs: Vec<String>,
     /// The platform wanted (os/arch[/variant]): chosen from a
@@ -32,7 +33,7 @@ pub fn run(global: &Global, args: &PullArgs) -> anyhow::Result<ExitStatus> {
     let refs = args
         .refs
         .iter()
-        .map(|r| r.parse::<Reference>())
+        .map(|r| Wanted::parse(r))
         .collect::<Result<Vec<_>, _>>()?;
     let store = global.store()?;
     let client = Client::new(global.registry_options()?)?;
@@ -47,9 +48,7 @@ pub fn run(global: &Global, args: &PullArgs) -> anyhow::Result<ExitStatus> {
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let mut pulled = Vec::new();
     for r in &refs {
-        let p = rt
-            .block_on(pull(&store, &client, r, &opts, progress.clone()))
-            .with_context(|| format!("pulling {r}"))?;
+        let p = rt.block_on(r.obtain(&store, &client, &opts, progress.clone()))?;
         if !global.json && !global.quiet {
             print_human(&p)?;
         }
