@@ -187,6 +187,63 @@ fn an_agent_built_with_buildah_runs_is_pinned_and_locked() {
 }
 
 #[test]
+fn an_evaluation_plans_a_built_agent_and_reuses_it() {
+    let Some(e) = env() else { return };
+    if !have_tool("buildah") {
+        return;
+    }
+    let ctx = oracle_context(&e.task);
+    let agent = dockerfile_ref(ctx.path());
+    let out = tempfile::tempdir().unwrap();
+    let o = run(hoist(&store())
+        .args([
+            "eval",
+            "--benchmark",
+            &format!("oci:{}:pyfix", e.oci),
+            "--task",
+            &e.task,
+            "--agent",
+            &agent,
+            "--out",
+        ])
+        .arg(out.path()));
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let plan = read_json(&out.path().join("eval.json"));
+    let planned = plan["tasks"][0]["agent"]["digest"].as_str().unwrap();
+    assert!(planned.starts_with("sha256:"), "{plan:#}");
+    let r = read_json(
+        &out.path()
+            .join("tasks")
+            .join(&e.task)
+            .join("task/result.json"),
+    );
+    assert_eq!(r["resolved"], true, "{r:#}");
+    assert_eq!(r["images"]["agent"]["digest"], planned);
+
+    // Evaluated again with no builder on PATH: the store's image for the
+    // same build inputs is planned and run, nothing is built.
+    let empty = no_builders();
+    let again = tempfile::tempdir().unwrap();
+    let o = run(hoist(&store())
+        .env("PATH", empty.path())
+        .env("HOIST_BUILDER", "buildah")
+        .args([
+            "eval",
+            "--benchmark",
+            &format!("oci:{}:pyfix", e.oci),
+            "--task",
+            &e.task,
+            "--agent",
+            &agent,
+            "--out",
+        ])
+        .arg(again.path()));
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let plan = read_json(&again.path().join("eval.json"));
+    assert_eq!(plan["tasks"][0]["agent"]["digest"].as_str(), Some(planned));
+}
+
+#[test]
 fn docker_builds_where_it_is_the_builder() {
     let Some(e) = env() else { return };
     if !have_docker() {
