@@ -112,6 +112,31 @@ fn an_agent_built_with_buildah_runs_is_pinned_and_locked() {
     assert!(again.status.success(), "{}", stderr(&again));
     let pulled: Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(pulled[0]["digest"], built.as_str());
+    // inspect and materialize take it as any reference, for any axis.
+    let o = run(hoist(&store()).args(["--json", "inspect", &agent]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let inspected: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(inspected["reference"], agent.as_str());
+    assert_eq!(inspected["manifest_digest"], built.as_str());
+    let fused = tempfile::tempdir().unwrap();
+    let rootfs = fused.path().join("rootfs");
+    let o = run(hoist(&store())
+        .args([
+            "materialize",
+            // A copy: an overlay would stay mounted on the temp directory.
+            "--rootfs",
+            "copy",
+            // The built image as the benchmark: its whole tree.
+            "--benchmark",
+            &agent,
+            "--out",
+        ])
+        .arg(&rootfs));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(rootfs.join("opt/agent/run")).unwrap(),
+        std::fs::read(repo().join("agents/oracle/run")).unwrap()
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let lock = dir.path().join("hoist.lock");
