@@ -350,3 +350,36 @@ fn an_unknown_builder_is_refused() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("kaniko"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_failed_build_names_the_reference_and_the_builder() {
+    if !have_tool("buildah") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY not-in-the-context /x\n",
+    )
+    .unwrap();
+    let r = dockerfile_ref(dir.path());
+    // A store of its own: the other tests' builds come and go in theirs.
+    let own = tempfile::tempdir().unwrap();
+    let store = own.path().join("store");
+    let o = run(hoist(&store)
+        .env("HOIST_BUILDER", "buildah")
+        .args(["pull", &r]));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(&r) && err.contains("buildah") && err.contains("not-in-the-context"),
+        "{err}"
+    );
+    // The builder's scratch storage went with it.
+    let left: Vec<_> = std::fs::read_dir(store.join("ingest"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("build-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
