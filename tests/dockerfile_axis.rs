@@ -266,6 +266,35 @@ fn an_evaluation_plans_a_built_agent_and_reuses_it() {
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     let plan = read_json(&again.path().join("eval.json"));
     assert_eq!(plan["tasks"][0]["agent"]["digest"].as_str(), Some(planned));
+
+    // --dry-run reads the built image from the store.
+    let dry = tempfile::tempdir().unwrap();
+    let o = run(hoist(&store())
+        .args([
+            "--json",
+            "eval",
+            "--dry-run",
+            "--benchmark",
+            &format!("oci:{}:pyfix", e.oci),
+            "--task",
+            &e.task,
+            "--agent",
+            &agent,
+            "--out",
+        ])
+        .arg(dry.path()));
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let line = report["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["roles"] == serde_json::json!(["agent"]))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(line["ref"], agent.as_str(), "{report:#}");
+    assert_eq!(line["digest"].as_str(), Some(planned));
+    assert_eq!(line["layers"], 1);
 }
 
 #[test]
