@@ -318,10 +318,10 @@ fn on_path(tool: &str) -> Option<PathBuf> {
 }
 
 /// The image of `r` in the store, built if need be: a pinned reference
-/// must be stored (it is never rebuilt); otherwise an image the store
-/// recorded for the same build inputs is used as stored (unless `--pull
-/// always`), and anything else is built and imported. The image keeps
-/// `r` as its reference.
+/// must be stored (it is never rebuilt, and its context is not read);
+/// otherwise an image the store recorded for the same build inputs is
+/// used as stored (unless `--pull always`), and anything else is built
+/// and imported. The image keeps `r` as its reference.
 pub async fn obtain(
     store: &Store,
     client: &Client,
@@ -329,40 +329,106 @@ pub async fn obtain(
     opts: &PullOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<Pulled, BuildError> {
-    let given = r.to_string();
+    let mut pulled = match &r.digest {
+        Some(pin) => stored_pin(store, client, r, pin, opts, progress).await?,
+        None => unpinned(store, client, r, opts, progress).await?,
+    };
+    pulled.reference = r.to_string();
+    Ok(pulled)
+}
+
+async fn unpinned(
+    store: &Store,
+    client: &Client,
+    r: &DockerfileRef,
+    opts: &PullOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<Pulled, BuildError> {
     let inputs = {
         let r = r.clone();
         blocking(move || inputs(&r)).await?
     };
     let wanted = opts.platform.clone().unwrap_or_else(Platform::host);
-    let stored = match (&r.digest, opts.policy) {
-        (Some(pin), _) if stored_complete(store, pin, &wanted) => Some(pin.clone()),
-        (Some(pin), _) => {
-            return Err(BuildError::NotStored {
-                reference: given,
-                digest: pin.clone(),
+    let stored = match opts.policy {
+        PullPolicy::Always => None,
+        _ => built_for(store, &inputs, &wanted)?,
+    };
+    let record = inputs_record(inputs.store_name(), Some(&inputs.digest));
+    let mut pulled = match stored {
+        Some(digest) => from_store(store, client, digest, record, opts, progress).await?,
+        None if opts.policy == PullPolicy::Never => {
+            return Err(BuildError::NotBuilt {
+                reference: r.to_string(),
             })
         }
-        (None, PullPolicy::Always) => None,
-        (None, _) => built_for(store, &inputs, &wanted)?,
+        None => build_and_import(store, client, r, &inputs, record, opts, progress).await?,
     };
-    let mut pulled = match stored {
-        Some(digest) => {
-            let from = LayoutRef {
-                path: store.root().to_path_buf(),
-                tag: None,
-                digest: Some(digest),
-            };
-            import(store, client, &from, &inputs, opts, progress).await?
-        }
-        None if opts.policy == PullPolicy::Never => {
-            return Err(BuildError::NotBuilt { reference: given })
-        }
-        None => build_and_import(store, client, r, &inputs, opts, progress).await?,
-    };
-    pulled.reference = given;
     pulled.build_inputs = Some(inputs.digest);
     Ok(pulled)
+}
+
+/// The pinned image `pin` of `r`, from the store: recorded under the
+/// Dockerfile's name when that entry is this image (its inputs kept),
+/// else under `NAME@DIGEST`, so that a newer build's entry stays.
+async fn stored_pin(
+    store: &Store,
+    client: &Client,
+    r: &DockerfileRef,
+    pin: &Digest,
+    opts: &PullOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<Pulled, BuildError> {
+    let wanted = opts.platform.clone().unwrap_or_else(Platform::host);
+    if !stored_complete(store, pin, &wanted) {
+        return Err(BuildError::NotStored {
+            reference: r.to_string(),
+            digest: pin.clone(),
+        });
+    }
+    let (_, dockerfile) = locate(r)?;
+    let name = format!("{PREFIX}{}", dockerfile.display());
+    let entry = store.lookup(&name).map_err(PullError::from)?;
+    let inputs = entry.filter(|e| e.digest == *pin).and_then(|e| {
+        e.annotations?
+            .get(INPUTS_ANNOTATION)?
+            .parse::<Digest>()
+            .ok()
+    });
+    let record = match &inputs {
+        Some(d) => inputs_record(name, Some(d)),
+        None => inputs_record(format!("{name}@{pin}"), None),
+    };
+    let mut pulled = from_store(store, client, pin.clone(), record, opts, progress).await?;
+    pulled.build_inputs = inputs;
+    Ok(pulled)
+}
+
+fn inputs_record(name: String, inputs: Option<&Digest>) -> Record {
+    Record {
+        name,
+        annotations: inputs
+            .map(|d| (INPUTS_ANNOTATION.to_string(), d.to_string()))
+            .into_iter()
+            .collect(),
+    }
+}
+
+/// The image `digest` read from the store as the OCI layout it is: its
+/// blobs are all there, so nothing is copied.
+async fn from_store(
+    store: &Store,
+    client: &Client,
+    digest: Digest,
+    record: Record,
+    opts: &PullOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<Pulled, BuildError> {
+    let from = LayoutRef {
+        path: store.root().to_path_buf(),
+        tag: None,
+        digest: Some(digest),
+    };
+    import(store, client, &from, record, opts, progress).await
 }
 
 /// The image the store recorded as built from `inputs`, if it still
@@ -391,6 +457,7 @@ async fn build_and_import(
     client: &Client,
     r: &DockerfileRef,
     inputs: &Inputs,
+    record: Record,
     opts: &PullOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<Pulled, BuildError> {
@@ -421,25 +488,19 @@ async fn build_and_import(
         tag: Some("latest".into()),
         digest: None,
     };
-    import(store, client, &from, inputs, opts, progress).await
+    import(store, client, &from, record, opts, progress).await
 }
 
-/// Pull the image `from` names into the store, recorded under the
-/// Dockerfile's name with the inputs' digest.
+/// Pull the image `from` names into the store, recorded as `record`
+/// says.
 async fn import(
     store: &Store,
     client: &Client,
     from: &LayoutRef,
-    inputs: &Inputs,
+    record: Record,
     opts: &PullOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<Pulled, BuildError> {
-    let record = Record {
-        name: inputs.store_name(),
-        annotations: [(INPUTS_ANNOTATION.to_string(), inputs.digest.to_string())]
-            .into_iter()
-            .collect(),
-    };
     let reference = Reference::Layout(from.clone());
     Ok(pull_as(store, client, &reference, opts, progress, Some(record)).await?)
 }

@@ -367,6 +367,15 @@ fn what_cannot_be_built_is_a_usage_error_naming_it() {
         "{err}"
     );
     assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1);
+
+    // A pinned image the store does not hold is never rebuilt.
+    let pinned = format!("{r}@sha256:{}", "0".repeat(64));
+    let (code, err) = pull_error(&pinned, None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(&pinned) && err.contains("never rebuilt"),
+        "{err}"
+    );
 }
 
 #[test]
