@@ -17,6 +17,7 @@
 pub mod atomic;
 pub mod bake;
 pub mod beneath;
+pub mod build;
 pub mod confine;
 pub mod conformance;
 pub mod container;

@@ -1,6 +1,8 @@
 //! `hoist.lock` (docs/pull.md, "The lock file"): every axis reference pinned to
 //! the digest it resolved to. `hoist run --locked` fails on drift (exit 3),
-//! naming the axis and both digests.
+//! naming the axis and both digests. An image built from a Dockerfile
+//! (`dockerfile:PATH`) also pins the digest of its build inputs: a
+//! changed Dockerfile or context is drift too, found without building.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +26,10 @@ pub struct Pin {
     #[serde(rename = "ref")]
     pub reference: String,
     pub digest: Digest,
+    /// `dockerfile:` references: the digest of the build inputs (the
+    /// context's tree and the Dockerfile) the image was built from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Digest>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +55,25 @@ pub enum LockError {
         found: Digest,
         path: PathBuf,
     },
+    #[error("{axis}: {reference}: {file} or its build context changed since {path} pinned it (build inputs {pinned}, now {found}); run `hoist lock` to rebuild and pin it again")]
+    InputsDrift {
+        axis: String,
+        reference: String,
+        file: PathBuf,
+        pinned: Digest,
+        found: Digest,
+        path: PathBuf,
+    },
+}
+
+impl LockError {
+    /// What was found differs from its pin: exit code 3.
+    pub fn is_drift(&self) -> bool {
+        matches!(
+            self,
+            LockError::Drift { .. } | LockError::InputsDrift { .. }
+        )
+    }
 }
 
 impl LockFile {
@@ -98,6 +123,36 @@ impl LockFile {
         }
     }
 
+    /// Compare the build inputs of `axis` (a `dockerfile:` reference,
+    /// `file` its Dockerfile) with those pinned.
+    pub fn check_inputs(
+        &self,
+        axis: &str,
+        reference: &str,
+        file: &Path,
+        found: &Digest,
+        path: &Path,
+    ) -> Result<(), LockError> {
+        self.pinned(axis, reference, path)?;
+        let unpinned = || LockError::Unpinned {
+            axis: axis.to_string(),
+            reference: reference.to_string(),
+            path: path.to_path_buf(),
+        };
+        let pinned = self.axes[axis].inputs.as_ref().ok_or_else(unpinned)?;
+        if pinned == found {
+            return Ok(());
+        }
+        Err(LockError::InputsDrift {
+            axis: axis.to_string(),
+            reference: reference.to_string(),
+            file: file.to_path_buf(),
+            pinned: pinned.clone(),
+            found: found.clone(),
+            path: path.to_path_buf(),
+        })
+    }
+
     /// Compare what `axis` resolved to with its pin.
     pub fn check(
         &self,
@@ -140,6 +195,15 @@ mod tests {
             Pin {
                 reference: "r/a:1".into(),
                 digest: A.parse().unwrap(),
+                inputs: None,
+            },
+        );
+        lock.axes.insert(
+            "gateway".into(),
+            Pin {
+                reference: "dockerfile:gw".into(),
+                digest: A.parse().unwrap(),
+                inputs: Some(B.parse().unwrap()),
             },
         );
         lock.write(&path).unwrap();
@@ -160,6 +224,41 @@ mod tests {
             back.check("benchmark", "x", &A.parse().unwrap(), &path),
             Err(LockError::Unpinned { .. })
         ));
+    }
+
+    #[test]
+    fn changed_build_inputs_are_drift_naming_the_file() {
+        let path = Path::new("hoist.lock");
+        let mut lock = LockFile {
+            version: 1,
+            ..Default::default()
+        };
+        let pin = |inputs: Option<&str>| Pin {
+            reference: "dockerfile:ag".into(),
+            digest: A.parse().unwrap(),
+            inputs: inputs.map(|d| d.parse().unwrap()),
+        };
+        lock.axes.insert("agent".into(), pin(Some(B)));
+        let file = Path::new("ag/Dockerfile");
+        let check = |lock: &LockFile, found: &str| {
+            lock.check_inputs(
+                "agent",
+                "dockerfile:ag",
+                file,
+                &found.parse().unwrap(),
+                path,
+            )
+        };
+        assert!(check(&lock, B).is_ok());
+        let e = check(&lock, A).unwrap_err();
+        assert!(e.is_drift(), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("ag/Dockerfile") && msg.contains("dockerfile:ag"),
+            "{msg}"
+        );
+        lock.axes.insert("agent".into(), pin(None));
+        assert!(matches!(check(&lock, B), Err(LockError::Unpinned { .. })));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! every blob it needs into the store, verified. Works for registries and
 //! for `oci:` layouts (which are read as untrusted as a registry is).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -100,6 +101,10 @@ pub struct Pulled {
     /// pulled), without asking the registry.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub from_store: bool,
+    /// For an image built from a Dockerfile (`dockerfile:PATH`): the
+    /// digest of its build inputs, which `hoist.lock` records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_inputs: Option<Digest>,
     #[serde(skip)]
     pub manifest: Manifest,
     #[serde(skip)]
@@ -372,6 +377,27 @@ pub async fn pull(
     opts: &PullOptions,
     progress: Arc<dyn Progress>,
 ) -> Result<Pulled, PullError> {
+    pull_as(store, client, reference, opts, progress, None).await
+}
+
+/// The name and annotations an image is recorded under in the store
+/// instead of its reference's own (an image built from a Dockerfile,
+/// imported from a layout that does not outlive the build).
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub name: String,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// [`pull`], recorded as `record` says when given.
+pub async fn pull_as(
+    store: &Store,
+    client: &Client,
+    reference: &Reference,
+    opts: &PullOptions,
+    progress: Arc<dyn Progress>,
+    record: Option<Record>,
+) -> Result<Pulled, PullError> {
     let _gc_guard = {
         let store = store.clone();
         blocking(move || Ok(store.gc_lock_shared()?)).await?
@@ -468,16 +494,17 @@ pub async fn pull(
     let platform = config.platform();
     check_platform(&ref_str, opts.platform.as_ref(), &platform)?;
     downloaded += fetch_blobs(store, &source, &manifest.layers, opts.jobs, progress).await?;
+    let (name, mut annotations) = match record {
+        Some(r) => (r.name, r.annotations),
+        None => (name, BTreeMap::new()),
+    };
+    annotations.insert(RESOLVED_FROM.to_string(), top_digest.to_string());
     let desc = Descriptor {
         media_type: manifest::manifest_media_type(&manifest).to_string(),
         digest: manifest_digest.clone(),
         size: manifest_bytes.len() as u64,
         platform: Some(platform.clone()),
-        annotations: Some(
-            [(RESOLVED_FROM.to_string(), top_digest.to_string())]
-                .into_iter()
-                .collect(),
-        ),
+        annotations: Some(annotations),
         urls: None,
     };
     store.record(&name, &desc)?;
@@ -493,6 +520,7 @@ pub async fn pull(
         size,
         blobs_downloaded: downloaded,
         from_store,
+        build_inputs: None,
         manifest,
         config,
     })

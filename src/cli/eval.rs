@@ -19,7 +19,7 @@ use hoist::export::{self, OutDir};
 use hoist::interrupt::Interrupted;
 use hoist::orchestrate::{host_result, Stopped};
 use hoist::pipeline::clock::rfc3339;
-use hoist::pull::{pull, resolve, Progress, Pulled, Resolved};
+use hoist::pull::{resolve, NoProgress, Progress, Pulled, Resolved};
 use hoist::reference::Reference;
 use hoist::registry::Client;
 use hoist::result::{Stage, TaskResult};
@@ -27,7 +27,7 @@ use hoist::rootfs::evict::{evict, Sizes};
 use hoist::store::Store;
 
 use super::checks;
-use super::fetch::{pull_axes, stored_note, PullFlags};
+use super::fetch::{pull_axes, stored_note, PullFlags, Wanted};
 use super::progress::EvalBoard;
 use super::report::publish;
 use super::run::{execute, static_binary, How, Mode, TaskFlags};
@@ -279,7 +279,7 @@ fn pinned_tasks(plan: &EvalPlan) -> anyhow::Result<String> {
     // elsewhere, where its tag may point at something else.
     let pinned = |p: &Pin| -> anyhow::Result<String> {
         Ok(match (pinned_reference(p)?, &p.digest) {
-            (Reference::Layout(mut l), Some(d)) => {
+            (Wanted::Image(Reference::Layout(mut l)), Some(d)) => {
                 l.digest = Some(
                     d.parse()
                         .with_context(|| format!("the planned digest {d}"))?,
@@ -527,8 +527,21 @@ fn make_plan(
             let opts = &opts;
             async move {
                 let d = async {
-                    let parsed: Reference = r.parse()?;
-                    anyhow::Ok(resolve(store, client, &parsed, opts).await?)
+                    match Wanted::parse(r)? {
+                        Wanted::Image(parsed) => {
+                            anyhow::Ok(resolve(store, client, &parsed, opts).await?)
+                        }
+                        // Built (or found built) now: the plan pins the image.
+                        built => {
+                            let p = built
+                                .obtain(store, client, opts, Arc::new(NoProgress))
+                                .await?;
+                            anyhow::Ok(Resolved {
+                                digest: p.digest,
+                                from_store: false,
+                            })
+                        }
+                    }
                 }
                 .await
                 .map_err(|e| format!("{e:#}"));
@@ -777,15 +790,13 @@ impl TaskRunner<'_> {
         let store = self.store;
         let client = self.client;
         let pulls = futures_util::future::try_join_all(refs.iter().map(|r| async move {
-            pull(
+            r.obtain(
                 store,
                 client,
-                r,
                 &self.how.pull.options(),
                 self.downloads.clone(),
             )
             .await
-            .with_context(|| format!("pulling {r}"))
         }));
         let pulled = self.rt.block_on(async {
             tokio::select! {
@@ -852,15 +863,25 @@ impl TaskRunner<'_> {
 }
 
 /// A registry reference pinned to the plan's digest (the registry serves
-/// exactly those bytes); a layout is pulled as named and its digest
-/// checked after.
-fn pinned_reference(pin: &Pin) -> anyhow::Result<Reference> {
-    let mut r: Reference = pin.reference.parse()?;
-    if let (Reference::Registry(reg), Some(d)) = (&mut r, &pin.digest) {
-        reg.digest = Some(
-            d.parse()
-                .with_context(|| format!("the planned digest {d}"))?,
-        );
-    }
-    Ok(r)
+/// exactly those bytes), and an image built from a Dockerfile pinned to
+/// the image the plan built (never rebuilt); a layout is pulled as named
+/// and its digest checked after.
+fn pinned_reference(pin: &Pin) -> anyhow::Result<Wanted> {
+    let digest = || -> anyhow::Result<Option<hoist::digest::Digest>> {
+        pin.digest
+            .as_deref()
+            .map(|d| d.parse().with_context(|| format!("the planned digest {d}")))
+            .transpose()
+    };
+    Ok(match Wanted::parse(&pin.reference)? {
+        Wanted::Image(Reference::Registry(mut reg)) => {
+            reg.digest = digest()?.or(reg.digest);
+            Wanted::Image(Reference::Registry(reg))
+        }
+        Wanted::Built(b) => match digest()? {
+            Some(d) => Wanted::Built(b.pinned(d)),
+            None => Wanted::Built(b),
+        },
+        other => other,
+    })
 }

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
+use hoist::build::{self, DockerfileRef};
 use hoist::exit::UsageError;
 use hoist::platform::Platform;
-use hoist::pull::{pull, NoProgress, PullOptions, PullPolicy, Pulled};
+use hoist::pull::{pull, NoProgress, Progress, PullOptions, PullPolicy, Pulled};
 use hoist::reference::Reference;
 use hoist::registry::Client;
 use hoist::store::Store;
@@ -94,21 +95,60 @@ pub fn pull_quietly(
     flags: &PullFlags,
 ) -> anyhow::Result<Vec<Pulled>> {
     let client = Client::new(global.registry_options()?)?;
-    let references = refs
+    let wanted = refs
         .iter()
-        .map(|r| r.parse::<Reference>())
+        .map(|r| Wanted::parse(r))
         .collect::<Result<Vec<_>, _>>()?;
     let opts = flags.options();
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let pulls = references.iter().map(|reference| {
+    let pulls = wanted.iter().map(|w| {
         let (client, opts) = (&client, &opts);
-        async move {
-            pull(store, client, reference, opts, Arc::new(NoProgress))
-                .await
-                .with_context(|| format!("pulling {reference}"))
-        }
+        async move { w.obtain(store, client, opts, Arc::new(NoProgress)).await }
     });
     rt.block_on(futures_util::future::try_join_all(pulls))
+}
+
+/// An axis reference: an image to pull, or one to build from a
+/// Dockerfile (`dockerfile:PATH`).
+pub enum Wanted {
+    Image(Reference),
+    Built(DockerfileRef),
+}
+
+impl Wanted {
+    pub fn parse(s: &str) -> anyhow::Result<Wanted> {
+        Ok(match DockerfileRef::parse(s) {
+            Some(r) => Wanted::Built(r?),
+            None => Wanted::Image(s.parse()?),
+        })
+    }
+
+    /// Pull it, or build it (or find it built) into the store.
+    pub async fn obtain(
+        &self,
+        store: &Store,
+        client: &Client,
+        opts: &PullOptions,
+        progress: Arc<dyn Progress>,
+    ) -> anyhow::Result<Pulled> {
+        match self {
+            Wanted::Image(r) => pull(store, client, r, opts, progress)
+                .await
+                .with_context(|| format!("pulling {r}")),
+            Wanted::Built(r) => build::obtain(store, client, r, opts, progress)
+                .await
+                .with_context(|| format!("building {r}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Wanted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Wanted::Image(r) => r.fmt(f),
+            Wanted::Built(r) => r.fmt(f),
+        }
+    }
 }
 
 /// One line for each image whose tag was taken from the store, the

@@ -2,6 +2,7 @@
 //! the axes it can serve, from its manifest and config (no layer download).
 
 use std::io::Write;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
@@ -9,9 +10,11 @@ use hoist::doctor::human_bytes;
 use hoist::exit::ExitStatus;
 use hoist::inspect::{inspect, Axes, AxesSource, InspectOptions, Inspection};
 use hoist::platform::Platform;
-use hoist::reference::Reference;
+use hoist::pull::{NoProgress, PullOptions, PullPolicy};
+use hoist::reference::{LayoutRef, Reference};
 use hoist::registry::Client;
 
+use super::fetch::Wanted;
 use super::Global;
 
 #[derive(Args)]
@@ -41,7 +44,7 @@ pub struct InspectArgs {
 }
 
 pub fn run(global: &Global, args: &InspectArgs) -> anyhow::Result<ExitStatus> {
-    let reference: Reference = args.image.parse()?;
+    let wanted = Wanted::parse(&args.image)?;
     let store = global.store()?;
     let client = Client::new(global.registry_options()?)?;
     let opts = InspectOptions {
@@ -49,9 +52,28 @@ pub fn run(global: &Global, args: &InspectArgs) -> anyhow::Result<ExitStatus> {
         read_layers: !args.no_layers,
     };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let i = rt
+    let reference = match &wanted {
+        Wanted::Image(r) => r.clone(),
+        // Built (or found built for the same inputs) into the store,
+        // then read from the store as the layout it is.
+        Wanted::Built(_) => {
+            let pull = PullOptions {
+                platform: args.platform.clone(),
+                policy: PullPolicy::Missing,
+                ..PullOptions::default()
+            };
+            let built = rt.block_on(wanted.obtain(&store, &client, &pull, Arc::new(NoProgress)))?;
+            Reference::Layout(LayoutRef {
+                path: store.root().to_path_buf(),
+                tag: None,
+                digest: Some(built.digest),
+            })
+        }
+    };
+    let mut i = rt
         .block_on(inspect(&store, &client, &reference, &opts))
-        .with_context(|| format!("inspecting {reference}"))?;
+        .with_context(|| format!("inspecting {wanted}"))?;
+    i.reference = wanted.to_string();
     if args.raw || args.config {
         let bytes = if args.raw {
             &i.raw_manifest

@@ -51,6 +51,7 @@ pub fn run(global: &Global, args: &LockArgs) -> anyhow::Result<ExitStatus> {
             Pin {
                 reference: reference.to_string(),
                 digest: p.digest.clone(),
+                inputs: p.build_inputs.clone(),
             },
         );
     }

@@ -27,8 +27,9 @@ macro_rules! ref_help {
         concat!(
             $what,
             " REF: HOST/REPO:TAG, HOST/REPO@sha256:HEX, docker://HOST/REPO:TAG, \
-             or oci:PATH[:TAG|@sha256:HEX] (an OCI layout on disk); TAG defaults \
-             to latest, and a name without HOST is Docker Hub's"
+             oci:PATH[:TAG|@sha256:HEX] (an OCI layout on disk), or dockerfile:PATH \
+             (a Dockerfile or a build context, built with buildah or docker); TAG \
+             defaults to latest, and a name without HOST is Docker Hub's"
         )
     };
 }
@@ -549,10 +550,15 @@ fn exit_status_for(e: &anyhow::Error) -> ExitStatus {
         return ExitStatus::Interrupted(sig);
     }
     for cause in e.chain() {
-        if let Some(hoist::lock::LockError::Drift { .. }) =
-            cause.downcast_ref::<hoist::lock::LockError>()
-        {
-            return ExitStatus::DigestMismatch;
+        if let Some(l) = cause.downcast_ref::<hoist::lock::LockError>() {
+            if l.is_drift() {
+                return ExitStatus::DigestMismatch;
+            }
+        }
+        if let Some(b) = cause.downcast_ref::<hoist::build::BuildError>() {
+            if b.is_usage() {
+                return ExitStatus::Usage;
+            }
         }
         if let Some(p) = cause.downcast_ref::<hoist::pull::PullError>() {
             if p.is_pin_mismatch() {

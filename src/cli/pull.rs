@@ -6,10 +6,10 @@ use anyhow::Context as _;
 use clap::Args;
 use hoist::exit::ExitStatus;
 use hoist::platform::Platform;
-use hoist::pull::{pull, Progress, PullOptions, PullPolicy, Pulled};
-use hoist::reference::Reference;
+use hoist::pull::{Progress, PullOptions, PullPolicy, Pulled};
 use hoist::registry::Client;
 
+use super::fetch::Wanted;
 use super::progress::Bars;
 use super::Global;
 
@@ -35,7 +35,7 @@ pub fn run(global: &Global, args: &PullArgs) -> anyhow::Result<ExitStatus> {
     let refs = args
         .refs
         .iter()
-        .map(|r| r.parse::<Reference>())
+        .map(|r| Wanted::parse(r))
         .collect::<Result<Vec<_>, _>>()?;
     let store = global.store()?;
     let client = Client::new(global.registry_options()?)?;
@@ -50,9 +50,7 @@ pub fn run(global: &Global, args: &PullArgs) -> anyhow::Result<ExitStatus> {
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let mut pulled = Vec::new();
     for r in &refs {
-        let p = rt
-            .block_on(pull(&store, &client, r, &opts, progress.clone()))
-            .with_context(|| format!("pulling {r}"))?;
+        let p = rt.block_on(r.obtain(&store, &client, &opts, progress.clone()))?;
         if !global.json && !global.quiet {
             print_human(&p)?;
         }

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
+use hoist::build::DockerfileRef;
 use hoist::container::{self, ContainerRequest, Docker, ImageSource};
 use hoist::crane::{check_lock, run, Agents, RunRequest};
 use hoist::exit::{ExitStatus, UsageError};
@@ -367,6 +368,19 @@ fn pull_checked(
     let mut notes = Vec::new();
     for (axis, reference) in &axes {
         let pin = lock.pinned(axis, reference, &path)?;
+        if let Some(built) = DockerfileRef::parse(reference) {
+            // Built from a Dockerfile: unchanged inputs run the pinned
+            // image as stored, built nothing; changed ones are drift.
+            let built = built?;
+            let inputs = hoist::build::inputs(&built)?;
+            lock.check_inputs(axis, reference, &inputs.dockerfile, &inputs.digest, &path)?;
+            notes.push(format!(
+                "note: {reference}: using {}'s pin {pin} from the store (its build inputs are unchanged)",
+                path.display()
+            ));
+            refs.push(built.pinned(pin.clone()).to_string());
+            continue;
+        }
         let parsed: Reference = reference.parse()?;
         match parsed {
             Reference::Registry(r)

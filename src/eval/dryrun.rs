@@ -232,7 +232,7 @@ pub fn dry_run(
     opts: DryRunOptions,
 ) -> Result<DryRun, DryRunError> {
     let platform = Platform::host();
-    let (wanted, task_images) = wanted_images(plan)?;
+    let (wanted, task_images) = wanted_images(plan, store.root())?;
     let resolved = rt.block_on(resolve_all(store, client, &wanted, &platform))?;
     let images: Vec<Image> = wanted
         .into_iter()
@@ -284,8 +284,13 @@ struct Image {
 }
 
 /// The plan's distinct images, by pinned digest, in the order first
-/// used, and for each task the indices of its images.
-fn wanted_images(plan: &EvalPlan) -> Result<(Vec<Wanted>, Vec<Vec<usize>>), DryRunError> {
+/// used, and for each task the indices of its images; an image built
+/// from a Dockerfile is read from the store at `store_root`, where the
+/// plan put it.
+fn wanted_images(
+    plan: &EvalPlan,
+    store_root: &Path,
+) -> Result<(Vec<Wanted>, Vec<Vec<usize>>), DryRunError> {
     let mut wanted: Vec<Wanted> = Vec::new();
     let mut by_digest: HashMap<Digest, usize> = HashMap::new();
     let mut task_images = Vec::new();
@@ -298,7 +303,7 @@ fn wanted_images(plan: &EvalPlan) -> Result<(Vec<Wanted>, Vec<Vec<usize>>), DryR
         let mut mine = Vec::new();
         for (pin, subtree) in roles {
             let Some(pin) = pin else { continue };
-            let (reference, digest) = pinned(&task.id, pin)?;
+            let (reference, digest) = pinned(&task.id, pin, store_root)?;
             let i = *by_digest.entry(digest.clone()).or_insert_with(|| {
                 wanted.push(Wanted {
                     shown: pin.reference.clone(),
@@ -326,7 +331,7 @@ fn wanted_images(plan: &EvalPlan) -> Result<(Vec<Wanted>, Vec<Vec<usize>>), DryR
 }
 
 /// A pin's reference, pinned to its digest.
-fn pinned(task: &str, pin: &Pin) -> Result<(Reference, Digest), DryRunError> {
+fn pinned(task: &str, pin: &Pin, store_root: &Path) -> Result<(Reference, Digest), DryRunError> {
     let text = pin
         .digest
         .as_deref()
@@ -344,6 +349,14 @@ fn pinned(task: &str, pin: &Pin) -> Result<(Reference, Digest), DryRunError> {
         digest: text.to_string(),
         source,
     })?;
+    if pin.reference.starts_with(crate::build::PREFIX) {
+        let store = crate::reference::LayoutRef {
+            path: store_root.to_path_buf(),
+            tag: None,
+            digest: Some(digest.clone()),
+        };
+        return Ok((Reference::Layout(store), digest));
+    }
     let mut reference: Reference =
         pin.reference
             .parse()
@@ -1147,7 +1160,7 @@ mod tests {
                 pin("r.example/agent:v1", 'c'),
             ),
         ]);
-        let (wanted, tasks) = wanted_images(&p).unwrap();
+        let (wanted, tasks) = wanted_images(&p, Path::new("/store")).unwrap();
         assert_eq!(wanted.len(), 3);
         assert_eq!(tasks, vec![vec![0, 1], vec![2, 1]]);
         let agent = &wanted[1];
@@ -1167,7 +1180,9 @@ mod tests {
         bad.digest = None;
         bad.unresolved = Some("not found".into());
         let p = plan(vec![task("t1", bad, pin("r.example/agent", 'c'))]);
-        let e = wanted_images(&p).unwrap_err().to_string();
+        let e = wanted_images(&p, Path::new("/store"))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("r.example/gone") && e.contains("not found"),
             "{e}"
