@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Args;
+use hoist::conformance::cases::{compare_outputs, run_cases, Event, Options};
 use hoist::conformance::docker::default_docker;
 use hoist::conformance::jsondiff::show;
 use hoist::conformance::matrix::Matrix;
 use hoist::conformance::report::{render_details, render_table};
-use hoist::conformance::run::{compare_outputs, run_cases, Event, Options};
 use hoist::exit::ExitStatus;
 
 use super::Global;

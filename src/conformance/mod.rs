@@ -9,12 +9,12 @@
 //! I/O in [`run`] and [`docker`], which drive `hoist`, `docker`, `skopeo`
 //! and `tar` as subprocesses (the same commands a user would type).
 
+pub mod cases;
 pub mod docker;
 pub mod jsondiff;
 pub mod listing;
 pub mod matrix;
 pub mod report;
-pub mod run;
 
 use std::io;
 use std::path::PathBuf;
