@@ -534,3 +534,18 @@ fn a_reader_that_goes_away_ends_the_listing_quietly() {
     );
     assert_eq!(code(&o), Some(0), "{err}");
 }
+
+#[test]
+fn verifying_or_grading_what_is_not_there_is_a_usage_error_that_makes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A mistyped --store: not made, and not called clean.
+    let missing = dir.path().join("no-store");
+    let o = run(hoist(&missing).args(["store", "verify"]));
+    assert_usage(&o, &["--store", "holds no store", "nothing to verify"]);
+    assert!(!missing.exists(), "store verify made {}", missing.display());
+    // A mistyped saved run: named, not made.
+    let saved = dir.path().join("no-run");
+    let o = run(hoist(&dir.path().join("store")).arg("grade").arg(&saved));
+    assert_usage(&o, &["SAVED", "no such directory"]);
+    assert!(!saved.exists(), "grade made {}", saved.display());
+}

@@ -57,6 +57,17 @@ pub struct GradeArgs {
 const MAX_RECORD_BYTES: u64 = 16 << 20;
 
 pub fn run_cmd(global: &Global, args: &GradeArgs) -> anyhow::Result<ExitStatus> {
+    // Opening would make a missing directory: name it instead.
+    if !args.saved.is_dir() {
+        return Err(hoist::exit::UsageError::new(
+            "SAVED",
+            format!(
+                "{}: no such directory (a run's --out, holding run.json)",
+                args.saved.display()
+            ),
+        )
+        .into());
+    }
     let saved = OutDir::open(&args.saved)?;
     let task_dir = saved.subdir("task")?;
     let record = read_json(&saved, "run.json", MAX_RECORD_BYTES)?;

@@ -148,14 +148,23 @@ pub struct Global {
 }
 
 impl Global {
-    pub fn store(&self) -> anyhow::Result<Store> {
-        let root = self.store.clone().unwrap_or_else(Store::default_root);
-        let flag = match (&self.store, std::env::var_os("HOIST_STORE")) {
+    /// Where the store is: `--store`, else `HOIST_STORE`, else the default.
+    pub fn store_root(&self) -> std::path::PathBuf {
+        self.store.clone().unwrap_or_else(Store::default_root)
+    }
+
+    /// How the store was named, for an error about it.
+    pub fn store_flag(&self) -> &'static str {
+        match (&self.store, std::env::var_os("HOIST_STORE")) {
             (Some(_), Some(_)) => "--store (or HOIST_STORE)",
             (Some(_), None) => "--store",
             (None, _) => "the default store",
-        };
-        checks::store_dir(&root, flag)?;
+        }
+    }
+
+    pub fn store(&self) -> anyhow::Result<Store> {
+        let root = self.store_root();
+        checks::store_dir(&root, self.store_flag())?;
         Ok(Store::open(&root)?)
     }
 

@@ -33,6 +33,19 @@ pub fn run(global: &Global, args: &StoreArgs) -> anyhow::Result<ExitStatus> {
 }
 
 fn verify(global: &Global) -> anyhow::Result<ExitStatus> {
+    // Verifying what is not a store would make an empty one and call it
+    // clean: a mistyped --store must not pass.
+    let root = global.store_root();
+    if !root.join("oci-layout").is_file() {
+        return Err(hoist::exit::UsageError::new(
+            global.store_flag(),
+            format!(
+                "{} holds no store (no oci-layout file): nothing to verify",
+                root.display()
+            ),
+        )
+        .into());
+    }
     let store = global.store()?;
     let report = hoist::rootfs::verify::verify(&store)?;
     if global.json {
