@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::Args;
 use hoist::exit::UsageError;
 use hoist::platform::Platform;
-use hoist::pull::{pull, NoProgress, PullOptions, PullPolicy, Pulled};
+use hoist::pull::{pull, NoProgress, Progress, PullOptions, PullPolicy, Pulled};
 use hoist::reference::Reference;
 use hoist::registry::Client;
 use hoist::store::Store;
@@ -93,6 +93,17 @@ pub fn pull_quietly(
     refs: &[&str],
     flags: &PullFlags,
 ) -> anyhow::Result<Vec<Pulled>> {
+    pull_showing(global, store, refs, flags, Arc::new(NoProgress))
+}
+
+/// [`pull_quietly`], each blob's download told to `progress`.
+pub fn pull_showing(
+    global: &Global,
+    store: &Store,
+    refs: &[&str],
+    flags: &PullFlags,
+    progress: Arc<dyn Progress>,
+) -> anyhow::Result<Vec<Pulled>> {
     let client = Client::new(global.registry_options()?)?;
     let references = refs
         .iter()
@@ -101,9 +112,9 @@ pub fn pull_quietly(
     let opts = flags.options();
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let pulls = references.iter().map(|reference| {
-        let (client, opts) = (&client, &opts);
+        let (client, opts, progress) = (&client, &opts, progress.clone());
         async move {
-            pull(store, client, reference, opts, Arc::new(NoProgress))
+            pull(store, client, reference, opts, progress)
                 .await
                 .with_context(|| format!("pulling {reference}"))
         }

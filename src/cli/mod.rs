@@ -22,11 +22,13 @@ macro_rules! out {
 
 mod bake;
 mod checks;
+mod colour;
 mod conformance;
 mod doctor;
 mod dryrun;
 mod eval;
 mod fetch;
+mod follow;
 mod gc;
 mod grade;
 mod images;
@@ -370,6 +372,7 @@ fn init_logging(quiet: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour::stderr())
         .with_target(false)
         .init();
 }

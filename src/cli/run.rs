@@ -1,6 +1,7 @@
 //! `hoist run --mode crane|container --benchmark REF --agent REF [--gateway REF] ...`
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
@@ -12,7 +13,7 @@ use hoist::export::OutDir;
 use hoist::lock::{LockFile, DEFAULT_FILE};
 use hoist::phase::{self, Phase, PhaseHook};
 use hoist::platform::Platform;
-use hoist::pull::{stored_complete, PullPolicy, Pulled};
+use hoist::pull::{stored_complete, Progress, PullPolicy, Pulled};
 use hoist::reference::Reference;
 use hoist::registry::Client;
 use hoist::rootfs::RootfsMode;
@@ -21,7 +22,8 @@ use hoist::sandbox::{Isolation, Network};
 use hoist::store::Store;
 
 use super::checks;
-use super::fetch::{pull_axes, pull_quietly, stored_notes, PullFlags};
+use super::colour::{self, Colour};
+use super::fetch::{pull_axes, pull_showing, stored_notes, PullFlags};
 use super::progress::RunSpinner;
 use super::Global;
 
@@ -75,6 +77,13 @@ pub struct RunArgs {
     /// The lock file --locked reads [default: hoist.lock].
     #[arg(long = "lock-file", value_name = "FILE")]
     lock_file: Option<PathBuf>,
+    /// Stream install.log and agent.log to stderr while the agent session
+    /// runs (control characters and escape sequences neutralised). Crane
+    /// mode shows each line as it is written; in container mode Docker
+    /// gives the host the logs only when the session ends, so they are
+    /// shown then.
+    #[arg(long)]
+    follow: bool,
     /// --mode container: run this combination image (HOST/REPO:TAG or
     /// oci:PATH:TAG, made by `hoist bake`) instead of baking one; its
     /// labels must name the same axes.
@@ -158,6 +167,13 @@ pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
     if args.image.is_none() {
         static_binary()?;
     }
+    if args.follow && global.quiet {
+        return Err(UsageError::new(
+            "--follow",
+            "streams the logs to stderr, and --quiet prints only errors: give one of them",
+        )
+        .into());
+    }
     if args.lock_file.is_some() && !args.locked && !global.quiet {
         eprintln!("warning: --lock-file is read only with --locked; this run does not check its images against it");
     }
@@ -165,10 +181,10 @@ pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
     let out = OutDir::claim(&args.out, args.force)?;
     // As pull.rs's bars: stdout may be a --json document, stderr a
     // terminal.
-    let spinner = RunSpinner::for_terminal(global.quiet || global.json);
+    let spinner = RunSpinner::new(global.quiet || global.json, &args.out, args.follow);
     let hook = spinner.hook();
     phase::enter(hook.as_ref(), Phase::Pull);
-    let (pulled, notes, pull_ms) = pull_checked(global, &store, args)?;
+    let (pulled, notes, pull_ms) = pull_checked(global, &store, args, spinner.bars())?;
     for line in notes.iter().filter(|_| !global.quiet) {
         spinner.note(line);
     }
@@ -189,7 +205,12 @@ pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
         pull_ms,
     )?;
     spinner.finish();
-    print_result(global, &result, isolation)
+    let status = print_result(global, &result, isolation)?;
+    if !global.json && !global.quiet {
+        let at = std::path::absolute(out.path()).unwrap_or_else(|_| out.path().to_path_buf());
+        outln!("results in {}", at.display())?;
+    }
+    Ok(status)
 }
 
 impl RunArgs {
@@ -314,6 +335,7 @@ fn pull_checked(
     global: &Global,
     store: &Store,
     args: &RunArgs,
+    progress: Arc<dyn Progress>,
 ) -> anyhow::Result<(Vec<Pulled>, Vec<String>, u64)> {
     let mut axes = vec![
         ("benchmark", args.benchmark.as_str()),
@@ -323,7 +345,7 @@ fn pull_checked(
     let t = Instant::now();
     if !args.locked {
         let refs: Vec<&str> = axes.iter().map(|(_, r)| *r).collect();
-        let pulled = pull_quietly(global, store, &refs, &args.pull)?;
+        let pulled = pull_showing(global, store, &refs, &args.pull, progress)?;
         let notes = stored_notes(global, &pulled);
         return Ok((pulled, notes, t.elapsed().as_millis() as u64));
     }
@@ -353,7 +375,7 @@ fn pull_checked(
         }
     }
     let refs_str: Vec<&str> = refs.iter().map(String::as_str).collect();
-    let mut pulled = pull_quietly(global, store, &refs_str, &args.pull)?;
+    let mut pulled = pull_showing(global, store, &refs_str, &args.pull, progress)?;
     notes.extend(stored_notes(global, &pulled));
     for (p, (_, reference)) in pulled.iter_mut().zip(&axes) {
         // result.json and run.json name each image as it was given.
@@ -408,18 +430,20 @@ pub fn print_result(
 
 fn print_verdict(r: &serde_json::Value, isolation: &str) -> anyhow::Result<()> {
     let task = r["task_id"].as_str().unwrap_or("?");
+    let on = colour::stdout();
     if let Some(e) = r["infra_error"].as_object() {
         outln!(
-            "{task}: infrastructure error at {}: {}",
+            "{task}: {} at {}: {}",
+            colour::paint(on, Colour::Red, "infrastructure error"),
             e.get("stage").and_then(|s| s.as_str()).unwrap_or("?"),
             e.get("message").and_then(|s| s.as_str()).unwrap_or("?")
         )?;
         return Ok(());
     }
     let verdict = if r["resolved"].as_bool() == Some(true) {
-        "RESOLVED"
+        colour::paint(on, Colour::Green, "RESOLVED")
     } else {
-        "unresolved"
+        colour::paint(on, Colour::Yellow, "unresolved")
     };
     outln!(
         "{task}: {verdict} (score {}, agent exit {}{}, isolation {isolation})",
