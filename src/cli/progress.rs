@@ -243,6 +243,9 @@ impl RunLine {
             self.println(&self.done_line(before, since.elapsed()));
         }
         *current = Some((phase, Instant::now()));
+        // Each setter draws: the old suffix goes first, so no frame pairs
+        // one phase's words with another's log path.
+        self.bar.set_message("");
         self.bar.reset_elapsed();
         self.bar.set_prefix(running_label(phase));
         self.bar.set_message(self.suffix(phase));

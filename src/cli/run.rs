@@ -148,6 +148,13 @@ impl TaskFlags {
 }
 
 pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
+    if args.follow && global.quiet {
+        return Err(UsageError::new(
+            "--follow",
+            "streams the logs to stderr, and --quiet prints only errors: give one of them",
+        )
+        .into());
+    }
     // First, so a missing daemon is reported before anything is pulled.
     let docker = match args.mode {
         Mode::Container => Some(Docker::detect()?),
@@ -166,13 +173,6 @@ pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
     )?;
     if args.image.is_none() {
         static_binary()?;
-    }
-    if args.follow && global.quiet {
-        return Err(UsageError::new(
-            "--follow",
-            "streams the logs to stderr, and --quiet prints only errors: give one of them",
-        )
-        .into());
     }
     if args.lock_file.is_some() && !args.locked && !global.quiet {
         eprintln!("warning: --lock-file is read only with --locked; this run does not check its images against it");
