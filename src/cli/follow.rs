@@ -126,13 +126,17 @@ fn open_logs_dir(base: &Path, rel: &str) -> Option<OwnedFd> {
     beneath::open_dir(base_fd.as_fd(), &comps, false, Access::Read).ok()
 }
 
-/// One log: its file once it is there, and the line read so far.
+/// One log: its file once it is there (and which file that is), and the
+/// line read so far.
 struct Log {
     name: &'static str,
     label: &'static str,
-    file: Option<File>,
+    file: Option<(File, FileId)>,
     partial: Vec<u8>,
 }
+
+/// A file's identity: device and inode.
+type FileId = (u64, u64);
 
 impl Log {
     fn new(name: &'static str, label: &'static str) -> Log {
@@ -144,12 +148,24 @@ impl Log {
         }
     }
 
-    /// Print the whole lines added since the last read.
+    /// Print the whole lines added since the last read. The supervisor
+    /// makes each log anew (a chroot rootfs may have shipped one at that
+    /// name): once the name is another file, the old one is read to its
+    /// end and the new one followed.
     fn read(&mut self, dir: &OwnedFd, sink: &Sink) {
-        if self.file.is_none() {
-            self.file = open_regular(dir, self.name).map(File::from);
+        self.drain(sink);
+        let now = open_regular(dir, self.name);
+        let known = self.file.as_ref().map(|(_, id)| *id);
+        if let Some((fd, id)) = now.filter(|(_, id)| Some(*id) != known) {
+            self.flush(sink);
+            self.file = Some((File::from(fd), id));
+            self.drain(sink);
         }
-        let Some(mut file) = self.file.take() else {
+    }
+
+    /// Read the open file to its current end.
+    fn drain(&mut self, sink: &Sink) {
+        let Some((mut file, id)) = self.file.take() else {
             return;
         };
         let mut buf = [0u8; 64 * 1024];
@@ -164,7 +180,7 @@ impl Log {
                 }
             }
         }
-        self.file = Some(file);
+        self.file = Some((file, id));
     }
 
     fn take(&mut self, bytes: &[u8], sink: &Sink) {
@@ -193,19 +209,22 @@ impl Log {
     }
 }
 
-/// Open `name` in `dir` for reading if it is a regular file: never a
-/// link, and never a device node or fifo, whose open alone can act.
-fn open_regular(dir: &OwnedFd, name: &str) -> Option<OwnedFd> {
+/// Open `name` in `dir` for reading if it is a regular file of one link
+/// (as the export copies only those): never a link, and never a device
+/// node or fifo, whose open alone can act.
+fn open_regular(dir: &OwnedFd, name: &str) -> Option<(OwnedFd, FileId)> {
+    let plain = |st: &rustix::fs::Stat| {
+        FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_nlink == 1
+    };
     let seen = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
-    if FileType::from_raw_mode(seen.st_mode) != FileType::RegularFile {
+    if !plain(&seen) {
         return None;
     }
     let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
     let fd = beneath::open_file(dir.as_fd(), name, flags, Mode::empty()).ok()?;
     let now = rustix::fs::fstat(&fd).ok()?;
-    let same = FileType::from_raw_mode(now.st_mode) == FileType::RegularFile
-        && (now.st_dev, now.st_ino) == (seen.st_dev, seen.st_ino);
-    same.then_some(fd)
+    let id = (now.st_dev, now.st_ino);
+    (plain(&now) && id == (seen.st_dev, seen.st_ino)).then_some((fd, id))
 }
 
 /// A line of the sandbox's as text that cannot drive a terminal.
@@ -404,6 +423,41 @@ mod tests {
         follow.start(dir.path(), "link");
         follow.end();
         assert!(seen.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_log_made_anew_is_followed_after_the_old_ones_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let fd = rustix::fs::open(
+            dir.path(),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let sink: Sink = Arc::new(move |l: &str| s.lock().unwrap().push(l.to_string()));
+        let path = dir.path().join("agent.log");
+        std::fs::write(&path, "shipped\nhalf").unwrap();
+        let mut log = Log::new("agent.log", "agent");
+        log.read(&fd, &sink);
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, "fresh\n").unwrap();
+        log.read(&fd, &sink);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["agent | shipped", "agent | half", "agent | fresh"]
+        );
+    }
+
+    #[test]
+    fn a_hard_link_is_never_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = dir.path().join("logs");
+        std::fs::create_dir(&logs).unwrap();
+        std::fs::write(dir.path().join("secret"), "host secret\n").unwrap();
+        std::fs::hard_link(dir.path().join("secret"), logs.join("agent.log")).unwrap();
+        assert!(lines_in(&logs).is_empty());
     }
 
     #[test]

@@ -24,6 +24,55 @@ fn on_terminal(quiet: bool) -> bool {
     !quiet && std::io::stderr().is_terminal()
 }
 
+/// The lines drawn now, if any: a log line (tracing's, on stderr) is
+/// printed above them instead of over them.
+static DRAWN: Mutex<Option<MultiProgress>> = Mutex::new(None);
+
+fn drawn() -> std::sync::MutexGuard<'static, Option<MultiProgress>> {
+    // Only ever replaced whole: a panic while it was held left it whole.
+    DRAWN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// tracing's writer: one event at a time, on stderr, above the progress
+/// lines when some are drawn.
+pub struct LogWriter;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogLine;
+
+    fn make_writer(&'a self) -> LogLine {
+        LogLine(Vec::new())
+    }
+}
+
+/// One event's text, written when tracing is done with it.
+pub struct LogLine(Vec<u8>);
+
+impl std::io::Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        use std::io::Write as _;
+        let write = || {
+            // A log line that cannot be written has nowhere else to go.
+            let _ = std::io::stderr().write_all(&self.0);
+        };
+        match drawn().clone() {
+            Some(multi) => multi.suspend(write),
+            None => write(),
+        }
+    }
+}
+
 /// A style from a template of ours; a template that does not parse is a
 /// bug, shown as indicatif's default rather than failing the command.
 fn style(template: &str) -> ProgressStyle {
@@ -127,8 +176,9 @@ impl RunSpinner {
         let live = draw.then(|| {
             let multi = MultiProgress::with_draw_target(target);
             let bar = multi.add(ProgressBar::new_spinner());
+            // Ticking (drawn) from the first phase on: never without one.
             bar.set_style(run_style());
-            bar.enable_steady_tick(TICK);
+            *drawn() = Some(multi.clone());
             let out = std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf());
             Arc::new(RunLine {
                 multi,
@@ -197,6 +247,7 @@ impl RunSpinner {
         }
         if let Some(l) = &self.live {
             l.bar.finish_and_clear();
+            *drawn() = None;
         }
     }
 }
@@ -242,13 +293,20 @@ impl RunLine {
             }
             self.println(&self.done_line(before, since.elapsed()));
         }
+        let first = current.is_none();
         *current = Some((phase, Instant::now()));
         // Each setter draws: the old suffix goes first, so no frame pairs
-        // one phase's words with another's log path.
-        self.bar.set_message("");
+        // one phase's words with another's log path; and the line ticks
+        // once it has its first phase, so it is never drawn without one.
+        if !first {
+            self.bar.set_message("");
+        }
         self.bar.reset_elapsed();
         self.bar.set_prefix(running_label(phase));
         self.bar.set_message(self.suffix(phase));
+        if first {
+            self.bar.enable_steady_tick(TICK);
+        }
     }
 
     /// The phase shown leaves its line.
@@ -351,6 +409,7 @@ impl LayerLine {
             bar.set_style(run_style());
             bar.set_prefix("pulling");
             bar.enable_steady_tick(TICK);
+            *drawn() = Some(multi.clone());
             (multi, bar)
         });
         LayerLine { live }
@@ -406,6 +465,7 @@ impl LayerLine {
             }
         }
         bar.finish_and_clear();
+        *drawn() = None;
     }
 }
 
@@ -413,6 +473,7 @@ impl Drop for LayerLine {
     fn drop(&mut self) {
         if let Some((_, bar)) = &self.live {
             bar.finish_and_clear();
+            *drawn() = None;
         }
     }
 }
@@ -519,7 +580,11 @@ impl EvalBoard {
         let mode = match (quiet, on_terminal(quiet)) {
             (true, _) => Board::Quiet,
             (false, false) => Board::Plain,
-            (false, true) => Board::Live(Arc::new(Live::new(total, ProgressDrawTarget::stderr()))),
+            (false, true) => {
+                let live = Live::new(total, ProgressDrawTarget::stderr());
+                *drawn() = Some(live.multi.clone());
+                Board::Live(Arc::new(live))
+            }
         };
         EvalBoard { mode }
     }
@@ -554,6 +619,7 @@ impl EvalBoard {
     pub fn finish(&self) {
         if let Board::Live(live) = &self.mode {
             live.finish();
+            *drawn() = None;
         }
     }
 }
