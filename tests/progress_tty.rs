@@ -230,6 +230,29 @@ fn a_terminal_shows_each_phase_then_the_verdict_and_where_the_results_are() {
 }
 
 #[test]
+fn container_mode_on_a_terminal_says_what_the_host_can_see() {
+    let Some(s) = samples() else { return };
+    if !have_docker() {
+        return;
+    }
+    if static_hoist().is_none() {
+        skip("no static hoist: run scripts/build-static");
+        return;
+    }
+    snapshots_must_be_compared("container_run_screen");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut c = oracle_run(&s, &out, &["--mode", "container"]);
+    c.env("HOIST_DOCKER", docker_path());
+    let transcript = on_terminal(&c);
+    let shown = redact(
+        &screen(&transcript),
+        &[(&out.display().to_string(), "[OUT]"), (&s.task, "[TASK]")],
+    );
+    insta::assert_snapshot!("container_run_screen", shown);
+}
+
+#[test]
 fn follow_shows_the_agents_lines_and_never_its_escape_sequences() {
     let Some(s) = samples() else { return };
     snapshots_must_be_compared("follow_lines");

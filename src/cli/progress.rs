@@ -159,20 +159,27 @@ struct RunLine {
     agent_log: String,
     /// The phase shown and when it began.
     current: Mutex<Option<(Phase, Instant)>>,
+    /// Container mode: Docker bakes and loads the image instead of a
+    /// fuse, and the host cannot see the agent start inside the
+    /// container, so `install` lasts the whole agent session.
+    container: bool,
 }
 
 impl RunSpinner {
-    /// The progress of a run into `out`; `follow` streams its logs.
-    pub fn new(quiet: bool, out: &Path, follow: bool) -> RunSpinner {
-        RunSpinner::with_target(
-            on_terminal(quiet),
-            out,
-            follow,
-            ProgressDrawTarget::stderr(),
-        )
+    /// The progress of a run into `out` (in container mode or not);
+    /// `follow` streams its logs.
+    pub fn new(quiet: bool, out: &Path, follow: bool, container: bool) -> RunSpinner {
+        let target = ProgressDrawTarget::stderr();
+        let draw = on_terminal(quiet);
+        RunSpinner::with_target(draw, out, (follow, container), target)
     }
 
-    fn with_target(draw: bool, out: &Path, follow: bool, target: ProgressDrawTarget) -> RunSpinner {
+    fn with_target(
+        draw: bool,
+        out: &Path,
+        (follow, container): (bool, bool),
+        target: ProgressDrawTarget,
+    ) -> RunSpinner {
         let live = draw.then(|| {
             let multi = MultiProgress::with_draw_target(target);
             let bar = multi.add(ProgressBar::new_spinner());
@@ -185,6 +192,7 @@ impl RunSpinner {
                 bar,
                 agent_log: out.join("task").join("agent.log").display().to_string(),
                 current: Mutex::new(None),
+                container,
             })
         });
         let follow = follow.then(|| {
@@ -302,7 +310,7 @@ impl RunLine {
             self.bar.set_message("");
         }
         self.bar.reset_elapsed();
-        self.bar.set_prefix(running_label(phase));
+        self.bar.set_prefix(self.labels(phase).0);
         self.bar.set_message(self.suffix(phase));
         if first {
             self.bar.enable_steady_tick(TICK);
@@ -324,7 +332,7 @@ impl RunLine {
     fn done_line(&self, phase: Phase, took: Duration) -> String {
         format!(
             "{:<10} {}{}",
-            done_label(phase),
+            self.labels(phase).1,
             compact(took),
             self.suffix(phase)
         )
@@ -334,6 +342,7 @@ impl RunLine {
     fn suffix(&self, phase: Phase) -> String {
         match phase {
             Phase::Agent => format!(" (agent.log: {})", self.agent_log),
+            Phase::Install if self.container => format!(" (agent.log: {})", self.agent_log),
             _ => String::new(),
         }
     }
@@ -347,25 +356,19 @@ impl RunLine {
     }
 }
 
-/// The phase line's words while the phase runs.
-fn running_label(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Pull => "pulling",
-        Phase::Fuse => "fusing",
-        Phase::Install => "installing",
-        Phase::Agent => "agent running",
-        Phase::Grade => "grading",
-    }
-}
-
-/// The line a phase leaves once it is over.
-fn done_label(phase: Phase) -> &'static str {
-    match phase {
-        Phase::Pull => "pulled",
-        Phase::Fuse => "fused",
-        Phase::Install => "installed",
-        Phase::Agent => "agent ran",
-        Phase::Grade => "graded",
+impl RunLine {
+    /// The phase line's words while `phase` runs, and the line it leaves
+    /// once it is over.
+    fn labels(&self, phase: Phase) -> (&'static str, &'static str) {
+        match (phase, self.container) {
+            (Phase::Pull, _) => ("pulling", "pulled"),
+            (Phase::Fuse, false) => ("fusing", "fused"),
+            (Phase::Fuse, true) => ("baking", "baked"),
+            (Phase::Install, false) => ("installing", "installed"),
+            (Phase::Install, true) => ("installing + agent running", "installed + agent ran"),
+            (Phase::Agent, _) => ("agent running", "agent ran"),
+            (Phase::Grade, _) => ("grading", "graded"),
+        }
     }
 }
 
@@ -1019,7 +1022,7 @@ mod tests {
     fn a_run_leaves_a_line_per_phase_and_names_the_agent_log() {
         let screen = Screen::default();
         let target = ProgressDrawTarget::term_like(Box::new(screen.clone()));
-        let spinner = RunSpinner::with_target(true, Path::new("/r/out"), false, target);
+        let spinner = RunSpinner::with_target(true, Path::new("/r/out"), (false, false), target);
         let hook = spinner.hook().unwrap();
         for p in [Phase::Pull, Phase::Fuse, Phase::Install, Phase::Agent] {
             hook.phase(p);
@@ -1053,10 +1056,12 @@ mod tests {
     fn off_a_terminal_a_run_has_no_hook_unless_it_follows() {
         let out = Path::new("/r/out");
         let target = ProgressDrawTarget::hidden;
-        assert!(RunSpinner::with_target(false, out, false, target())
-            .hook()
-            .is_none());
-        assert!(RunSpinner::with_target(false, out, true, target())
+        assert!(
+            RunSpinner::with_target(false, out, (false, false), target())
+                .hook()
+                .is_none()
+        );
+        assert!(RunSpinner::with_target(false, out, (true, false), target())
             .hook()
             .is_some());
     }

@@ -181,7 +181,13 @@ pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
     let out = OutDir::claim(&args.out, args.force)?;
     // As pull.rs's bars: stdout may be a --json document, stderr a
     // terminal.
-    let spinner = RunSpinner::new(global.quiet || global.json, &args.out, args.follow);
+    let container = args.mode == Mode::Container;
+    let spinner = RunSpinner::new(
+        global.quiet || global.json,
+        &args.out,
+        args.follow,
+        container,
+    );
     let hook = spinner.hook();
     phase::enter(hook.as_ref(), Phase::Pull);
     let (pulled, notes, pull_ms) = pull_checked(global, &store, args, spinner.bars())?;
