@@ -36,7 +36,7 @@ use crate::orchestrate::{
     self, host_info, run_sessions, totals, Backend, DockerFacts, Durations, OrchestrateError,
     RunRecord, SessionRan, SessionRecord, SessionSpec, Sessions, Start, Stopped, Timeouts, Tree,
 };
-use crate::phase::{self, Phase, PhaseHook};
+use crate::phase::{self, Logs, Phase, PhaseHook};
 use crate::pipeline::clock::rfc3339;
 use crate::pipeline::context::{self as ctx, RunContext};
 use crate::pull::Pulled;
@@ -842,6 +842,24 @@ fn task_timeouts_in(docker: &Docker, name: &str, requested: Option<&str>) -> Opt
     found
 }
 
+impl Plan<'_> {
+    /// Tell the watch that the agent session's logs, copied into
+    /// `OUT/task`, can be read, all of them at once: Docker keeps the
+    /// container's `/output` to itself while it runs.
+    fn logs_copied(&self, session: &ctx::Session, task_dir: &OutDir) {
+        if *session != ctx::Session::Agent {
+            return;
+        }
+        let hook = self.req.phase.as_ref();
+        let logs = Logs::Readable {
+            base: task_dir.path(),
+            rel: "",
+        };
+        phase::logs(hook, logs);
+        phase::logs(hook, Logs::Ended);
+    }
+}
+
 impl Backend for Plan<'_> {
     type Error = ContainerError;
 
@@ -916,6 +934,7 @@ impl Backend for Plan<'_> {
                 if let Err(e) = copy_out(docker, &container, task_dir) {
                     tracing::warn!(error = %e, "could not copy the container's output");
                 }
+                self.logs_copied(&spec.session, task_dir);
                 drop(cleanup);
                 Err(ContainerError::Timeout(backstop))
             }
@@ -925,6 +944,7 @@ impl Backend for Plan<'_> {
             }
             Ended::Exited(code) => {
                 let output = copy_out(docker, &container, task_dir);
+                self.logs_copied(&spec.session, task_dir);
                 drop(cleanup);
                 let output = output?;
                 // 125: the docker CLI or daemon failed; 126/127: the entry

@@ -13,7 +13,7 @@ use crate::orchestrate::{
     self, host_info, run_sessions, totals, Backend, Durations, OrchestrateError, RunRecord,
     SessionRan, SessionRecord, SessionSpec, Sessions, Start, Stopped, Timeouts,
 };
-use crate::phase::{self, Phase, PhaseHook};
+use crate::phase::{self, Logs, Phase, PhaseHook};
 use crate::pipeline::clock::rfc3339;
 use crate::pipeline::context::{self as ctx, RunContext};
 use crate::pull::Pulled;
@@ -357,8 +357,17 @@ impl Backend for Crane<'_> {
         let result = match (agent_session, hook) {
             (true, Some(hook)) => {
                 phase::enter(Some(hook), Phase::Install);
+                // The supervisor writes the logs there as they grow; the
+                // directory stays until the copy below.
+                let logs = Logs::Readable {
+                    base: &private.base,
+                    rel: private.rel,
+                };
+                phase::logs(Some(hook), logs);
                 let agent_log = private.base.join(private.rel).join("agent.log");
-                watch_agent_start(hook, &agent_log, sandboxed)
+                let r = watch_agent_start(hook, &agent_log, sandboxed);
+                phase::logs(Some(hook), Logs::Ended);
+                r
             }
             _ => sandboxed(),
         };

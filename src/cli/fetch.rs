@@ -94,6 +94,17 @@ pub fn pull_quietly(
     refs: &[&str],
     flags: &PullFlags,
 ) -> anyhow::Result<Vec<Pulled>> {
+    pull_showing(global, store, refs, flags, Arc::new(NoProgress))
+}
+
+/// [`pull_quietly`], each blob's download told to `progress`.
+pub fn pull_showing(
+    global: &Global,
+    store: &Store,
+    refs: &[&str],
+    flags: &PullFlags,
+    progress: Arc<dyn Progress>,
+) -> anyhow::Result<Vec<Pulled>> {
     let client = Client::new(global.registry_options()?)?;
     let wanted = refs
         .iter()
@@ -102,8 +113,8 @@ pub fn pull_quietly(
     let opts = flags.options();
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let pulls = wanted.iter().map(|w| {
-        let (client, opts) = (&client, &opts);
-        async move { w.obtain(store, client, opts, Arc::new(NoProgress)).await }
+        let (client, opts, progress) = (&client, &opts, progress.clone());
+        async move { w.obtain(store, client, opts, progress).await }
     });
     rt.block_on(futures_util::future::try_join_all(pulls))
 }

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::Args;
 use hoist::exit::ExitStatus;
-use hoist::rootfs::{materialize, Axes, RootfsMode};
+use hoist::rootfs::{materialize_counting, Axes, RootfsMode};
 
-use super::fetch::{pull_axes, PullFlags};
+use super::fetch::{pull_showing, stored_notes, PullFlags};
+use super::progress::LayerLine;
 use super::Global;
 
 #[derive(Args)]
@@ -37,15 +38,21 @@ pub fn run(global: &Global, args: &MaterializeArgs) -> anyhow::Result<ExitStatus
     let mut refs = vec![args.benchmark.as_str()];
     refs.extend(args.agent.as_deref());
     refs.extend(args.gateway.as_deref());
-    let pulled = pull_axes(global, &store, &refs, &args.pull)?;
+    let progress = LayerLine::new(global.quiet || global.json);
+    let pulled = pull_showing(global, &store, &refs, &args.pull, progress.bars())?;
+    for line in stored_notes(global, &pulled) {
+        progress.note(&line);
+    }
     let mut it = pulled.iter().skip(1);
     let axes = Axes {
         benchmark: &pulled[0],
         agent: args.agent.as_ref().and_then(|_| it.next()),
         gateway: args.gateway.as_ref().and_then(|_| it.next()),
     };
-    let m = materialize(&store, &axes, &args.out, args.rootfs, true)
+    let told = |d| progress.layers(d);
+    let m = materialize_counting(&store, &axes, &args.out, args.rootfs, true, &told)
         .with_context(|| format!("materializing into {}", args.out.display()))?;
+    progress.finish();
     if !m.not_reproduced.is_exact() {
         let f = &m.not_reproduced;
         tracing::warn!(

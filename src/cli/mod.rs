@@ -36,12 +36,14 @@ macro_rules! ref_help {
 
 mod bake;
 mod checks;
+mod colour;
 mod completions;
 mod conformance;
 mod doctor;
 mod dryrun;
 mod eval;
 mod fetch;
+mod follow;
 mod gc;
 mod grade;
 mod images;
@@ -493,7 +495,8 @@ fn init_logging(quiet: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(progress::LogWriter)
+        .with_ansi(colour::stderr())
         .with_target(false)
         .init();
 }

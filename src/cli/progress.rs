@@ -1,23 +1,77 @@
-//! Progress on a terminal: blob download bars (`hoist pull`), `hoist
-//! run`'s phase line, and `hoist eval`'s board. Bars are drawn only when
-//! stderr is a terminal and output is not `--quiet`; off a terminal `hoist
-//! run` shows nothing and `hoist eval` prints plain lines.
+//! Progress on a terminal: blob download bars (`hoist pull`, `hoist run`,
+//! `hoist materialize`), `hoist run`'s phase line, `hoist materialize`'s
+//! layer count, and `hoist eval`'s board. Bars are drawn only when stderr
+//! is a terminal and output is not `--quiet`; off a terminal `hoist run`
+//! shows nothing and `hoist eval` prints plain lines. None is coloured.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hoist::digest::Digest;
 use hoist::eval::{Event, Outcome};
-use hoist::phase::{Phase, PhaseHook};
+use hoist::phase::{Logs, Phase, PhaseHook, Watch};
 use hoist::pull::{NoProgress, Progress};
 use hoist::result::Stage;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use hoist::rootfs::LayersDone;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+
+use super::follow::{Follow, Sink};
 
 /// Whether to draw: stderr is a terminal and output is not quiet.
 fn on_terminal(quiet: bool) -> bool {
     !quiet && std::io::stderr().is_terminal()
+}
+
+/// The lines drawn now, if any: a log line (tracing's, on stderr) is
+/// printed above them instead of over them.
+static DRAWN: Mutex<Option<MultiProgress>> = Mutex::new(None);
+
+fn drawn() -> std::sync::MutexGuard<'static, Option<MultiProgress>> {
+    // Only ever replaced whole: a panic while it was held left it whole.
+    DRAWN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// tracing's writer: one event at a time, on stderr, above the progress
+/// lines when some are drawn.
+pub struct LogWriter;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogLine;
+
+    fn make_writer(&'a self) -> LogLine {
+        LogLine(Vec::new())
+    }
+}
+
+/// One event's text, written when tracing is done with it.
+pub struct LogLine(Vec<u8>);
+
+impl std::io::Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        use std::io::Write as _;
+        let write = || {
+            // A log line that cannot be written has nowhere else to go.
+            let _ = std::io::stderr().write_all(&self.0);
+        };
+        match drawn().clone() {
+            Some(multi) => multi.suspend(write),
+            None => write(),
+        }
+    }
 }
 
 /// A style from a template of ours; a template that does not parse is a
@@ -28,6 +82,8 @@ fn style(template: &str) -> ProgressStyle {
 
 pub struct Bars {
     multi: MultiProgress,
+    /// The line the bars are drawn above (`hoist run`'s phase line).
+    above: Option<ProgressBar>,
     bars: Mutex<HashMap<Digest, ProgressBar>>,
 }
 
@@ -39,6 +95,7 @@ impl Bars {
         }
         Arc::new(Bars {
             multi: MultiProgress::new(),
+            above: None,
             bars: Mutex::new(HashMap::new()),
         })
     }
@@ -46,7 +103,10 @@ impl Bars {
 
 impl Progress for Bars {
     fn blob_started(&self, digest: &Digest, size: u64, resumed_from: u64) {
-        let bar = self.multi.add(ProgressBar::new(size));
+        let bar = match &self.above {
+            Some(line) => self.multi.insert_before(line, ProgressBar::new(size)),
+            None => self.multi.add(ProgressBar::new(size)),
+        };
         let style = style("{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}");
         bar.set_style(style.progress_chars("=> "));
         bar.set_prefix(digest.hex()[..12].to_string());
@@ -79,51 +139,346 @@ fn show_phase(bar: &ProgressBar, phase: Phase) {
     bar.set_message(phase.as_str());
 }
 
-/// `hoist run` on a terminal: one line, the run's phase and how long it
-/// has lasted, cleared when the run ends (the verdict follows). Off a
-/// terminal it is nothing, so what `hoist run` prints there is unchanged.
+/// `hoist run`'s progress. On a terminal (and not `--quiet` or
+/// `--json`): the pull's bars, then one line for the phase running and
+/// how long it has lasted (`agent running 1m12s (agent.log: PATH)`),
+/// which leaves a line with the phase's time above it when the next one
+/// begins, and is cleared when the run ends (the verdict follows). Off a
+/// terminal it draws nothing, so logs and pipes read as they did. With
+/// `--follow`, the agent session's logs, neutralised, above the line (or
+/// on stderr off a terminal).
 pub struct RunSpinner {
-    bar: Option<ProgressBar>,
+    live: Option<Arc<RunLine>>,
+    follow: Option<Arc<Follow>>,
+}
+
+/// The drawn part of [`RunSpinner`].
+struct RunLine {
+    multi: MultiProgress,
+    bar: ProgressBar,
+    /// Where the agent's log will be: `OUT/task/agent.log`.
+    agent_log: String,
+    /// The phase shown and when it began.
+    current: Mutex<Option<(Phase, Instant)>>,
+    /// Container mode: Docker bakes and loads the image instead of a
+    /// fuse, and the host cannot see the agent start inside the
+    /// container, so `install` lasts the whole agent session.
+    container: bool,
 }
 
 impl RunSpinner {
-    pub fn for_terminal(quiet: bool) -> RunSpinner {
-        let bar = on_terminal(quiet).then(|| {
-            let bar = ProgressBar::new_spinner();
-            bar.set_style(style(RUN_TEMPLATE));
-            bar.enable_steady_tick(TICK);
-            bar
+    /// The progress of a run into `out` (in container mode or not);
+    /// `follow` streams its logs.
+    pub fn new(quiet: bool, out: &Path, follow: bool, container: bool) -> RunSpinner {
+        let target = ProgressDrawTarget::stderr();
+        let draw = on_terminal(quiet);
+        RunSpinner::with_target(draw, out, (follow, container), target)
+    }
+
+    fn with_target(
+        draw: bool,
+        out: &Path,
+        (follow, container): (bool, bool),
+        target: ProgressDrawTarget,
+    ) -> RunSpinner {
+        let live = draw.then(|| {
+            let multi = MultiProgress::with_draw_target(target);
+            let bar = multi.add(ProgressBar::new_spinner());
+            // Ticking (drawn) from the first phase on: never without one.
+            bar.set_style(run_style());
+            *drawn() = Some(multi.clone());
+            let out = std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf());
+            Arc::new(RunLine {
+                multi,
+                bar,
+                agent_log: out.join("task").join("agent.log").display().to_string(),
+                current: Mutex::new(None),
+                container,
+            })
         });
-        RunSpinner { bar }
+        let follow = follow.then(|| {
+            let sink: Sink = match &live {
+                Some(l) => {
+                    let l = l.clone();
+                    Arc::new(move |line: &str| l.println(line))
+                }
+                None => Arc::new(|line: &str| eprintln!("{line}")),
+            };
+            Arc::new(Follow::new(sink))
+        });
+        RunSpinner { live, follow }
     }
 
-    /// The hook for the run's `How`; none off a terminal.
+    /// The pull's progress: a bar per blob above the phase line; nothing
+    /// off a terminal.
+    pub fn bars(&self) -> Arc<dyn Progress> {
+        match &self.live {
+            Some(l) => Arc::new(Bars {
+                multi: l.multi.clone(),
+                above: Some(l.bar.clone()),
+                bars: Mutex::new(HashMap::new()),
+            }),
+            None => Arc::new(NoProgress),
+        }
+    }
+
+    /// The hook for the run's `How`; none when there is nothing to show.
     pub fn hook(&self) -> Option<PhaseHook> {
-        let bar = self.bar.clone()?;
-        Some(Arc::new(move |p| show_phase(&bar, p)))
+        if self.live.is_none() && self.follow.is_none() {
+            return None;
+        }
+        Some(Arc::new(RunWatch {
+            live: self.live.clone(),
+            follow: self.follow.clone(),
+        }))
     }
 
-    /// A line on stderr, above the spinner when there is one.
+    /// A line on stderr, above the phase line when there is one.
     pub fn note(&self, line: &str) {
-        match &self.bar {
-            Some(bar) => bar.println(line),
+        match &self.live {
+            Some(l) => l.println(line),
             None => eprintln!("{line}"),
         }
     }
 
-    /// Clear the line; again is harmless.
+    /// The run ended: the last phase's line stays, the phase line goes.
     pub fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
+        if let Some(l) = &self.live {
+            l.done();
+        }
+        self.clear();
+    }
+
+    /// Clear the line (and stop following); again is harmless.
+    fn clear(&self) {
+        if let Some(f) = &self.follow {
+            f.end();
+        }
+        if let Some(l) = &self.live {
+            l.bar.finish_and_clear();
+            *drawn() = None;
         }
     }
 }
 
 impl Drop for RunSpinner {
     /// An error ends the run early: its message must not follow a
-    /// half-drawn line.
+    /// half-drawn line, nor claim the phase it ended in was done.
     fn drop(&mut self) {
-        self.finish();
+        self.clear();
+    }
+}
+
+/// What the run tells [`RunSpinner`].
+struct RunWatch {
+    live: Option<Arc<RunLine>>,
+    follow: Option<Arc<Follow>>,
+}
+
+impl Watch for RunWatch {
+    fn phase(&self, phase: Phase) {
+        if let Some(l) = &self.live {
+            l.enter(phase);
+        }
+    }
+
+    fn logs(&self, logs: Logs<'_>) {
+        let Some(f) = &self.follow else { return };
+        match logs {
+            Logs::Readable { base, rel } => f.start(base, rel),
+            Logs::Ended => f.end(),
+        }
+    }
+}
+
+impl RunLine {
+    /// Show `phase`, its time counted from now; the phase before it
+    /// leaves its line.
+    fn enter(&self, phase: Phase) {
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((before, since)) = *current {
+            if before == phase {
+                return;
+            }
+            self.println(&self.done_line(before, since.elapsed()));
+        }
+        let first = current.is_none();
+        *current = Some((phase, Instant::now()));
+        // Each setter draws: the old suffix goes first, so no frame pairs
+        // one phase's words with another's log path; and the line ticks
+        // once it has its first phase, so it is never drawn without one.
+        if !first {
+            self.bar.set_message("");
+        }
+        self.bar.reset_elapsed();
+        self.bar.set_prefix(self.labels(phase).0);
+        self.bar.set_message(self.suffix(phase));
+        if first {
+            self.bar.enable_steady_tick(TICK);
+        }
+    }
+
+    /// The phase shown leaves its line.
+    fn done(&self) {
+        let current = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((phase, since)) = current {
+            self.println(&self.done_line(phase, since.elapsed()));
+        }
+    }
+
+    fn done_line(&self, phase: Phase, took: Duration) -> String {
+        format!(
+            "{:<10} {}{}",
+            self.labels(phase).1,
+            compact(took),
+            self.suffix(phase)
+        )
+    }
+
+    /// What follows the time: where the agent's log goes.
+    fn suffix(&self, phase: Phase) -> String {
+        match phase {
+            Phase::Agent => format!(" (agent.log: {})", self.agent_log),
+            Phase::Install if self.container => format!(" (agent.log: {})", self.agent_log),
+            _ => String::new(),
+        }
+    }
+
+    /// Print above the bars. A terminal that cannot be written to has no
+    /// reader to tell, and the run goes on without it.
+    fn println(&self, line: &str) {
+        if let Err(e) = self.multi.println(line) {
+            tracing::debug!(error = %e, "could not print above the progress line");
+        }
+    }
+}
+
+impl RunLine {
+    /// The phase line's words while `phase` runs, and the line it leaves
+    /// once it is over.
+    fn labels(&self, phase: Phase) -> (&'static str, &'static str) {
+        match (phase, self.container) {
+            (Phase::Pull, _) => ("pulling", "pulled"),
+            (Phase::Fuse, false) => ("fusing", "fused"),
+            (Phase::Fuse, true) => ("baking", "baked"),
+            (Phase::Install, false) => ("installing", "installed"),
+            (Phase::Install, true) => ("installing + agent running", "installed + agent ran"),
+            (Phase::Agent, _) => ("agent running", "agent ran"),
+            (Phase::Grade, _) => ("grading", "graded"),
+        }
+    }
+}
+
+/// A duration as podman and cargo print one: `12s`, `1m12s`, `1h02m03s`.
+pub fn compact(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s:02}s"),
+        (h, m, s) => format!("{h}h{m:02}m{s:02}s"),
+    }
+}
+
+/// `hoist run`'s line: `SPINNER LABEL TIME SUFFIX`, the time in the phase.
+const RUN_TEMPLATE: &str = "{spinner} {prefix} {took}{msg}";
+
+fn run_style() -> ProgressStyle {
+    style(RUN_TEMPLATE).with_key("took", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+        // A formatter that refuses a write has nowhere to show it.
+        let _ = w.write_str(&compact(s.elapsed()));
+    })
+}
+
+/// `hoist materialize`'s progress on a terminal (and not `--quiet` or
+/// `--json`): the pull's bars, then `fusing layers 3/7 2s` while the
+/// layers are unpacked (or found in the cache) and put in place, which
+/// leaves `fused 7/7 layers 4s` when it is done. Nothing off a terminal.
+pub struct LayerLine {
+    live: Option<(MultiProgress, ProgressBar)>,
+}
+
+impl LayerLine {
+    pub fn new(quiet: bool) -> LayerLine {
+        LayerLine::with_target(on_terminal(quiet), ProgressDrawTarget::stderr())
+    }
+
+    fn with_target(draw: bool, target: ProgressDrawTarget) -> LayerLine {
+        let live = draw.then(|| {
+            let multi = MultiProgress::with_draw_target(target);
+            let bar = multi.add(ProgressBar::new_spinner());
+            bar.set_style(run_style());
+            bar.set_prefix("pulling");
+            bar.enable_steady_tick(TICK);
+            *drawn() = Some(multi.clone());
+            (multi, bar)
+        });
+        LayerLine { live }
+    }
+
+    /// The pull's progress: a bar per blob above the line.
+    pub fn bars(&self) -> Arc<dyn Progress> {
+        match &self.live {
+            Some((multi, line)) => Arc::new(Bars {
+                multi: multi.clone(),
+                above: Some(line.clone()),
+                bars: Mutex::new(HashMap::new()),
+            }),
+            None => Arc::new(NoProgress),
+        }
+    }
+
+    /// A line on stderr, above the progress line when there is one.
+    pub fn note(&self, line: &str) {
+        match &self.live {
+            Some((multi, _)) => {
+                if let Err(e) = multi.println(line) {
+                    tracing::debug!(error = %e, "could not print above the progress line");
+                }
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
+    /// How far the layers are; the first call starts the phase's clock.
+    pub fn layers(&self, d: LayersDone) {
+        let Some((_, bar)) = &self.live else { return };
+        if bar.prefix() != "fusing layers" {
+            bar.reset_elapsed();
+            bar.set_prefix("fusing layers");
+        }
+        bar.set_message(format!(" {}/{}", d.done, d.total));
+    }
+
+    /// Leave the count and the time, clear the line.
+    pub fn finish(&self) {
+        let Some((multi, bar)) = &self.live else {
+            return;
+        };
+        if bar.prefix() == "fusing layers" {
+            let line = format!(
+                "fused      {} layers {}",
+                bar.message().trim_start(),
+                compact(bar.elapsed())
+            );
+            if let Err(e) = multi.println(line) {
+                tracing::debug!(error = %e, "could not print above the progress line");
+            }
+        }
+        bar.finish_and_clear();
+        *drawn() = None;
+    }
+}
+
+impl Drop for LayerLine {
+    fn drop(&mut self) {
+        if let Some((_, bar)) = &self.live {
+            bar.finish_and_clear();
+            *drawn() = None;
+        }
     }
 }
 
@@ -241,7 +596,11 @@ impl EvalBoard {
         let mode = match (quiet, on_terminal(quiet)) {
             (true, _) => Board::Quiet,
             (false, false) => Board::Plain,
-            (false, true) => Board::Live(Arc::new(Live::new(total, ProgressDrawTarget::stderr()))),
+            (false, true) => {
+                let live = Live::new(total, ProgressDrawTarget::stderr());
+                *drawn() = Some(live.multi.clone());
+                Board::Live(Arc::new(live))
+            }
         };
         EvalBoard { mode }
     }
@@ -265,9 +624,9 @@ impl EvalBoard {
         match &self.mode {
             Board::Live(live) => {
                 let (live, id) = (live.clone(), task_id.to_string());
-                Arc::new(move |p| live.phase(&id, p))
+                Arc::new(move |p: Phase| live.phase(&id, p))
             }
-            _ => Arc::new(|_| {}),
+            _ => Arc::new(|_: Phase| {}),
         }
     }
 
@@ -276,6 +635,7 @@ impl EvalBoard {
     pub fn finish(&self) {
         if let Board::Live(live) = &self.mode {
             live.finish();
+            *drawn() = None;
         }
     }
 }
@@ -391,8 +751,7 @@ impl Live {
     }
 }
 
-/// `hoist run`'s line and the overall line of `hoist eval`.
-const RUN_TEMPLATE: &str = "{spinner} {msg:<7} {elapsed_precise}";
+/// The overall line of `hoist eval`.
 const OVERALL_TEMPLATE: &str = "[{elapsed_precise}] [{bar:30}] {pos}/{len} {msg}";
 
 /// A running task's line: `id  phase  elapsed`, the ids padded to
@@ -548,8 +907,8 @@ mod tests {
         let line = |id: &str| live.running().lines.get(id).cloned();
         assert_eq!(line("a").unwrap().message(), "start");
         assert_eq!(live.running().width, "a-longer-id".len());
-        board.hook("a")(Phase::Agent);
-        board.hook("gone")(Phase::Grade);
+        board.hook("a").phase(Phase::Agent);
+        board.hook("gone").phase(Phase::Grade);
         assert_eq!(line("a").unwrap().message(), "agent");
         assert_eq!(line("a-longer-id").unwrap().message(), "start");
 
@@ -639,7 +998,7 @@ mod tests {
             task: &t,
             attempt: 1,
         });
-        board.hook(&t.id)(Phase::Agent);
+        board.hook(&t.id).phase(Phase::Agent);
         assert!(
             screen.shows(" ini-quoted-values  agent   00:00:00"),
             "{screen:?}"
@@ -661,6 +1020,75 @@ mod tests {
             "{screen:?}"
         );
         board.finish();
+    }
+
+    #[test]
+    fn durations_read_as_podman_prints_them() {
+        let d = Duration::from_secs;
+        assert_eq!(compact(Duration::from_millis(400)), "0s");
+        assert_eq!(compact(d(12)), "12s");
+        assert_eq!(compact(d(72)), "1m12s");
+        assert_eq!(compact(d(3723)), "1h02m03s");
+    }
+
+    #[test]
+    fn a_run_leaves_a_line_per_phase_and_names_the_agent_log() {
+        let screen = Screen::default();
+        let target = ProgressDrawTarget::term_like(Box::new(screen.clone()));
+        let spinner = RunSpinner::with_target(true, Path::new("/r/out"), (false, false), target);
+        let hook = spinner.hook().unwrap();
+        for p in [Phase::Pull, Phase::Fuse, Phase::Install, Phase::Agent] {
+            hook.phase(p);
+        }
+        hook.phase(Phase::Agent);
+        assert!(
+            screen.shows("agent running 0s (agent.log: /r/out/task/agent.log)"),
+            "{screen:?}"
+        );
+        hook.phase(Phase::Grade);
+        spinner.finish();
+        let lines = screen.0.lock().unwrap().clone();
+        let left: Vec<&String> = lines
+            .iter()
+            .filter(|l| !l.starts_with(|c: char| !c.is_ascii_alphabetic()))
+            .collect();
+        assert_eq!(
+            left,
+            [
+                "pulled     0s",
+                "fused      0s",
+                "installed  0s",
+                "agent ran  0s (agent.log: /r/out/task/agent.log)",
+                "graded     0s"
+            ],
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn off_a_terminal_a_run_has_no_hook_unless_it_follows() {
+        let out = Path::new("/r/out");
+        let target = ProgressDrawTarget::hidden;
+        assert!(
+            RunSpinner::with_target(false, out, (false, false), target())
+                .hook()
+                .is_none()
+        );
+        assert!(RunSpinner::with_target(false, out, (true, false), target())
+            .hook()
+            .is_some());
+    }
+
+    #[test]
+    fn materialize_leaves_the_layer_count() {
+        let screen = Screen::default();
+        let target = ProgressDrawTarget::term_like(Box::new(screen.clone()));
+        let line = LayerLine::with_target(true, target);
+        for done in 0..=3 {
+            line.layers(LayersDone { done, total: 3 });
+        }
+        line.finish();
+        assert!(screen.shows("fused      3/3 layers 0s"), "{screen:?}");
     }
 
     #[test]
@@ -687,7 +1115,7 @@ mod tests {
     fn quiet_and_plain_boards_give_hooks_that_do_nothing() {
         for quiet in [true, false] {
             let board = EvalBoard::new(quiet, 1);
-            board.hook("a")(Phase::Fuse);
+            board.hook("a").phase(Phase::Fuse);
             board.finish();
         }
     }

@@ -1,6 +1,7 @@
 //! `hoist run --mode crane|container --benchmark REF --agent REF [--gateway REF] ...`
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
@@ -13,7 +14,7 @@ use hoist::export::OutDir;
 use hoist::lock::{LockFile, DEFAULT_FILE};
 use hoist::phase::{self, Phase, PhaseHook};
 use hoist::platform::Platform;
-use hoist::pull::{stored_complete, PullPolicy, Pulled};
+use hoist::pull::{stored_complete, Progress, PullPolicy, Pulled};
 use hoist::reference::Reference;
 use hoist::registry::Client;
 use hoist::rootfs::RootfsMode;
@@ -22,7 +23,8 @@ use hoist::sandbox::{Isolation, Network};
 use hoist::store::Store;
 
 use super::checks;
-use super::fetch::{pull_axes, pull_quietly, stored_notes, PullFlags};
+use super::colour::{self, Colour};
+use super::fetch::{pull_axes, pull_showing, stored_notes, PullFlags};
 use super::progress::RunSpinner;
 use super::Global;
 
@@ -47,7 +49,7 @@ impl Mode {
 #[derive(Args)]
 #[command(after_help = "Examples:
   hoist run --benchmark oci:target/hoist-test/samples/oci:pyfix --agent oci:target/hoist-test/samples/oci:agent-oracle --task ini-quoted-values --out runs/oracle
-  hoist run --benchmark localhost:5000/samples/pyfix:latest --agent localhost:5000/samples/agent-scripted:latest --gateway localhost:5000/samples/gateway-replay:latest --task lru-get-recency --agent-timeout 10m --out runs/scripted
+  hoist run --benchmark localhost:5000/samples/pyfix:latest --agent localhost:5000/samples/agent-scripted:latest --gateway localhost:5000/samples/gateway-replay:latest --task lru-get-recency --agent-timeout 10m --follow --out runs/scripted
   hoist run --mode container --locked --benchmark localhost:5000/samples/pyfix:latest --agent localhost:5000/samples/agent-oracle:latest --task paginate-last-page --out runs/container")]
 pub struct RunArgs {
     /// Where the run happens: crane fuses and sandboxes here, container
@@ -99,6 +101,13 @@ pub struct RunArgs {
     /// [default: hoist.lock].
     #[arg(long = "lock-file", value_name = "FILE")]
     lock_file: Option<PathBuf>,
+    /// Stream install.log and agent.log to stderr while the agent session
+    /// runs (control characters and escape sequences neutralised). Crane
+    /// mode shows each line as it is written; in container mode Docker
+    /// gives the host the logs only when the session ends, so they are
+    /// shown then.
+    #[arg(long)]
+    follow: bool,
     #[arg(
         long,
         value_name = "REF",
@@ -170,6 +179,13 @@ impl TaskFlags {
 }
 
 pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
+    if args.follow && global.quiet {
+        return Err(UsageError::new(
+            "--follow",
+            "streams the logs to stderr, and --quiet prints only errors: give one of them",
+        )
+        .into());
+    }
     // First, so a missing daemon is reported before anything is pulled.
     let docker = match args.mode {
         Mode::Container => Some(Docker::detect()?),
@@ -196,10 +212,16 @@ pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
     let out = OutDir::claim(&args.out, args.force)?;
     // As pull.rs's bars: stdout may be a --json document, stderr a
     // terminal.
-    let spinner = RunSpinner::for_terminal(global.quiet || global.json);
+    let container = args.mode == Mode::Container;
+    let spinner = RunSpinner::new(
+        global.quiet || global.json,
+        &args.out,
+        args.follow,
+        container,
+    );
     let hook = spinner.hook();
     phase::enter(hook.as_ref(), Phase::Pull);
-    let (pulled, notes, pull_ms) = pull_checked(global, &store, args)?;
+    let (pulled, notes, pull_ms) = pull_checked(global, &store, args, spinner.bars())?;
     for line in notes.iter().filter(|_| !global.quiet) {
         spinner.note(line);
     }
@@ -220,7 +242,12 @@ pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
         pull_ms,
     )?;
     spinner.finish();
-    print_result(global, &result, isolation)
+    let status = print_result(global, &result, isolation)?;
+    if !global.json && !global.quiet {
+        let at = std::path::absolute(out.path()).unwrap_or_else(|_| out.path().to_path_buf());
+        outln!("results in {}", at.display())?;
+    }
+    Ok(status)
 }
 
 impl RunArgs {
@@ -345,6 +372,7 @@ fn pull_checked(
     global: &Global,
     store: &Store,
     args: &RunArgs,
+    progress: Arc<dyn Progress>,
 ) -> anyhow::Result<(Vec<Pulled>, Vec<String>, u64)> {
     let mut axes = vec![
         ("benchmark", args.benchmark.as_str()),
@@ -354,7 +382,7 @@ fn pull_checked(
     let t = Instant::now();
     if !args.locked {
         let refs: Vec<&str> = axes.iter().map(|(_, r)| *r).collect();
-        let pulled = pull_quietly(global, store, &refs, &args.pull)?;
+        let pulled = pull_showing(global, store, &refs, &args.pull, progress)?;
         let notes = stored_notes(global, &pulled);
         return Ok((pulled, notes, t.elapsed().as_millis() as u64));
     }
@@ -397,7 +425,7 @@ fn pull_checked(
         }
     }
     let refs_str: Vec<&str> = refs.iter().map(String::as_str).collect();
-    let mut pulled = pull_quietly(global, store, &refs_str, &args.pull)?;
+    let mut pulled = pull_showing(global, store, &refs_str, &args.pull, progress)?;
     notes.extend(stored_notes(global, &pulled));
     for (p, (_, reference)) in pulled.iter_mut().zip(&axes) {
         // result.json and run.json name each image as it was given.
@@ -440,7 +468,7 @@ pub fn print_result(
         outln!("{}", serde_json::to_string_pretty(result)?)?;
     } else if !global.quiet {
         print_verdict(result, isolation)?;
-    } else if let Some(line) = infra_line(result) {
+    } else if let Some(line) = infra_line(result, false) {
         // --quiet prints errors, and the run's infrastructure error is one.
         eprintln!("error: {line}");
     }
@@ -455,25 +483,27 @@ pub fn print_result(
 
 /// `TASK: infrastructure error at STAGE: MESSAGE`, for a result that has
 /// one: the one place a run's infrastructure error is printed.
-fn infra_line(r: &serde_json::Value) -> Option<String> {
+fn infra_line(r: &serde_json::Value, on: bool) -> Option<String> {
     let e = r["infra_error"].as_object()?;
     Some(format!(
-        "{}: infrastructure error at {}: {}",
+        "{}: {} at {}: {}",
         r["task_id"].as_str().unwrap_or("?"),
+        colour::paint(on, Colour::Red, "infrastructure error"),
         e.get("stage").and_then(|s| s.as_str()).unwrap_or("?"),
         e.get("message").and_then(|s| s.as_str()).unwrap_or("?")
     ))
 }
 
 fn print_verdict(r: &serde_json::Value, isolation: &str) -> anyhow::Result<()> {
-    if let Some(line) = infra_line(r) {
+    let on = colour::stdout();
+    if let Some(line) = infra_line(r, on) {
         return outln!("{line}");
     }
     let task = r["task_id"].as_str().unwrap_or("?");
     let verdict = if r["resolved"].as_bool() == Some(true) {
-        "RESOLVED"
+        colour::paint(on, Colour::Green, "RESOLVED")
     } else {
-        "unresolved"
+        colour::paint(on, Colour::Yellow, "unresolved")
     };
     outln!(
         "{task}: {verdict} (score {}, agent exit {}{}, isolation {isolation})",

@@ -123,6 +123,60 @@ pub fn materialize(
     mode: RootfsMode,
     keep: bool,
 ) -> Result<Materialized, RootfsError> {
+    materialize_counting(store, axes, out, mode, keep, &|_| {})
+}
+
+/// How far [`materialize_counting`] is: the benchmark's layers and the
+/// axes' subtrees in place (unpacked, or found in the cache), of all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayersDone {
+    pub done: usize,
+    pub total: usize,
+}
+
+/// Counts the layers in place for a display; starts again when `auto`
+/// falls back from overlay to a copy.
+struct Counter<'a> {
+    told: &'a dyn Fn(LayersDone),
+    done: std::cell::Cell<usize>,
+    total: usize,
+}
+
+impl Counter<'_> {
+    fn restart(&self) {
+        self.done.set(0);
+        self.tell();
+    }
+
+    fn step(&self) {
+        self.done.set(self.done.get() + 1);
+        self.tell();
+    }
+
+    fn tell(&self) {
+        (self.told)(LayersDone {
+            done: self.done.get(),
+            total: self.total,
+        });
+    }
+}
+
+/// [`materialize`], telling `told` as each layer is in place (for
+/// `hoist materialize`'s progress line).
+pub fn materialize_counting(
+    store: &Store,
+    axes: &Axes<'_>,
+    out: &Path,
+    mode: RootfsMode,
+    keep: bool,
+    told: &dyn Fn(LayersDone),
+) -> Result<Materialized, RootfsError> {
+    let count = Counter {
+        told,
+        done: std::cell::Cell::new(0),
+        total: axes.benchmark.manifest.layers.len() + axis_subtrees(axes).len(),
+    };
+    let count = &count;
     prepare_out(out)?;
     // Held until the run's owner.json names the cache entries it reads
     // (overlay) or the copy is made: gc and eviction wait for it.
@@ -142,19 +196,19 @@ pub fn materialize(
     }
     match mode {
         RootfsMode::Auto if can_mount() && !private_mounts && !on_overlayfs(store.root()) => {
-            match materialize_overlay(store, axes, out, keep) {
+            match materialize_overlay(store, axes, out, keep, count) {
                 // Root may still be refused mounts (a container's default
                 // seccomp profile, no CAP_SYS_ADMIN): auto means copy then.
                 // A failed overlay leaves `out` empty and unmounted.
                 Err(RootfsError::Mount { target, source }) => {
                     tracing::info!(target = %target.display(), error = %source, "overlay refused; copying instead");
-                    materialize_copy(store, axes, out)
+                    materialize_copy(store, axes, out, count)
                 }
                 other => other,
             }
         }
-        RootfsMode::Overlay => materialize_overlay(store, axes, out, keep),
-        _ => materialize_copy(store, axes, out),
+        RootfsMode::Overlay => materialize_overlay(store, axes, out, keep, count),
+        _ => materialize_copy(store, axes, out, count),
     }
 }
 
@@ -205,14 +259,17 @@ fn materialize_overlay(
     axes: &Axes<'_>,
     out: &Path,
     keep: bool,
+    count: &Counter<'_>,
 ) -> Result<Materialized, RootfsError> {
     let b = axes.benchmark;
     let mut lowers = Vec::new();
     let mut not_reproduced = Fidelity::default();
+    count.restart();
     for (desc, diff_id) in b.manifest.layers.iter().zip(&b.config.rootfs.diff_ids) {
         let (dir, f) = ensure_layer(store, desc, diff_id)?;
         lowers.push(dir);
         not_reproduced.add(f);
+        count.step();
     }
     // overlayfs wants the topmost layer first.
     lowers.reverse();
@@ -221,6 +278,7 @@ fn materialize_overlay(
         let (dir, f) = ensure_subtree(store, img, path)?;
         subtrees.push((dir, path));
         not_reproduced.add(f);
+        count.step();
     }
     // Root of a user namespace may mount overlays only with `userxattr`,
     // reading the user.overlay.* markers its layer cache was written with.
@@ -354,9 +412,11 @@ fn materialize_copy(
     store: &Store,
     axes: &Axes<'_>,
     out: &Path,
+    count: &Counter<'_>,
 ) -> Result<Materialized, RootfsError> {
+    count.restart();
     let not_reproduced = match copy_source(store, axes.benchmark) {
-        CopySource::Cache => match cached_sources(store, axes) {
+        CopySource::Cache => match cached_sources(store, axes, count) {
             Ok(sources) => copy_from_cache(&sources, out)?,
             // The axis image lacks its subtree: the blobs lack it too.
             Err(e @ RootfsError::MissingSubtree { .. }) => return Err(e),
@@ -366,12 +426,13 @@ fn materialize_copy(
             // applies as a tree; a bad layer gives the same error again.
             Err(e) => {
                 tracing::warn!(error = %e, "could not use the layer cache; applying the layer blobs");
-                copy_from_blobs(store, axes, out)?
+                count.restart();
+                copy_from_blobs(store, axes, out, count)?
             }
         },
         CopySource::Blobs(why) => {
             tracing::info!(reason = %why, "applying the layer blobs for the copy rootfs");
-            copy_from_blobs(store, axes, out)?
+            copy_from_blobs(store, axes, out, count)?
         }
     };
     Ok(Materialized {
@@ -391,7 +452,11 @@ struct CachedSources {
     fidelity: Fidelity,
 }
 
-fn cached_sources(store: &Store, axes: &Axes<'_>) -> Result<CachedSources, RootfsError> {
+fn cached_sources(
+    store: &Store,
+    axes: &Axes<'_>,
+    count: &Counter<'_>,
+) -> Result<CachedSources, RootfsError> {
     let b = axes.benchmark;
     let mut fidelity = Fidelity::default();
     let mut layers = Vec::new();
@@ -399,6 +464,7 @@ fn cached_sources(store: &Store, axes: &Axes<'_>) -> Result<CachedSources, Rootf
         let (dir, f) = ensure_layer(store, desc, diff_id)?;
         layers.push(dir);
         fidelity.add(f);
+        count.step();
     }
     layers.reverse();
     let mut subtrees = Vec::new();
@@ -406,6 +472,7 @@ fn cached_sources(store: &Store, axes: &Axes<'_>) -> Result<CachedSources, Rootf
         let (dir, f) = ensure_subtree(store, img, path)?;
         subtrees.push((dir, path));
         fidelity.add(f);
+        count.step();
     }
     Ok(CachedSources {
         layers,
@@ -462,7 +529,12 @@ fn replace_beneath<'p>(
 /// The copy as hoist made it before the cache was used: every layer blob
 /// applied onto `out`, then each axis subtree applied from its image's
 /// blobs beside it and moved into place.
-fn copy_from_blobs(store: &Store, axes: &Axes<'_>, out: &Path) -> Result<Fidelity, RootfsError> {
+fn copy_from_blobs(
+    store: &Store,
+    axes: &Axes<'_>,
+    out: &Path,
+    count: &Counter<'_>,
+) -> Result<Fidelity, RootfsError> {
     let b = axes.benchmark;
     let mut not_reproduced = Fidelity::default();
     for (desc, diff_id) in b.manifest.layers.iter().zip(&b.config.rootfs.diff_ids) {
@@ -472,6 +544,7 @@ fn copy_from_blobs(store: &Store, axes: &Axes<'_>, out: &Path) -> Result<Fidelit
             ..Default::default()
         };
         not_reproduced.add(cache::apply_blob(store, desc, out, &opts)?.not_reproduced);
+        count.step();
     }
     let root = File::open(out).map_err(io(out))?;
     for (img, path) in axis_subtrees(axes) {
@@ -488,6 +561,7 @@ fn copy_from_blobs(store: &Store, axes: &Axes<'_>, out: &Path) -> Result<Fidelit
             &parent_path.join(name),
         )?;
         not_reproduced.add(f);
+        count.step();
     }
     Ok(not_reproduced)
 }

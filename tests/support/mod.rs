@@ -479,3 +479,28 @@ pub fn write_recording(dir: &Path, task: &str, command: &str) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join(format!("{task}.json")), rec.to_string()).unwrap();
 }
+
+/// Refuse, in CI, the insta settings that would accept a drift instead of
+/// failing on it, and a snapshot that was never committed: each of
+/// `names` must have `tests/snapshots/{test}__{name}.snap` (`test` the
+/// test binary's name, as insta names its files).
+#[allow(dead_code)]
+pub fn snapshots_must_be_compared<S: AsRef<str>>(test: &str, names: &[S]) {
+    if std::env::var("HOIST_TEST_REQUIRE_ALL").as_deref() != Ok("1") {
+        return;
+    }
+    let update = std::env::var("INSTA_UPDATE").unwrap_or_default();
+    assert!(
+        matches!(update.as_str(), "" | "auto" | "no" | "new"),
+        "INSTA_UPDATE={update} would accept a drifted snapshot; CI must compare"
+    );
+    assert!(
+        std::env::var("INSTA_FORCE_PASS").is_err(),
+        "INSTA_FORCE_PASS would pass a drifted snapshot"
+    );
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
+    for name in names {
+        let snap = dir.join(format!("{test}__{}.snap", name.as_ref()));
+        assert!(snap.is_file(), "{} is not committed", snap.display());
+    }
+}
