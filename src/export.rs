@@ -750,7 +750,7 @@ mod tests {
     #[test]
     fn device_node_is_skipped() {
         if !rustix::process::geteuid().is_root() {
-            eprintln!("SKIPPED: mknod of a device node needs root");
+            crate::errln!("SKIPPED: mknod of a device node needs root");
             return;
         }
         let c = Case::new();
@@ -762,7 +762,7 @@ mod tests {
             rustix::fs::makedev(1, 3),
         );
         if let Err(e) = made {
-            eprintln!("SKIPPED: mknod of a device node: {e} (no CAP_MKNOD here)");
+            crate::errln!("SKIPPED: mknod of a device node: {e} (no CAP_MKNOD here)");
             return;
         }
         let r = c.copy();

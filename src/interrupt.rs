@@ -72,14 +72,14 @@ fn received(sig: i32) {
     let open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
     let name = Interrupted(sig).name();
     if *open == 0 {
-        eprintln!("hoist: interrupted by {name}");
+        crate::errln!("hoist: interrupted by {name}");
         let code = Interrupted(RECEIVED.load(Ordering::SeqCst)).exit_code();
         std::process::exit(i32::from(code));
     }
     if first {
-        eprintln!("hoist: interrupted by {name}: stopping the sandbox and taking it down");
+        crate::errln!("hoist: interrupted by {name}: stopping the sandbox and taking it down");
     } else {
-        eprintln!("hoist: {name}: still taking the sandbox down; it ends on its own");
+        crate::errln!("hoist: {name}: still taking the sandbox down; it ends on its own");
     }
 }
 

@@ -14,6 +14,26 @@
 // `pre_exec` hooks between fork and exec included.
 #![deny(unsafe_code)]
 
+/// `eprintln!` that never panics: a closed or broken stderr (`2>&-`, a
+/// reader that went away, a host that stopped reading a sandbox stage)
+/// loses the line instead of taking the process down mid-cleanup.
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::writeln!(::std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` as [`errln!`].
+#[macro_export]
+macro_rules! err {
+    ($($arg:tt)*) => {{
+        use ::std::io::Write as _;
+        let _ = ::std::write!(::std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod atomic;
 pub mod bake;
 pub mod beneath;

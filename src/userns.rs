@@ -228,7 +228,7 @@ pub fn enter(self_exe: &Path) -> Result<&'static Rootless, RootlessError> {
 /// parent says it has unshared (a byte on stdin), then map its ids.
 pub fn map_stage(args: &[std::ffi::OsString]) -> i32 {
     let [nu, ng, uids, gids] = args else {
-        eprintln!("usage: hoist __userns-map NEWUIDMAP NEWGIDMAP UIDMAP GIDMAP");
+        crate::errln!("usage: hoist __userns-map NEWUIDMAP NEWGIDMAP UIDMAP GIDMAP");
         return 2;
     };
     let mut go = [0u8; 1];
@@ -248,11 +248,11 @@ pub fn map_stage(args: &[std::ffi::OsString]) -> i32 {
         match out {
             Ok(o) if o.status.success() => {}
             Ok(o) => {
-                eprint!("{}", String::from_utf8_lossy(&o.stderr));
+                crate::err!("{}", String::from_utf8_lossy(&o.stderr));
                 return 1;
             }
             Err(e) => {
-                eprintln!("{}: {e}", Path::new(helper).display());
+                crate::errln!("{}: {e}", Path::new(helper).display());
                 return 1;
             }
         }

@@ -538,3 +538,27 @@ fn absurd_jobs_and_prefetch_still_run_an_evaluation() {
     assert_eq!(summary["total"], tasks.len(), "{summary}");
     assert_eq!(summary["infra_error"], 0, "{summary}");
 }
+
+/// An error printed to a stderr nobody reads any more (`2>&1 | head`, a
+/// host gone) is lost, not a panic: the same exit as with a reader.
+#[test]
+fn an_error_to_a_broken_stderr_is_no_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let cmd = || {
+        let mut c = hoist(&dir.path().join("store"));
+        c.arg("tree-digest").arg(dir.path().join("missing"));
+        c
+    };
+    let read = cmd().output().unwrap();
+    assert!(!stderr(&read).is_empty(), "no error to lose");
+    let mut child = cmd()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the only read end before hoist writes its error.
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert_ne!(status.code(), Some(101), "panicked");
+    assert_eq!(status.code(), read.status.code(), "{status}");
+}

@@ -126,7 +126,7 @@ pub fn run(global: &Global, args: &ConformanceArgs) -> anyhow::Result<ExitStatus
         return Ok(ExitStatus::Success);
     }
     if global.quiet || global.json {
-        eprint!("{details}");
+        hoist::err!("{details}");
     }
     Ok(ExitStatus::Failure)
 }

@@ -212,7 +212,7 @@ pub fn run(global: &Global, args: &EvalArgs) -> anyhow::Result<ExitStatus> {
     };
     let quiet = global.quiet;
     if !quiet {
-        eprintln!(
+        hoist::errln!(
             "hoist eval: {} task(s){}, {} at a time, into {}",
             plan.tasks.len(),
             plan.shard
@@ -558,7 +558,7 @@ fn make_plan(
         // A tag taken from the store is said, as `hoist run` says it.
         if let (Ok(found), false) = (&d, global.quiet) {
             if found.from_store {
-                eprintln!("{}", stored_note(&r, &found.digest.to_string()));
+                hoist::errln!("{}", stored_note(&r, &found.digest.to_string()));
             }
         }
         digests.insert(r, d.map(|found| found.digest.to_string()));
@@ -702,7 +702,7 @@ impl eval::Housekeeping for TaskRunner<'_> {
                 }
                 if e.after > max && !*warned {
                     *warned = true;
-                    eprintln!(
+                    hoist::errln!(
                         "hoist eval: the store holds {} after eviction, above --max-store-size {}: the running and pending tasks need more (a smaller --jobs or --prefetch needs less)",
                         e.after, max
                     );

@@ -82,7 +82,7 @@ pub fn pull_axes(
 ) -> anyhow::Result<Vec<Pulled>> {
     let pulled = pull_quietly(global, store, refs, flags)?;
     for line in stored_notes(global, &pulled) {
-        eprintln!("{line}");
+        hoist::errln!("{line}");
     }
     Ok(pulled)
 }

@@ -351,7 +351,7 @@ pub fn main() -> ExitStatus {
         // Only reached when the stage name is not argv[1] (a global flag
         // before it): hoist itself never starts a stage so.
         Command::SandboxStage { .. } | Command::SandboxChroot { .. } | Command::SandboxProbe => {
-            eprintln!("error: internal stages are started by hoist itself, as `hoist STAGE ...` with nothing before STAGE");
+            hoist::errln!("error: internal stages are started by hoist itself, as `hoist STAGE ...` with nothing before STAGE");
             return ExitStatus::Usage;
         }
     };
@@ -480,7 +480,7 @@ fn sandbox_stage() -> Option<i32> {
         }
         _ => {
             let usage = format!("hoist {stage} {synopsis}");
-            eprintln!(
+            hoist::errln!(
                 "usage: {}\n(an internal stage, which hoist starts itself)",
                 usage.trim_end()
             );
@@ -525,7 +525,7 @@ fn report(e: &anyhow::Error) -> ExitStatus {
         return ExitStatus::Success;
     }
     for line in error_lines(e) {
-        eprintln!("{line}");
+        hoist::errln!("{line}");
     }
     exit_status_for(e)
 }

@@ -202,7 +202,7 @@ impl RunSpinner {
                     let l = l.clone();
                     Arc::new(move |line: &str| l.println(line))
                 }
-                None => Arc::new(|line: &str| eprintln!("{line}")),
+                None => Arc::new(|line: &str| hoist::errln!("{line}")),
             };
             Arc::new(Follow::new(sink))
         });
@@ -237,7 +237,7 @@ impl RunSpinner {
     pub fn note(&self, line: &str) {
         match &self.live {
             Some(l) => l.println(line),
-            None => eprintln!("{line}"),
+            None => hoist::errln!("{line}"),
         }
     }
 
@@ -439,7 +439,7 @@ impl LayerLine {
                     tracing::debug!(error = %e, "could not print above the progress line");
                 }
             }
-            None => eprintln!("{line}"),
+            None => hoist::errln!("{line}"),
         }
     }
 
@@ -611,7 +611,7 @@ impl EvalBoard {
             Board::Quiet => {}
             Board::Plain => {
                 if let Some(line) = event_line(e) {
-                    eprintln!("{line}");
+                    hoist::errln!("{line}");
                 }
             }
             Board::Live(live) => live.event(e),

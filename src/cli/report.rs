@@ -31,7 +31,7 @@ pub struct ReportArgs {
 pub fn run(global: &Global, args: &ReportArgs) -> anyhow::Result<ExitStatus> {
     let tasks = match hoist::eval::gather(&args.dirs, false) {
         Err(e @ hoist::eval::EvalError::Incomplete { .. }) if args.partial => {
-            eprintln!(
+            hoist::errln!(
                 "hoist report: {}",
                 e.to_string().split("; give").next().unwrap_or_default()
             );

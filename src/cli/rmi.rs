@@ -65,7 +65,7 @@ pub fn run(global: &Global, args: &RmiArgs) -> anyhow::Result<ExitStatus> {
         }
     }
     for r in &unknown {
-        eprintln!("error: {r}: image not known (`hoist images` lists the store's)");
+        hoist::errln!("error: {r}: image not known (`hoist images` lists the store's)");
     }
     Ok(if unknown.is_empty() {
         ExitStatus::Success

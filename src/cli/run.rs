@@ -206,7 +206,7 @@ pub fn run_cmd(global: &Global, args: &RunArgs) -> anyhow::Result<ExitStatus> {
         static_binary()?;
     }
     if args.lock_file.is_some() && !args.locked && !global.quiet {
-        eprintln!("warning: --lock-file is read only with --locked; this run does not check its images against it");
+        hoist::errln!("warning: --lock-file is read only with --locked; this run does not check its images against it");
     }
     let store = global.store()?;
     let out = OutDir::claim(&args.out, args.force)?;
@@ -470,7 +470,7 @@ pub fn print_result(
         print_verdict(result, isolation)?;
     } else if let Some(line) = infra_line(result, false) {
         // --quiet prints errors, and the run's infrastructure error is one.
-        eprintln!("error: {line}");
+        hoist::errln!("error: {line}");
     }
     Ok(if let Some(sig) = hoist::interrupt::pending() {
         ExitStatus::Interrupted(sig)

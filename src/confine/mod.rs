@@ -373,7 +373,7 @@ pub fn stage(args: &[OsString]) -> i32 {
     match err {
         Ok(never) => match never {},
         Err(e) => {
-            eprintln!("hoist: {e}");
+            crate::errln!("hoist: {e}");
             match &e {
                 ConfineError::Exec { source, .. } => exit_code_for(source),
                 _ => 126,

@@ -603,7 +603,7 @@ mod tests {
             rfs::makedev(1, 3),
         );
         if let Err(e) = made {
-            eprintln!("SKIPPED: mknod of a device node: {e} (needs root with CAP_MKNOD)");
+            crate::errln!("SKIPPED: mknod of a device node: {e} (needs root with CAP_MKNOD)");
             return;
         }
         let (tar, w) = c.changes(&snap);
@@ -715,7 +715,7 @@ mod tests {
     #[test]
     fn owners_are_carried() {
         if !is_root() {
-            eprintln!("SKIPPED: chown to uid 1000 needs root");
+            crate::errln!("SKIPPED: chown to uid 1000 needs root");
             return;
         }
         let c = Case::new();

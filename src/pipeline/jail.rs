@@ -118,7 +118,7 @@ pub fn jail_stage(args: &[std::ffi::OsString]) -> i32 {
     match err {
         Ok(never) => match never {},
         Err(e) => {
-            eprintln!("hoist: install jail: {e}");
+            crate::errln!("hoist: install jail: {e}");
             crate::confine::exit_code_for(&e)
         }
     }

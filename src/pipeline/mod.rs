@@ -147,7 +147,7 @@ pub fn task_exec(opts: &TaskExecOptions) -> Result<Written, TaskExecError> {
     sup.cleanup();
     if ctx.session == Session::Gateway {
         if let Err(e) = outcome {
-            eprintln!("task-exec: gateway session: {}", e.message);
+            crate::errln!("task-exec: gateway session: {}", e.message);
         }
         return Ok(Written::GatewayLog);
     }

@@ -1247,7 +1247,7 @@ mod tests {
             low.current = Some(n as u64 + 64);
             rustix::process::setrlimit(rustix::process::Resource::Nofile, low).unwrap();
         } else {
-            eprintln!("not under nextest: the descriptor limit is not lowered");
+            crate::errln!("not under nextest: the descriptor limit is not lowered");
         }
         let dest = File::open(&out).unwrap();
         let sources: Vec<(&Path, Form)> = layers

@@ -112,7 +112,7 @@ fn device_nodes(
             };
             if let Err(b) = bound {
                 // No logger in the sandbox stages: stderr is the run's log.
-                eprintln!("hoist sandbox: no /dev/{name}: mknod: {e}; bind: {b}");
+                crate::errln!("hoist sandbox: no /dev/{name}: mknod: {e}; bind: {b}");
             }
         }
     }
@@ -149,7 +149,7 @@ pub fn chroot_exec(rootfs: &Path, args: &[String]) -> i32 {
     match err {
         Ok(never) => match never {},
         Err(e) => {
-            eprintln!("hoist sandbox: {e}");
+            crate::errln!("hoist sandbox: {e}");
             1
         }
     }

@@ -334,7 +334,7 @@ fn probe_key(self_exe: &Path) -> Option<String> {
 /// of it works.
 pub fn probe_stage(userns: bool) -> i32 {
     if let Err(e) = ns::require_root() {
-        eprintln!("{e}");
+        crate::errln!("{e}");
         return 1;
     }
     if userns {
@@ -345,14 +345,14 @@ pub fn probe_stage(userns: bool) -> i32 {
             .and_then(|()| std::fs::write("/proc/self/uid_map", "0 0 1\n"))
             .and_then(|()| std::fs::write("/proc/self/gid_map", "0 0 1\n"));
         if let Err(e) = entered {
-            eprintln!("entering a user namespace: {e}");
+            crate::errln!("entering a user namespace: {e}");
             return 1;
         }
     }
     match ns::probe() {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("{e}");
+            crate::errln!("{e}");
             1
         }
     }
@@ -490,7 +490,7 @@ fn map_identity(child: &mut std::process::Child) -> Result<(), SandboxError> {
 pub fn sandbox_stage(config_path: &Path) -> i32 {
     // Ended with hoist, should hoist be killed outright.
     if let Err(e) = crate::confine::die_with_parent() {
-        eprintln!("hoist sandbox: PR_SET_PDEATHSIG: {e}");
+        crate::errln!("hoist sandbox: PR_SET_PDEATHSIG: {e}");
         return 1;
     }
     let cfg: SandboxConfig = match std::fs::read(config_path)
@@ -499,7 +499,7 @@ pub fn sandbox_stage(config_path: &Path) -> i32 {
     {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("hoist sandbox: cannot read {}: {e}", config_path.display());
+            crate::errln!("hoist sandbox: cannot read {}: {e}", config_path.display());
             return 1;
         }
     };
@@ -510,7 +510,7 @@ pub fn sandbox_stage(config_path: &Path) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("hoist sandbox: {e}");
+            crate::errln!("hoist sandbox: {e}");
             1
         }
     }

@@ -108,7 +108,7 @@ fn enter_new_netns() -> Result<(), SandboxError> {
 pub fn netns_holder_stage() -> i32 {
     use std::io::Write;
     if let Err(e) = sys::unshare(UnshareFlags::NEWUSER | UnshareFlags::NEWNET) {
-        eprintln!("hoist sandbox: unshare (user, network): {e}");
+        crate::errln!("hoist sandbox: unshare (user, network): {e}");
         return 1;
     }
     if std::io::stdout()
@@ -163,7 +163,9 @@ pub fn probe_proc(dir: &Path) -> i32 {
     // Anywhere else it would mount a procfs on DIR in the caller's mount
     // namespace, the host's when root runs it by hand.
     if !rustix::process::getpid().is_init() {
-        eprintln!("hoist: __sandbox-probe-proc runs only as PID 1 of the probe's pid namespace");
+        crate::errln!(
+            "hoist: __sandbox-probe-proc runs only as PID 1 of the probe's pid namespace"
+        );
         return 2;
     }
     let mounted = File::open(dir).map_err(io_err("probe dir")).and_then(|fd| {
@@ -179,7 +181,7 @@ pub fn probe_proc(dir: &Path) -> i32 {
     match mounted {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("{e}");
+            crate::errln!("{e}");
             1
         }
     }
