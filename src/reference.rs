@@ -57,7 +57,7 @@ pub enum ReferenceError {
     },
     #[error("invalid reference {reference:?}: an oci: reference needs a path")]
     LayoutPath { reference: String },
-    #[error("{reference:?}: hoist reads registries (HOST/REPO:TAG, or docker://HOST/REPO:TAG) and OCI layouts (oci:PATH:TAG), not {transport}: images; copy it into a layout first: skopeo copy {reference} oci:DIR:TAG")]
+    #[error("{reference:?}: hoist reads registries (HOST/REPO:TAG, or docker://HOST/REPO:TAG), OCI layouts (oci:PATH:TAG) and Dockerfiles (dockerfile:PATH), not {transport}: images; copy it into a layout first: skopeo copy {reference} oci:DIR:TAG")]
     Transport {
         reference: String,
         transport: String,
