@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use cache::{ensure_layer, ensure_subtree, Fidelity};
+pub use cache::{ensure_layer, ensure_layers, ensure_subtree, Fidelity};
 
 use crate::digest::Digest;
 use crate::pull::Pulled;
@@ -207,8 +207,7 @@ fn materialize_overlay(
     let b = axes.benchmark;
     let mut lowers = Vec::new();
     let mut not_reproduced = Fidelity::default();
-    for (desc, diff_id) in b.manifest.layers.iter().zip(&b.config.rootfs.diff_ids) {
-        let (dir, f) = ensure_layer(store, desc, diff_id)?;
+    for (dir, f) in ensure_layers(store, &b.manifest.layers, &b.config.rootfs.diff_ids)? {
         lowers.push(dir);
         not_reproduced.add(f);
     }
@@ -393,8 +392,7 @@ fn cached_sources(store: &Store, axes: &Axes<'_>) -> Result<CachedSources, Rootf
     let b = axes.benchmark;
     let mut fidelity = Fidelity::default();
     let mut layers = Vec::new();
-    for (desc, diff_id) in b.manifest.layers.iter().zip(&b.config.rootfs.diff_ids) {
-        let (dir, f) = ensure_layer(store, desc, diff_id)?;
+    for (dir, f) in ensure_layers(store, &b.manifest.layers, &b.config.rootfs.diff_ids)? {
         layers.push(dir);
         fidelity.add(f);
     }
