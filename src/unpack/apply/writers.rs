@@ -39,9 +39,10 @@ use crate::unpack::fsops;
 use crate::unpack::meta::Meta;
 use crate::unpack::{Fidelity, UnpackError};
 
-/// Writer threads per layer. Eight wrote the many-small-file `pyfix`
-/// layer fastest of 2, 4, 8 and 16 on this 2-core machine (see
-/// docs/rootfs.md), as they did for the copy rootfs.
+/// Writer threads per layer: as many as the copy rootfs uses
+/// (`rootfs::copy::WRITERS`, where 8 beat 1, 2, 4 and 16 on this 2-core
+/// machine). Not measured apart for the unpack, whose reader also needs a
+/// core for decompressing and hashing.
 pub(super) const WRITERS: usize = 8;
 
 /// Files up to this size go to a writer whole; larger ones are streamed
