@@ -96,30 +96,31 @@ pub fn child_dir(dir: BorrowedFd<'_>, name: &[u8], access: Access) -> Result<Own
 
 /// Open the file `name` (a plain name) in `dir` with `flags` (and `mode`,
 /// when they create it), never following a link: a symlink is `ELOOP`.
-/// For a file to read or to mount on; directories are [`open_dir`]'s.
+/// For a file to read, to write or to mount on; directories are
+/// [`open_dir`]'s.
 pub fn open_file(
     dir: BorrowedFd<'_>,
-    name: &str,
+    name: impl AsRef<[u8]>,
     flags: OFlags,
     mode: Mode,
 ) -> Result<OwnedFd, Errno> {
-    open_file_via(dir, name, flags, mode, true)
+    open_file_via(dir, name.as_ref(), flags, mode, true)
 }
 
 fn open_file_via(
     dir: BorrowedFd<'_>,
-    name: &str,
+    name: &[u8],
     flags: OFlags,
     mode: Mode,
     openat2: bool,
 ) -> Result<OwnedFd, Errno> {
-    if !is_plain(name.as_bytes()) {
+    if !is_plain(name) {
         return Err(Errno::INVAL);
     }
     let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     if openat2 && OPENAT2.load(Ordering::Relaxed) {
         let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-        match openat2_at(dir, name.as_bytes(), flags, mode, how) {
+        match openat2_at(dir, name, flags, mode, how) {
             Err(Errno::NOSYS) => {}
             r => return r,
         }
@@ -434,18 +435,18 @@ mod tests {
             std::fs::write(t.path().join("f"), b"x").unwrap();
             symlink(outside.path().join("made"), t.path().join("link")).unwrap();
             let rd = OFlags::RDONLY | OFlags::NONBLOCK;
-            assert!(open_file_via(r.as_fd(), "f", rd, Mode::empty(), openat2).is_ok());
+            assert!(open_file_via(r.as_fd(), b"f", rd, Mode::empty(), openat2).is_ok());
             let create = OFlags::CREATE | OFlags::RDONLY;
             let mode = Mode::from_raw_mode(0o644);
             assert_eq!(
-                open_file_via(r.as_fd(), "link", create, mode, openat2).unwrap_err(),
+                open_file_via(r.as_fd(), b"link", create, mode, openat2).unwrap_err(),
                 Errno::LOOP
             );
             assert!(!outside.path().join("made").exists());
-            open_file_via(r.as_fd(), "new", create, mode, openat2).unwrap();
+            open_file_via(r.as_fd(), b"new", create, mode, openat2).unwrap();
             assert!(t.path().join("new").is_file());
             assert_eq!(
-                open_file_via(r.as_fd(), "../x", rd, Mode::empty(), openat2).unwrap_err(),
+                open_file_via(r.as_fd(), b"../x", rd, Mode::empty(), openat2).unwrap_err(),
                 Errno::INVAL
             );
         }

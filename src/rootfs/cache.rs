@@ -200,6 +200,73 @@ pub fn ensure_layer(
     Ok((target, fidelity))
 }
 
+/// Layers unpacked at once by [`ensure_layers`]. Each has its own reader
+/// and writer threads; a few keep the disk busy while one layer's reader
+/// decompresses, and bound the memory (each unpack holds at most
+/// `unpack`'s bytes in flight).
+const LAYERS_AT_ONCE: usize = 3;
+
+/// What [`ensure_layer`] gives for one layer.
+type Ensured = Result<(PathBuf, Fidelity), RootfsError>;
+
+/// [`ensure_layer`] for each of `layers` (with its diff_id), up to
+/// [`LAYERS_AT_ONCE`] at a time: layers are independent until they are
+/// stacked. Results in the order given; the first layer's error (in that
+/// order) is returned once every started unpack has ended. `in_place` is
+/// called, from the unpacking thread, as each layer is in the cache.
+pub fn ensure_layers(
+    store: &Store,
+    layers: &[Descriptor],
+    diff_ids: &[Digest],
+    in_place: &(dyn Fn() + Sync),
+) -> Result<Vec<(PathBuf, Fidelity)>, RootfsError> {
+    let work: Vec<(&Descriptor, &Digest)> = layers.iter().zip(diff_ids).collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<Ensured>>> =
+        work.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let unpack = || loop {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some((desc, diff_id)) = work.get(i) else {
+            return;
+        };
+        let r = ensure_layer(store, desc, diff_id);
+        if r.is_ok() {
+            in_place();
+        }
+        // A poisoned slot means another unpacker panicked, which the
+        // scope re-raises when it joins.
+        if let Ok(mut slot) = results[i].lock() {
+            *slot = Some(r);
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 1..LAYERS_AT_ONCE.min(work.len()) {
+            // Fewer threads than asked is only slower: this one works too.
+            if std::thread::Builder::new()
+                .name("unpack-layer".into())
+                .spawn_scoped(s, unpack)
+                .is_err()
+            {
+                break;
+            }
+        }
+        unpack();
+    });
+    results
+        .into_iter()
+        .zip(&work)
+        .map(|(slot, (desc, _))| {
+            let taken = slot.into_inner().ok().flatten();
+            taken.unwrap_or_else(|| {
+                Err(RootfsError::Io {
+                    path: layer_entry(store, desc),
+                    source: std::io::Error::other("the layer's unpack did not finish"),
+                })
+            })
+        })
+        .collect()
+}
+
 /// Apply one layer blob from the store onto `dir`.
 pub(crate) fn apply_blob(
     store: &Store,

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use cache::{ensure_layer, ensure_subtree, Fidelity};
+pub use cache::{ensure_layer, ensure_layers, ensure_subtree, Fidelity};
 
 use crate::digest::Digest;
 use crate::pull::Pulled;
@@ -136,26 +136,27 @@ pub struct LayersDone {
 
 /// Counts the layers in place for a display; starts again when `auto`
 /// falls back from overlay to a copy.
+/// Layers are unpacked several at once: each steps it from its thread.
 struct Counter<'a> {
-    told: &'a dyn Fn(LayersDone),
-    done: std::cell::Cell<usize>,
+    told: &'a (dyn Fn(LayersDone) + Sync),
+    done: std::sync::atomic::AtomicUsize,
     total: usize,
 }
 
 impl Counter<'_> {
     fn restart(&self) {
-        self.done.set(0);
-        self.tell();
+        self.done.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.tell(0);
     }
 
     fn step(&self) {
-        self.done.set(self.done.get() + 1);
-        self.tell();
+        let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.tell(done);
     }
 
-    fn tell(&self) {
+    fn tell(&self, done: usize) {
         (self.told)(LayersDone {
-            done: self.done.get(),
+            done,
             total: self.total,
         });
     }
@@ -169,11 +170,11 @@ pub fn materialize_counting(
     out: &Path,
     mode: RootfsMode,
     keep: bool,
-    told: &dyn Fn(LayersDone),
+    told: &(dyn Fn(LayersDone) + Sync),
 ) -> Result<Materialized, RootfsError> {
     let count = Counter {
         told,
-        done: std::cell::Cell::new(0),
+        done: std::sync::atomic::AtomicUsize::new(0),
         total: axes.benchmark.manifest.layers.len() + axis_subtrees(axes).len(),
     };
     let count = &count;
@@ -265,11 +266,14 @@ fn materialize_overlay(
     let mut lowers = Vec::new();
     let mut not_reproduced = Fidelity::default();
     count.restart();
-    for (desc, diff_id) in b.manifest.layers.iter().zip(&b.config.rootfs.diff_ids) {
-        let (dir, f) = ensure_layer(store, desc, diff_id)?;
+    for (dir, f) in ensure_layers(
+        store,
+        &b.manifest.layers,
+        &b.config.rootfs.diff_ids,
+        &|| count.step(),
+    )? {
         lowers.push(dir);
         not_reproduced.add(f);
-        count.step();
     }
     // overlayfs wants the topmost layer first.
     lowers.reverse();
@@ -460,11 +464,14 @@ fn cached_sources(
     let b = axes.benchmark;
     let mut fidelity = Fidelity::default();
     let mut layers = Vec::new();
-    for (desc, diff_id) in b.manifest.layers.iter().zip(&b.config.rootfs.diff_ids) {
-        let (dir, f) = ensure_layer(store, desc, diff_id)?;
+    for (dir, f) in ensure_layers(
+        store,
+        &b.manifest.layers,
+        &b.config.rootfs.diff_ids,
+        &|| count.step(),
+    )? {
         layers.push(dir);
         fidelity.add(f);
-        count.step();
     }
     layers.reverse();
     let mut subtrees = Vec::new();

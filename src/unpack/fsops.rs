@@ -15,6 +15,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use rustix::fs::{self as rfs, AtFlags, Dir, FileType, Mode, OFlags, Stat, XattrFlags};
 use rustix::io::Errno;
@@ -28,6 +29,9 @@ pub(crate) struct Root<'a> {
     /// The last directory opened: layers list siblings together, so most
     /// entries reuse it. Dropped whenever anything is removed.
     cache: RefCell<Option<(Vec<u8>, Rc<OwnedFd>)>>,
+    /// The same, for handles shared with other threads (the unpack's
+    /// writers).
+    shared: RefCell<Option<(Vec<u8>, Arc<OwnedFd>)>>,
 }
 
 impl<'a> Root<'a> {
@@ -35,12 +39,14 @@ impl<'a> Root<'a> {
         Root {
             fd,
             cache: RefCell::new(None),
+            shared: RefCell::new(None),
         }
     }
 
     /// Forgets the cached directory; call after removing anything.
     pub(crate) fn forget(&self) {
         self.cache.borrow_mut().take();
+        self.shared.borrow_mut().take();
     }
 
     /// Opens the directory at `comps` (an `O_PATH` handle), creating missing
@@ -58,6 +64,23 @@ impl<'a> Root<'a> {
         }
         let fd = Rc::new(beneath::open_dir(self.fd, comps, create, Access::Path)?);
         *self.cache.borrow_mut() = Some((key, fd.clone()));
+        Ok(fd)
+    }
+
+    /// [`Self::open_dir`], as a handle other threads may hold.
+    pub(crate) fn open_dir_shared(
+        &self,
+        comps: &[Vec<u8>],
+        create: bool,
+    ) -> Result<Arc<OwnedFd>, DirError> {
+        let key = comps.join(&b'/');
+        if let Some((k, fd)) = self.shared.borrow().as_ref() {
+            if *k == key {
+                return Ok(fd.clone());
+            }
+        }
+        let fd = Arc::new(beneath::open_dir(self.fd, comps, create, Access::Path)?);
+        *self.shared.borrow_mut() = Some((key, fd.clone()));
         Ok(fd)
     }
 

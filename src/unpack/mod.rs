@@ -127,6 +127,10 @@ pub struct ApplyOptions {
     /// it. The rest of the stream is still read and hashed. A hardlink from
     /// inside to a file outside the subtree then fails, naming the entry.
     pub subtree: Option<String>,
+    /// Write every file on the calling thread, in stream order, instead of
+    /// handing small files to writer threads. The tree is the same either
+    /// way; this is the reference the parallel unpack is tested against.
+    pub single_writer: bool,
 }
 
 /// What applying a layer found and did.

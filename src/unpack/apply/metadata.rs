@@ -3,24 +3,35 @@
 use rustix::fs::{self as rfs, AtFlags, Mode, XattrFlags};
 use rustix::io::Errno;
 
-use super::{err_name, errno, Applier, Handle, Kind};
+use super::{err_name, errno, Applier, Handle, Kind, Powers};
 use crate::unpack::fsops;
 use crate::unpack::meta::Meta;
-use crate::unpack::UnpackError;
+use crate::unpack::{Fidelity, UnpackError};
 
-impl Applier<'_> {
+/// Sets what an entry's header says on what the entry created: the
+/// reader thread and every writer thread hold one (it is plain data), and
+/// each counts what it could not reproduce in its own [`Fidelity`].
+#[derive(Clone, Copy, Debug)]
+pub(super) struct MetaSetter {
+    pub powers: Powers,
+    /// This process's effective uid and gid.
+    pub ids: (u32, u32),
+}
+
+impl MetaSetter {
     /// Owner, then mode (chown clears setuid/setgid), then xattrs (chown also
     /// clears `security.capability`), then times. Directory modes and times
     /// wait until the end, so later children neither change the mtime nor
     /// meet a read-only directory.
-    pub(super) fn set_meta(
-        &mut self,
+    pub(super) fn set(
+        &self,
         name: &str,
         h: Handle<'_>,
         kind: Kind,
         meta: &Meta,
+        fidelity: &mut Fidelity,
     ) -> Result<(), UnpackError> {
-        self.set_owner(name, &h, meta)?;
+        self.set_owner(name, &h, meta, fidelity)?;
         let mode = Mode::from_raw_mode(meta.mode);
         match (&h, kind) {
             (_, Kind::Symlink) | (_, Kind::Dir) => Ok(()),
@@ -48,7 +59,7 @@ impl Applier<'_> {
                         Some(Errno::NOTSUP) | Some(Errno::PERM)
                     ) =>
                 {
-                    self.counts.not_reproduced.xattrs_not_set += 1;
+                    fidelity.xattrs_not_set += 1;
                 }
                 Err(e) => return Err(UnpackError::io(name, "set xattr", e)),
             }
@@ -64,10 +75,16 @@ impl Applier<'_> {
         .map_err(|e| UnpackError::io(name, "set times", e))
     }
 
-    fn set_owner(&mut self, name: &str, h: &Handle<'_>, meta: &Meta) -> Result<(), UnpackError> {
+    fn set_owner(
+        &self,
+        name: &str,
+        h: &Handle<'_>,
+        meta: &Meta,
+        fidelity: &mut Fidelity,
+    ) -> Result<(), UnpackError> {
         if !self.powers.chown {
             if (meta.uid, meta.gid) != self.ids {
-                self.counts.not_reproduced.ownership_not_reproduced += 1;
+                fidelity.ownership_not_reproduced += 1;
                 self.record_owner(h, meta);
             } else {
                 forget_owner(h);
@@ -89,7 +106,7 @@ impl Applier<'_> {
             // In a user namespace, an id it does not map: keep what can be
             // kept (the uid or the gid alone), count the entry.
             Err(Errno::INVAL) if self.powers.in_user_namespace() => {
-                self.counts.not_reproduced.ownership_not_reproduced += 1;
+                fidelity.ownership_not_reproduced += 1;
                 let _ = chown(uid, None).or_else(|_| chown(None, gid)); // best effort
                 self.record_owner(h, meta);
                 Ok(())
@@ -102,7 +119,7 @@ impl Applier<'_> {
     /// [`crate::unpack::OWNER_XATTR`], so `hoist tree-digest` reports
     /// the image's tree. Best effort: symlinks cannot carry `user.*`
     /// xattrs, and the entry is counted as not reproduced either way.
-    fn record_owner(&mut self, h: &Handle<'_>, meta: &Meta) {
+    fn record_owner(&self, h: &Handle<'_>, meta: &Meta) {
         let key = crate::unpack::OWNER_XATTR.as_bytes();
         let value = format!("{}:{}", meta.uid, meta.gid);
         let _ = match h {
@@ -111,6 +128,20 @@ impl Applier<'_> {
             }
             Handle::At(dir, last) => fsops::set_xattr_at(*dir, last, key, value.as_bytes()),
         };
+    }
+}
+
+impl Applier<'_> {
+    /// [`MetaSetter::set`] on the reader thread, counted in the layer's stats.
+    pub(super) fn set_meta(
+        &mut self,
+        name: &str,
+        h: Handle<'_>,
+        kind: Kind,
+        meta: &Meta,
+    ) -> Result<(), UnpackError> {
+        let fidelity = &mut self.counts.not_reproduced;
+        self.setter.set(name, h, kind, meta, fidelity)
     }
 
     /// Directory modes and times, once every child is in place.

@@ -5,13 +5,19 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 mod metadata;
 mod whiteout;
+mod writers;
 
+use metadata::MetaSetter;
+use writers::{Job, Outcome, Pool};
+
+use crate::beneath;
 use crate::unpack::fsops::{self, DirError, Root};
 use crate::unpack::meta::{read_meta, Meta, TimesOf};
 use crate::unpack::path::{classify, normalize, EntryPath, PathProblem, Role};
@@ -87,7 +93,10 @@ pub(crate) struct Applier<'a> {
     root: Root<'a>,
     overlay: bool,
     powers: Powers,
-    ids: (u32, u32),
+    setter: MetaSetter,
+    /// The writer threads, while [`Self::run`] runs (none if the system
+    /// would not start any: the reader then writes every file).
+    pool: Option<Pool>,
     state: Rc<TapState>,
     /// Tree mode: every path this layer wrote, and all their ancestors. A
     /// whiteout or opaque marker hides only what lower layers put there
@@ -100,6 +109,7 @@ pub(crate) struct Applier<'a> {
     buf: Vec<u8>,
     /// Only entries on the way to or inside this subtree are applied.
     subtree: Option<Vec<Vec<u8>>>,
+    single_writer: bool,
     pub counts: Counts,
 }
 
@@ -122,10 +132,14 @@ impl<'a> Applier<'a> {
             root: Root::new(target),
             overlay: opts.mode == OutputMode::OverlayLayer,
             powers,
-            ids: (
-                rustix::process::geteuid().as_raw(),
-                rustix::process::getegid().as_raw(),
-            ),
+            setter: MetaSetter {
+                powers,
+                ids: (
+                    rustix::process::geteuid().as_raw(),
+                    rustix::process::getegid().as_raw(),
+                ),
+            },
+            pool: None,
             state,
             written: HashSet::new(),
             whited_out: HashSet::new(),
@@ -137,22 +151,110 @@ impl<'a> Applier<'a> {
                     .map(|c| c.as_bytes().to_vec())
                     .collect()
             }),
+            single_writer: opts.single_writer,
             counts: Counts::default(),
         }
     }
 
-    /// Applies every entry of `archive`, then the deferred directory modes
-    /// and times.
+    /// Applies every entry of `archive`, small files by the writer
+    /// threads, then the deferred directory modes and times once every
+    /// file is written.
     pub(crate) fn run<R: Read>(
         &mut self,
         archive: &mut tar::Archive<R>,
     ) -> Result<(), UnpackError> {
-        let applied = self.entries(archive);
-        // Even when an entry failed, leave the directories written so far
-        // with their declared modes rather than the 0700 they were made
-        // with; the entry's error is the one worth reporting.
-        let finished = self.finish_dirs();
-        applied.and(finished)
+        std::thread::scope(|scope| {
+            if !self.single_writer {
+                self.pool = Pool::start(scope, self.setter);
+            }
+            let applied = self.entries(archive).and_then(|()| self.settle_all());
+            if applied.is_err() {
+                self.abandon();
+            }
+            // Closes the queues: the writers end, and the scope joins them.
+            self.pool = None;
+            // Even when an entry failed, leave the directories written so
+            // far with their declared modes rather than the 0700 they were
+            // made with; the entry's error is the one worth reporting.
+            let finished = self.finish_dirs();
+            applied.and(finished)
+        })
+    }
+
+    // ---- the writers ------------------------------------------------------
+
+    /// Waits until no file handed to a writer is at `comps`, above it or
+    /// beneath it: what the reader does there next then finds the tree as
+    /// one writer would have left it.
+    fn settle(&mut self, comps: &[Vec<u8>]) -> Result<(), UnpackError> {
+        while self.pool.as_ref().is_some_and(|p| p.in_the_way(comps)) {
+            self.complete_one()?;
+        }
+        Ok(())
+    }
+
+    fn settle_all(&mut self) -> Result<(), UnpackError> {
+        while self.pool.as_ref().is_some_and(|p| !p.idle()) {
+            self.complete_one()?;
+        }
+        Ok(())
+    }
+
+    /// Takes the next finished job; a writer's error stops the unpack.
+    fn complete_one(&mut self) -> Result<(), UnpackError> {
+        let Some(pool) = self.pool.as_mut() else {
+            return Ok(());
+        };
+        match pool.recv()? {
+            Outcome::Written(f) => {
+                self.counts.not_reproduced.add(f);
+                Ok(())
+            }
+            Outcome::Occupied(job) => self.write_job(job),
+            Outcome::Failed(e) => Err(e),
+        }
+    }
+
+    /// After an error: lets the writers finish what they hold, so nothing
+    /// writes into the tree once [`Self::run`] returns. The first error is
+    /// the one reported; these jobs' are dropped with the layer.
+    fn abandon(&mut self) {
+        while let Some(pool) = self.pool.as_mut().filter(|p| !p.idle()) {
+            if pool.recv().is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Writes a job on the reader thread: when no writer could be started,
+    /// or a writer found a directory in the way.
+    fn write_job(&mut self, job: Job) -> Result<(), UnpackError> {
+        let file = self.create_file(&job.name, job.parent.as_fd(), &job.last)?;
+        let fidelity = &mut self.counts.not_reproduced;
+        writers::fill(&file, &job, &self.setter, fidelity)
+    }
+
+    /// A new regular file `last` in `parent`, replacing what is there.
+    /// Created first and lstat'ed only if that fails: most names are new.
+    fn create_file(
+        &self,
+        name: &str,
+        parent: BorrowedFd<'_>,
+        last: &[u8],
+    ) -> Result<File, UnpackError> {
+        let create = || {
+            let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL;
+            beneath::open_file(parent, last, flags, Mode::from_raw_mode(0o600))
+        };
+        let fd = match create() {
+            Err(Errno::EXIST) => {
+                self.make_room(name, parent, last, false)?;
+                create()
+            }
+            r => r,
+        }
+        .map_err(|e| UnpackError::io(name, "create file", e))?;
+        Ok(File::from(fd))
     }
 
     fn entries<R: Read>(&mut self, archive: &mut tar::Archive<R>) -> Result<(), UnpackError> {
@@ -199,6 +301,12 @@ impl<'a> Applier<'a> {
         let is_dir = ty == b'5';
         if !self.wanted(&role, &path) {
             return Ok(());
+        }
+        match &role {
+            Role::Whiteout { target } => self.settle(target.components())?,
+            Role::Opaque { dir } => self.settle(dir.components())?,
+            Role::Plain => self.settle(path.components())?,
+            Role::AufsMeta => {}
         }
         match role {
             Role::AufsMeta => Ok(()),
@@ -296,9 +404,9 @@ impl<'a> Applier<'a> {
     }
 
     /// The parent directory of a new entry, created (0755) if missing.
-    fn parent(&self, name: &str, comps: &[Vec<u8>]) -> Result<Rc<OwnedFd>, UnpackError> {
+    fn parent(&self, name: &str, comps: &[Vec<u8>]) -> Result<Arc<OwnedFd>, UnpackError> {
         self.root
-            .open_dir(comps, true)
+            .open_dir_shared(comps, true)
             .map_err(|e| self.dir_error(name, comps, e))
     }
 
@@ -367,12 +475,26 @@ impl<'a> Applier<'a> {
     ) -> Result<(), UnpackError> {
         let (pc, last) = split(path);
         let parent = self.parent(name, pc)?;
-        self.make_room(name, parent.as_fd(), last, false)?;
-        let flags =
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rfs::openat(&*parent, last, flags, Mode::from_raw_mode(0o600))
-            .map_err(|e| UnpackError::io(name, "create file", e))?;
-        let mut file = File::from(fd);
+        if self.pool.is_some() && entry.size() <= writers::SMALL_FILE {
+            let data = self.read_whole(entry, name)?;
+            while self.pool.as_ref().is_some_and(|p| p.full(data.len())) {
+                self.complete_one()?;
+            }
+            self.mark_written(path);
+            let job = Job {
+                key: path.key(),
+                name: name.to_string(),
+                parent,
+                last: last.to_vec(),
+                data,
+                meta: meta.clone(),
+            };
+            return match self.pool.as_mut() {
+                Some(pool) => pool.send(job),
+                None => self.write_job(job),
+            };
+        }
+        let mut file = self.create_file(name, parent.as_fd(), last)?;
         self.mark_written(path);
         let expected = entry.size();
         let mut found = 0u64;
@@ -398,16 +520,57 @@ impl<'a> Applier<'a> {
         self.set_meta(name, Handle::File(&file), Kind::File, meta)
     }
 
+    /// A small file's data, whole, for a writer. What the header does not
+    /// declare is counted, not kept, so memory stays bounded by the size
+    /// that chose this path.
+    fn read_whole<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        name: &str,
+    ) -> Result<Vec<u8>, UnpackError> {
+        let expected = entry.size();
+        // At most SMALL_FILE: the caller checked.
+        let mut data = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
+        let mut found = 0u64;
+        loop {
+            let n = match entry.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.state.read_error(name, e)),
+            };
+            self.state.add_written(n as u64)?;
+            found += n as u64;
+            if found <= expected {
+                data.extend_from_slice(&self.buf[..n]);
+            }
+        }
+        if found != expected {
+            return Err(UnpackError::Truncated {
+                entry: name.to_string(),
+                expected,
+                found,
+            });
+        }
+        Ok(data)
+    }
+
     fn dir(&mut self, name: &str, path: &EntryPath, meta: &Meta) -> Result<(), UnpackError> {
         let key = path.key();
-        let (fd, last): (Rc<OwnedFd>, &[u8]) = match path.split_last() {
+        let (fd, last): (Arc<OwnedFd>, &[u8]) = match path.split_last() {
             None => (self.parent(name, &[])?, b"."),
             Some((pc, last)) => {
                 let parent = self.parent(name, pc)?;
-                if !self.make_room(name, parent.as_fd(), last, true)? {
-                    rfs::mkdirat(&*parent, last, Mode::from_raw_mode(0o700))
-                        .map_err(|e| UnpackError::io(name, "mkdir", e))?;
+                // Made first, looked at only if that fails: most are new.
+                let mkdir = || rfs::mkdirat(&*parent, last, Mode::from_raw_mode(0o700));
+                match mkdir() {
+                    Err(Errno::EXIST) if !self.make_room(name, parent.as_fd(), last, true)? => {
+                        mkdir()
+                    }
+                    Err(Errno::EXIST) => Ok(()),
+                    r => r,
                 }
+                .map_err(|e| UnpackError::io(name, "mkdir", e))?;
                 (parent, last)
             }
         };
@@ -435,9 +598,16 @@ impl<'a> Applier<'a> {
     ) -> Result<(), UnpackError> {
         let (pc, last) = split(path);
         let parent = self.parent(name, pc)?;
-        self.make_room(name, parent.as_fd(), last, false)?;
         // The target is data: it is stored as given and never resolved.
-        rfs::symlinkat(target, &*parent, last).map_err(|e| UnpackError::io(name, "symlink", e))?;
+        let symlink = || rfs::symlinkat(target, &*parent, last);
+        match symlink() {
+            Err(Errno::EXIST) => {
+                self.make_room(name, parent.as_fd(), last, false)?;
+                symlink()
+            }
+            r => r,
+        }
+        .map_err(|e| UnpackError::io(name, "symlink", e))?;
         self.mark_written(path);
         self.set_meta(name, Handle::At(parent.as_fd(), last), Kind::Symlink, meta)
     }
@@ -466,6 +636,8 @@ impl<'a> Applier<'a> {
         let Some((tpc, tlast)) = tpath.split_last() else {
             return Err(bad("the target is the root directory"));
         };
+        // The target may be a file a writer is making.
+        self.settle(tpath.components())?;
         let tparent = match self.root.open_dir(tpc, false) {
             Ok(fd) => fd,
             Err(DirError::Missing) | Err(DirError::NotDir(_)) => {
@@ -532,8 +704,15 @@ impl<'a> Applier<'a> {
         };
         let (pc, last) = split(path);
         let parent = self.parent(name, pc)?;
-        self.make_room(name, parent.as_fd(), last, false)?;
-        match rfs::mknodat(&*parent, last, ft, Mode::from_raw_mode(0o600), dev) {
+        let mknod = || rfs::mknodat(&*parent, last, ft, Mode::from_raw_mode(0o600), dev);
+        let made = match mknod() {
+            Err(Errno::EXIST) => {
+                self.make_room(name, parent.as_fd(), last, false)?;
+                mknod()
+            }
+            r => r,
+        };
+        match made {
             Ok(()) => {}
             // Devices need CAP_MKNOD; unprivileged, Docker (in a user
             // namespace) skips them too. Recorded, not silent.
