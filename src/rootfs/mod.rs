@@ -262,28 +262,13 @@ fn materialize_overlay(
     keep: bool,
     count: &Counter<'_>,
 ) -> Result<Materialized, RootfsError> {
-    let b = axes.benchmark;
-    let mut lowers = Vec::new();
-    let mut not_reproduced = Fidelity::default();
     count.restart();
-    for (dir, f) in ensure_layers(
-        store,
-        &b.manifest.layers,
-        &b.config.rootfs.diff_ids,
-        &|| count.step(),
-    )? {
-        lowers.push(dir);
-        not_reproduced.add(f);
-    }
-    // overlayfs wants the topmost layer first.
-    lowers.reverse();
-    let mut subtrees = Vec::new();
-    for (img, path) in axis_subtrees(axes) {
-        let (dir, f) = ensure_subtree(store, img, path)?;
-        subtrees.push((dir, path));
-        not_reproduced.add(f);
-        count.step();
-    }
+    // Topmost layer first, as overlayfs wants them.
+    let CachedSources {
+        layers: lowers,
+        subtrees,
+        fidelity: not_reproduced,
+    } = cached_sources(store, axes, count)?;
     // Root of a user namespace may mount overlays only with `userxattr`,
     // reading the user.overlay.* markers its layer cache was written with.
     let userxattr = !crate::userns::in_initial_namespace();
@@ -447,8 +432,9 @@ fn materialize_copy(
     })
 }
 
-/// The cached layers (unpacked now where missing) and axis subtrees a
-/// copy is made from, and what their unpacking could not reproduce.
+/// The cached layers (unpacked now where missing) and axis subtrees an
+/// overlay stacks or a copy is made from, and what their unpacking could
+/// not reproduce.
 struct CachedSources {
     /// Topmost first.
     layers: Vec<PathBuf>,
