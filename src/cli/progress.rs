@@ -499,9 +499,17 @@ pub fn event_line(e: &Event<'_>) -> Option<String> {
             Some(format!("{}: attempt {attempt}", task.id))
         }
         Event::Started { .. } => None,
-        Event::Retrying { task, after, why } => Some(format!(
-            "{}: infrastructure error ({why}); again in {:.1} s",
+        Event::Retrying {
+            task,
+            after,
+            stage,
+            why,
+        } => Some(format!(
+            "{}: infrastructure error{} ({why}); again in {:.1} s",
             task.id,
+            stage
+                .map(|s| format!(" at {}", stage_name(s)))
+                .unwrap_or_default(),
             after.as_secs_f64()
         )),
         Event::Ended {
@@ -833,11 +841,12 @@ mod tests {
         let retry = event_line(&Event::Retrying {
             task: &t,
             after: Duration::from_millis(2500),
+            stage: Some(Stage::Pull),
             why: "no space left".into(),
         });
         assert_eq!(
             retry.as_deref(),
-            Some("ini-quoted-values: infrastructure error (no space left); again in 2.5 s")
+            Some("ini-quoted-values: infrastructure error at pull (no space left); again in 2.5 s")
         );
     }
 
@@ -915,6 +924,7 @@ mod tests {
         board.event(&Event::Retrying {
             task: &a,
             after: Duration::from_secs(1),
+            stage: None,
             why: "x".into(),
         });
         assert_eq!(line("a").unwrap().message(), "backoff");

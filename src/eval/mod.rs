@@ -681,6 +681,7 @@ fn run_one(
         note(Event::Retrying {
             task,
             after: pause,
+            stage: result.infra_error.as_ref().map(|e| e.stage),
             why: result
                 .infra_error
                 .as_ref()
@@ -713,6 +714,8 @@ pub enum Event<'a> {
     Retrying {
         task: &'a PlannedTask,
         after: Duration,
+        /// Where the infrastructure error happened.
+        stage: Option<crate::result::Stage>,
         why: String,
     },
     Ended {
