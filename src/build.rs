@@ -26,6 +26,9 @@ use crate::treedigest::{read_dir_tree, TreeError};
 
 pub const PREFIX: &str = "dockerfile:";
 /// The store entry's annotation that records the build inputs' digest.
+/// How a build's scratch directory under the store's `ingest/` starts.
+pub const SCRATCH_PREFIX: &str = "build-";
+
 pub const INPUTS_ANNOTATION: &str = "io.github.hoist.build-inputs";
 /// `buildah` or `docker`: the builder to use, when not the first found.
 pub const BUILDER_VAR: &str = "HOIST_BUILDER";
@@ -463,10 +466,16 @@ async fn build_and_import(
 ) -> Result<Pulled, BuildError> {
     let given = r.to_string();
     let builder = Builder::find(&given)?;
+    // Held while the scratch directory exists: `hoist gc`, which takes it
+    // exclusively, removes only the scratch of builds that were killed.
+    let _gc = {
+        let store = store.clone();
+        blocking(move || Ok(store.gc_lock_shared().map_err(PullError::from)?)).await?
+    };
     // The builder's storage and the layout live only for this build; the
     // store's own directory keeps them on the store's filesystem.
     let scratch = tempfile::Builder::new()
-        .prefix("build-")
+        .prefix(SCRATCH_PREFIX)
         .tempdir_in(store.ingest_dir())
         .map_err(|source| BuildError::Path {
             reference: given.clone(),

@@ -421,3 +421,22 @@ fn a_failed_build_names_the_reference_and_the_builder() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A build killed midway leaves its scratch directory; `hoist gc` removes
+/// it (no build can be running then: each holds the gc lock shared).
+#[test]
+fn gc_removes_what_a_killed_build_left() {
+    let own = tempfile::tempdir().unwrap();
+    let store = own.path().join("store");
+    ok(hoist(&store).arg("images"));
+    let left = store.join("ingest/build-killed");
+    std::fs::create_dir_all(left.join("vfs/dir")).unwrap();
+    std::fs::write(left.join("vfs/dir/layer.tar"), "half a layer").unwrap();
+    // A partial download beside it is resumable: it stays.
+    std::fs::write(store.join("ingest/partial"), "resumable").unwrap();
+    let o = ok(hoist(&store).args(["--json", "gc"]));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["builds"], 1, "{report}");
+    assert!(!left.exists(), "{} is left", left.display());
+    assert!(store.join("ingest/partial").exists());
+}

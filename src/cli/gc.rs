@@ -42,6 +42,12 @@ pub fn run(global: &Global, args: &GcArgs) -> anyhow::Result<ExitStatus> {
             report.blobs,
             report.bytes
         )?;
+        if report.builds > 0 {
+            outln!(
+                "removed {} scratch directories of cut-off dockerfile: builds",
+                report.builds
+            )?;
+        }
         if let Some((removed, kept)) = &docker {
             outln!(
                 "removed {} combination images from Docker{}",

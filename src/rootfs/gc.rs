@@ -200,6 +200,8 @@ pub fn reap_dead_runs(store: &Store) -> usize {
 #[derive(Debug, Default, Serialize)]
 pub struct GcReport {
     pub runs: usize,
+    /// Scratch directories of `dockerfile:` builds that were cut off.
+    pub builds: usize,
     pub layers: usize,
     pub subtrees: usize,
     pub blobs: usize,
@@ -218,10 +220,32 @@ pub fn gc(store: &Store) -> Result<GcReport, RootfsError> {
         })?;
     let mut report = GcReport {
         runs: reap_dead_runs(store),
+        builds: sweep_builds(store),
         ..Default::default()
     };
     sweep_unreferenced(store, &mut report, &mut |_| {})?;
     Ok(report)
+}
+
+/// With the gc lock held exclusively: remove the scratch directories
+/// (`ingest/build-*`) of `dockerfile:` builds. A build holds the lock
+/// shared while its directory exists, so any found now belongs to a build
+/// that was killed. Best effort: a directory that will not go (a rootless
+/// builder's subordinate-id files) is left for root, and said so.
+fn sweep_builds(store: &Store) -> usize {
+    let mut removed = 0;
+    for (name, path) in list(&store.root().join("ingest")) {
+        if !name.starts_with(crate::build::SCRATCH_PREFIX) {
+            continue;
+        }
+        match fs::remove_dir_all(&path) {
+            Ok(()) => removed += 1,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "could not remove a cut-off build's scratch directory")
+            }
+        }
+    }
+    removed
 }
 
 /// With the gc lock held: remove every blob, unpacked layer and subtree
