@@ -496,6 +496,22 @@ impl<'a> Applier<'a> {
         }
         let mut file = self.create_file(name, parent.as_fd(), last)?;
         self.mark_written(path);
+        self.read_data(entry, name, &mut |chunk| {
+            file.write_all(chunk)
+                .map_err(|e| UnpackError::io(name, "write file", e))
+        })?;
+        self.set_meta(name, Handle::File(&file), Kind::File, meta)
+    }
+
+    /// Read an entry's data to its end, handing each chunk to `sink` and
+    /// counting it against the layer's limit; the data must be what the
+    /// header declared.
+    fn read_data<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        name: &str,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), UnpackError>,
+    ) -> Result<(), UnpackError> {
         let expected = entry.size();
         let mut found = 0u64;
         loop {
@@ -506,8 +522,7 @@ impl<'a> Applier<'a> {
                 Err(e) => return Err(self.state.read_error(name, e)),
             };
             self.state.add_written(n as u64)?;
-            file.write_all(&self.buf[..n])
-                .map_err(|e| UnpackError::io(name, "write file", e))?;
+            sink(&self.buf[..n])?;
             found += n as u64;
         }
         if found != expected {
@@ -517,7 +532,7 @@ impl<'a> Applier<'a> {
                 found,
             });
         }
-        self.set_meta(name, Handle::File(&file), Kind::File, meta)
+        Ok(())
     }
 
     /// A small file's data, whole, for a writer. What the header does not
@@ -531,27 +546,14 @@ impl<'a> Applier<'a> {
         let expected = entry.size();
         // At most SMALL_FILE: the caller checked.
         let mut data = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
-        let mut found = 0u64;
-        loop {
-            let n = match entry.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.state.read_error(name, e)),
-            };
-            self.state.add_written(n as u64)?;
-            found += n as u64;
-            if found <= expected {
-                data.extend_from_slice(&self.buf[..n]);
-            }
-        }
-        if found != expected {
-            return Err(UnpackError::Truncated {
-                entry: name.to_string(),
-                expected,
-                found,
-            });
-        }
+        self.read_data(entry, name, &mut |chunk| {
+            // Past what was declared is an error once read; not kept.
+            let room = usize::try_from(expected)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(data.len());
+            data.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            Ok(())
+        })?;
         Ok(data)
     }
 
