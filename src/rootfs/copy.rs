@@ -101,16 +101,24 @@ impl CopyError {
     }
 }
 
-fn fail(comps: &[Vec<u8>], name: &[u8], op: &'static str) -> impl FnOnce(io::Error) -> CopyError {
-    let mut path = comps.join(&b'/');
-    if !name.is_empty() && name != b"." {
-        if !path.is_empty() {
-            path.push(b'/');
+/// The error of `op` at `name` in `comps`. The path is built only if
+/// there is an error: this is asked for at every syscall of every entry.
+fn fail<'c>(
+    comps: &'c [Vec<u8>],
+    name: &'c [u8],
+    op: &'static str,
+) -> impl FnOnce(io::Error) -> CopyError + 'c {
+    move |source| {
+        let mut path = comps.join(&b'/');
+        if !name.is_empty() && name != b"." {
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(name);
         }
-        path.extend_from_slice(name);
+        let path = String::from_utf8_lossy(&path).into_owned();
+        CopyError { path, op, source }
     }
-    let path = String::from_utf8_lossy(&path).into_owned();
-    move |source| CopyError { path, op, source }
 }
 
 // ---------------------------------------------------------------- union
