@@ -10,8 +10,9 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use sha2::{Digest as _, Sha256};
 
@@ -221,6 +222,7 @@ enum View {
 fn walk(root: &Path, view: View) -> Result<Tree, TreeError> {
     let mut tree = Tree::default();
     let mut inodes: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    let mut files = Vec::new();
     let mut stack = vec![(root.to_path_buf(), Vec::new())];
     while let Some((dir, rel)) = stack.pop() {
         let io_err = |path: &Path| {
@@ -250,10 +252,17 @@ fn walk(root: &Path, view: View) -> Result<Tree, TreeError> {
                     tree.links.insert(key.clone(), first.clone());
                 }
             }
-            if entry.kind == Kind::Dir {
-                stack.push((path, key.clone()));
+            match entry.kind {
+                Kind::Dir => stack.push((path, key.clone())),
+                Kind::File => files.push((key.clone(), path)),
+                _ => {}
             }
             tree.entries.insert(key, entry);
+        }
+    }
+    for (key, content) in hash_files(files)? {
+        if let Some(e) = tree.entries.get_mut(&key) {
+            e.content = Some(content);
         }
     }
     // A hardlink group is named by its smallest path, whatever order the
@@ -319,10 +328,8 @@ fn read_entry(path: &Path, meta: &fs::Metadata, view: View) -> io::Result<Entry>
         }
     }
     match kind {
-        Kind::File => {
-            e.size = meta.len();
-            e.content = Some(hash_file(path)?);
-        }
+        // Its content is hashed by `hash_files`, with the others'.
+        Kind::File => e.size = meta.len(),
         Kind::Symlink => e.link = Some(fs::read_link(path)?.as_os_str().as_bytes().to_vec()),
         Kind::Char | Kind::Block => {
             let dev = meta.rdev();
@@ -333,12 +340,69 @@ fn read_entry(path: &Path, meta: &fs::Metadata, view: View) -> io::Result<Entry>
     Ok(e)
 }
 
-fn hash_file(path: &Path) -> io::Result<String> {
-    let mut f = fs::File::open(path)?;
+/// Threads reading files for [`hash_files`]. A tree is mostly small files,
+/// whose time is in opening and reading them, not in hashing: four at once
+/// keep a disk busy where one leaves it waiting.
+const READERS: usize = 4;
+
+/// The sha256 hex of each `(key, path)`'s content, read by [`READERS`]
+/// threads, each with one buffer for all its files.
+fn hash_files(files: Vec<(Vec<u8>, PathBuf)>) -> Result<Vec<(Vec<u8>, String)>, TreeError> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let reader = || -> Result<Vec<(usize, String)>, TreeError> {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut out = Vec::new();
+        while !failed.load(Ordering::Relaxed) {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some((_, path)) = files.get(i) else { break };
+            match hash_file(path, &mut buf) {
+                Ok(d) => out.push((i, d)),
+                Err(source) => {
+                    failed.store(true, Ordering::Relaxed);
+                    let path = path.clone();
+                    return Err(TreeError::Io { path, source });
+                }
+            }
+        }
+        Ok(out)
+    };
+    let done: Vec<_> = std::thread::scope(|s| {
+        // A thread that cannot start leaves its share to the others, and
+        // to this one, which reads too.
+        let helpers: Vec<_> = (1..READERS.min(files.len()))
+            .filter_map(|_| {
+                std::thread::Builder::new()
+                    .name("hoist-hash".into())
+                    .spawn_scoped(s, reader)
+                    .ok()
+            })
+            .collect();
+        let mut done = vec![reader()];
+        for h in helpers {
+            done.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        }
+        done
+    });
+    let mut out = Vec::with_capacity(files.len());
+    for part in done {
+        for (i, content) in part? {
+            out.push((files[i].0.clone(), content));
+        }
+    }
+    Ok(out)
+}
+
+/// The sha256 hex of the regular file `path`'s content. Not followed if
+/// something swapped it for a symlink since it was listed.
+fn hash_file(path: &Path, buf: &mut [u8]) -> io::Result<String> {
+    let mut f = fs::File::options()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)?;
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = f.read(&mut buf)?;
+        let n = f.read(buf)?;
         if n == 0 {
             break;
         }
