@@ -410,4 +410,15 @@ fn errors_suggest_no_internal_command() {
     }
     // Hidden is not removed: hoist itself starts the supervisor so.
     ok(hoist_bare().args(["task-exec", "--help"]));
+    // But `hoist help` offers only what a user can run.
+    for name in ["task-exec", "__sandbox-probe"] {
+        let o = run(hoist_bare().args(["help", name]));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "help {name}: {err}");
+        assert!(
+            err.contains("unrecognized subcommand"),
+            "help {name}: {err}"
+        );
+        assert!(o.stdout.is_empty(), "help {name} printed help");
+    }
 }

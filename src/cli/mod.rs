@@ -295,7 +295,7 @@ pub fn main() -> ExitStatus {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let e = without_internal_commands(e);
+            let e = without_internal_commands(help_of_internal_command(e));
             // clap prints help and version to stdout with exit 0.
             let code = if e.use_stderr() {
                 ExitStatus::Usage
@@ -393,6 +393,27 @@ fn without_internal_commands(mut e: clap::Error) -> clap::Error {
         }
     }
     e
+}
+
+/// `hoist help task-exec`: clap shows an internal command's help when it
+/// is asked for by name. Asked of the command as users see it, that is an
+/// unknown command, as any other name they cannot run.
+fn help_of_internal_command(e: clap::Error) -> clap::Error {
+    if e.kind() != clap::error::ErrorKind::DisplayHelp {
+        return e;
+    }
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let hidden = hidden_subcommands(&command());
+    let asked = args
+        .windows(2)
+        .any(|w| w[0] == "help" && hidden.iter().any(|h| w[1] == h.as_str()));
+    if !asked {
+        return e;
+    }
+    match public_command().try_get_matches_from(args) {
+        Err(public) if public.kind() != clap::error::ErrorKind::DisplayHelp => public,
+        _ => e,
+    }
 }
 
 /// The names of the hidden subcommands of `cmd`, at any depth.
