@@ -12,7 +12,6 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -21,149 +20,13 @@ use hoist::digest::Digest;
 use hoist::unpack::{
     apply_layer, ApplyOptions, BombKind, LayerStats, Limits, OutputMode, Privileges, UnpackError,
 };
-use tar::{EntryType, Header};
+use support::layer::{gzip, header, zstd, Layer, MTIME};
+use tar::EntryType;
 
 const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const TAR_GZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const TAR_ZST: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 const DOCKER_GZ: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-const MTIME: u64 = 1_700_000_000;
-
-// ---- building layers ------------------------------------------------------
-
-/// A tar stream written header by header, so any name can be written.
-struct Layer {
-    b: tar::Builder<Vec<u8>>,
-}
-
-fn header(name: &[u8], ty: EntryType, size: u64, mode: u32, link: &[u8]) -> Header {
-    let mut h = Header::new_ustar();
-    {
-        let u = h.as_ustar_mut().expect("ustar header");
-        assert!(
-            name.len() <= 100 && link.len() <= 100,
-            "use long_name for long names"
-        );
-        u.name[..name.len()].copy_from_slice(name);
-        u.linkname[..link.len()].copy_from_slice(link);
-    }
-    h.set_size(size);
-    h.set_mode(mode);
-    h.set_entry_type(ty);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(MTIME);
-    h.set_cksum();
-    h
-}
-
-impl Layer {
-    fn new() -> Layer {
-        Layer {
-            b: tar::Builder::new(Vec::new()),
-        }
-    }
-
-    fn raw(mut self, h: &Header, data: &[u8]) -> Layer {
-        self.b.append(h, data).unwrap();
-        self
-    }
-
-    fn dir(self, name: &str, mode: u32) -> Layer {
-        let h = header(name.as_bytes(), EntryType::Directory, 0, mode, b"");
-        self.raw(&h, b"")
-    }
-
-    fn file(self, name: &str, data: &[u8], mode: u32) -> Layer {
-        let h = header(
-            name.as_bytes(),
-            EntryType::Regular,
-            data.len() as u64,
-            mode,
-            b"",
-        );
-        self.raw(&h, data)
-    }
-
-    fn owned_file(self, name: &str, data: &[u8], mode: u32, uid: u64, gid: u64) -> Layer {
-        let mut h = header(
-            name.as_bytes(),
-            EntryType::Regular,
-            data.len() as u64,
-            mode,
-            b"",
-        );
-        h.set_uid(uid);
-        h.set_gid(gid);
-        h.set_cksum();
-        self.raw(&h, data)
-    }
-
-    fn symlink(self, name: &str, target: &str) -> Layer {
-        let h = header(
-            name.as_bytes(),
-            EntryType::Symlink,
-            0,
-            0o777,
-            target.as_bytes(),
-        );
-        self.raw(&h, b"")
-    }
-
-    fn hardlink(self, name: &str, target: &str) -> Layer {
-        let h = header(
-            name.as_bytes(),
-            EntryType::Link,
-            0,
-            0o644,
-            target.as_bytes(),
-        );
-        self.raw(&h, b"")
-    }
-
-    fn node(self, name: &str, ty: EntryType, major: u32, minor: u32) -> Layer {
-        let mut h = header(name.as_bytes(), ty, 0, 0o666, b"");
-        h.set_device_major(major).unwrap();
-        h.set_device_minor(minor).unwrap();
-        h.set_cksum();
-        self.raw(&h, b"")
-    }
-
-    /// PAX records describing the next entry.
-    fn pax(mut self, records: &[(&str, &[u8])]) -> Layer {
-        self.b
-            .append_pax_extensions(records.iter().copied())
-            .unwrap();
-        self
-    }
-
-    /// A GNU long-name record for the next entry.
-    fn long_name(self, name: &[u8]) -> Layer {
-        let mut data = name.to_vec();
-        data.push(0);
-        let mut h = Header::new_gnu();
-        h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
-        h.set_size(data.len() as u64);
-        h.set_entry_type(EntryType::GNULongName);
-        h.set_mode(0o644);
-        h.set_cksum();
-        self.raw(&h, &data)
-    }
-
-    fn bytes(self) -> Vec<u8> {
-        self.b.into_inner().unwrap()
-    }
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
-fn zstd(data: &[u8]) -> Vec<u8> {
-    zstd::encode_all(data, 3).unwrap()
-}
 
 // ---- the fixture ----------------------------------------------------------
 

@@ -14,110 +14,49 @@ use std::path::{Path, PathBuf};
 
 use hoist::digest::Digest;
 use hoist::unpack::{apply_layer, ApplyOptions, OutputMode, Privileges};
-use tar::{EntryType, Header};
+use support::layer::Layer;
 
 const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const TAR_GZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const TAR_ZST: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
-struct Layer {
-    b: tar::Builder<Vec<u8>>,
-    mtime: u64,
-}
-
-impl Layer {
-    fn new(mtime: u64) -> Layer {
-        Layer {
-            b: tar::Builder::new(Vec::new()),
-            mtime,
-        }
-    }
-
-    fn entry(
-        mut self,
-        name: &str,
-        ty: EntryType,
-        mode: u32,
-        owner: (u64, u64),
-        data: &[u8],
-        link: Option<&str>,
-    ) -> Layer {
-        let mut h = Header::new_gnu();
-        h.set_entry_type(ty);
-        h.set_mode(mode);
-        h.set_uid(owner.0);
-        h.set_gid(owner.1);
-        h.set_mtime(self.mtime);
-        h.set_size(data.len() as u64);
-        match link {
-            Some(target) => self.b.append_link(&mut h, name, target).unwrap(),
-            None => self.b.append_data(&mut h, name, data).unwrap(),
-        }
-        self
-    }
-
-    fn dir(self, name: &str, mode: u32) -> Layer {
-        self.entry(name, EntryType::Directory, mode, (0, 0), b"", None)
-    }
-
-    fn file(self, name: &str, mode: u32, owner: (u64, u64), data: &[u8]) -> Layer {
-        self.entry(name, EntryType::Regular, mode, owner, data, None)
-    }
-
-    fn symlink(self, name: &str, target: &str) -> Layer {
-        self.entry(name, EntryType::Symlink, 0o777, (0, 0), b"", Some(target))
-    }
-
-    fn hardlink(self, name: &str, target: &str) -> Layer {
-        self.entry(name, EntryType::Link, 0o755, (0, 0), b"", Some(target))
-    }
-
-    fn whiteout(self, name: &str) -> Layer {
-        self.file(name, 0o644, (0, 0), b"")
-    }
-
-    fn bytes(self) -> Vec<u8> {
-        self.b.into_inner().unwrap()
-    }
-}
-
 /// Base image: an OS tree with root-only corners, a setuid binary, a
 /// hardlink pair and a symlink chain.
 fn base() -> Vec<u8> {
-    Layer::new(1_600_000_000)
+    Layer::at(1_600_000_000)
         .dir("bin", 0o755)
-        .file("bin/su", 0o4755, (0, 0), b"su")
+        .file("bin/su", b"su", 0o4755)
         .symlink("bin/sh", "dash")
-        .file("bin/dash", 0o755, (0, 0), b"dash")
+        .file("bin/dash", b"dash", 0o755)
         .dir("etc", 0o755)
-        .file("etc/passwd", 0o644, (0, 0), b"root:x:0:0::/root:/bin/sh\n")
-        .file("etc/shadow", 0o640, (0, 42), b"root:*:1::::::\n")
-        .file("etc/motd", 0o644, (0, 0), b"hi\n")
+        .file("etc/passwd", b"root:x:0:0::/root:/bin/sh\n", 0o644)
+        .owned_file("etc/shadow", b"root:*:1::::::\n", 0o640, 0, 42)
+        .file("etc/motd", b"hi\n", 0o644)
         .dir("tmp", 0o1777)
         .dir("tests", 0o700)
-        .file("tests/grade.sh", 0o700, (0, 0), b"#!/bin/sh\n")
+        .file("tests/grade.sh", b"#!/bin/sh\n", 0o700)
         .dir("tasks", 0o700)
         .dir("tasks/t1", 0o700)
-        .file("tasks/t1/task.json", 0o600, (0, 0), b"{}")
+        .file("tasks/t1/task.json", b"{}", 0o600)
         .dir("usr", 0o755)
         .dir("usr/bin", 0o755)
-        .file("usr/bin/tool", 0o755, (0, 0), b"tool v1")
-        .hardlink("usr/bin/tool-alias", "usr/bin/tool")
+        .file("usr/bin/tool", b"tool v1", 0o755)
+        .hardlink_mode("usr/bin/tool-alias", "usr/bin/tool", 0o755)
         .symlink("usr/bin/a", "b")
         .symlink("usr/bin/b", "/usr/bin/tool")
         .dir("var", 0o755)
         .dir("var/cache", 0o755)
-        .file("var/cache/big", 0o644, (0, 0), b"cache")
+        .file("var/cache/big", b"cache", 0o644)
         .dir("opt", 0o755)
         .dir("opt/data", 0o755)
-        .file("opt/data/one", 0o644, (0, 0), b"1")
-        .file("opt/data/two", 0o644, (0, 0), b"2")
+        .file("opt/data/one", b"1", 0o644)
+        .file("opt/data/two", b"2", 0o644)
         .dir("srv", 0o755)
         .dir("srv/www", 0o755)
-        .file("srv/www/index.html", 0o644, (0, 0), b"<p>")
+        .file("srv/www/index.html", b"<p>", 0o644)
         .dir("home", 0o755)
         .dir("home/agent", 0o750)
-        .file("home/agent/.profile", 0o644, (1000, 1000), b"PS1=$")
+        .owned_file("home/agent/.profile", b"PS1=$", 0o644, 1000, 1000)
         .bytes()
 }
 
@@ -125,12 +64,12 @@ fn base() -> Vec<u8> {
 /// /opt/data && touch /opt/data/three`, in Docker's tar order (the opaque
 /// marker last, as Docker's overlay2 diff writes it).
 fn removals() -> Vec<u8> {
-    Layer::new(1_600_000_100)
+    Layer::at(1_600_000_100)
         .dir("etc", 0o755)
         .whiteout("etc/.wh.shadow")
         .dir("opt", 0o755)
         .dir("opt/data", 0o755)
-        .file("opt/data/three", 0o644, (0, 0), b"3")
+        .file("opt/data/three", b"3", 0o644)
         .whiteout("opt/data/.wh..wh..opq")
         .dir("var", 0o755)
         .whiteout("var/.wh.cache")
@@ -141,17 +80,17 @@ fn removals() -> Vec<u8> {
 /// a directory over a file, and a long name.
 fn changes() -> Vec<u8> {
     let long = format!("opt/{}/deep.txt", "long-directory-name".repeat(8));
-    Layer::new(1_600_000_200)
+    Layer::at(1_600_000_200)
         .dir("usr", 0o755)
         .dir("usr/bin", 0o755)
-        .file("usr/bin/tool", 0o755, (0, 0), b"tool v2")
+        .file("usr/bin/tool", b"tool v2", 0o755)
         .dir("srv", 0o755)
         .symlink("srv/www", "/var/www")
         .dir("etc", 0o755)
         .dir("etc/motd", 0o755)
-        .file("etc/motd/10-hello", 0o644, (0, 0), b"hello\n")
+        .file("etc/motd/10-hello", b"hello\n", 0o644)
         .dir("opt", 0o755)
-        .file(&long, 0o644, (0, 0), b"deep")
+        .file(&long, b"deep", 0o644)
         .bytes()
 }
 
@@ -321,10 +260,10 @@ fn overlay_form_whiteout_in_a_layer_that_recreates_a_directory_is_opaque() {
     }
     // `RUN rm -rf /d && mkdir /d` as some tools write it: whiteout first,
     // then the new directory.
-    let layer = Layer::new(1)
+    let layer = Layer::at(1)
         .whiteout(".wh.d")
         .dir("d", 0o755)
-        .file("d/new", 0o644, (0, 0), b"n")
+        .file("d/new", b"n", 0o644)
         .bytes();
     let dir = tempfile::tempdir().unwrap();
     let opts = ApplyOptions {
@@ -387,7 +326,7 @@ fn compressed_forms_give_the_same_tree_and_diff_id() {
 fn overlay_form_unprivileged_uses_user_xattrs() {
     // Works without root: user.* xattrs on directories, and Linux (5.8+)
     // lets anyone create the 0/0 whiteout device.
-    let layer = Layer::new(1)
+    let layer = Layer::at(1)
         .dir("d", 0o755)
         .whiteout("d/.wh..wh..opq")
         .whiteout(".wh.gone")
@@ -422,19 +361,19 @@ fn subtree_filter_takes_only_the_subtree() {
         privileges: Privileges::Detect,
         ..Default::default()
     };
-    let l1 = Layer::new(1)
+    let l1 = Layer::at(1)
         .dir("etc", 0o755)
-        .file("etc/leak", 0o644, (0, 0), b"outside")
+        .file("etc/leak", b"outside", 0o644)
         .dir("opt", 0o755)
         .dir("opt/agent", 0o751)
-        .file("opt/agent/old", 0o644, (0, 0), b"old")
-        .file("opt/other", 0o644, (0, 0), b"other")
+        .file("opt/agent/old", b"old", 0o644)
+        .file("opt/other", b"other", 0o644)
         .bytes();
-    let l2 = Layer::new(2)
+    let l2 = Layer::at(2)
         .whiteout("opt/.wh.agent")
         .dir("opt/agent", 0o750)
-        .file("opt/agent/run", 0o755, (0, 0), b"#!/bin/sh\n")
-        .file("root-file", 0o644, (0, 0), b"x")
+        .file("opt/agent/run", b"#!/bin/sh\n", 0o755)
+        .file("root-file", b"x", 0o644)
         .bytes();
     let diff = Digest::sha256_of(&l2);
     let fd = File::open(target.path()).unwrap();

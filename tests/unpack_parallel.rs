@@ -8,99 +8,19 @@
 //! Each layer puts many small files before the entry under test, so the
 //! writers are still busy with them when the reader reaches it.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use hoist::unpack::{apply_layer, ApplyOptions, LayerStats, OutputMode, UnpackError};
-use tar::{EntryType, Header};
+use support::layer::{gzip, Layer, MTIME};
 
 const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const TAR_GZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-const MTIME: u64 = 1_700_000_000;
-
-struct Layer {
-    b: tar::Builder<Vec<u8>>,
-}
-
-/// A header without its name: append_data and append_link write the name,
-/// as a GNU long name where it needs one.
-fn header(ty: EntryType, size: u64, mode: u32) -> Header {
-    let mut h = Header::new_gnu();
-    h.set_size(size);
-    h.set_mode(mode);
-    h.set_entry_type(ty);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(MTIME);
-    h
-}
-
-impl Layer {
-    fn new() -> Layer {
-        Layer {
-            b: tar::Builder::new(Vec::new()),
-        }
-    }
-
-    fn dir(mut self, name: &str, mode: u32) -> Layer {
-        let mut h = header(EntryType::Directory, 0, mode);
-        self.b.append_data(&mut h, name, &b""[..]).unwrap();
-        self
-    }
-
-    fn file(mut self, name: &str, data: &[u8], mode: u32) -> Layer {
-        let mut h = header(EntryType::Regular, data.len() as u64, mode);
-        self.b.append_data(&mut h, name, data).unwrap();
-        self
-    }
-
-    fn symlink(mut self, name: &str, target: &str) -> Layer {
-        let mut h = header(EntryType::Symlink, 0, 0o777);
-        self.b.append_link(&mut h, name, target).unwrap();
-        self
-    }
-
-    fn hardlink(mut self, name: &str, target: &str) -> Layer {
-        let mut h = header(EntryType::Link, 0, 0o644);
-        self.b.append_link(&mut h, name, target).unwrap();
-        self
-    }
-
-    fn pax(mut self, records: &[(&str, &[u8])]) -> Layer {
-        self.b
-            .append_pax_extensions(records.iter().copied())
-            .unwrap();
-        self
-    }
-
-    /// `n` small files spread over `dirs` directories under `top`, to keep
-    /// the writers busy.
-    fn busy(mut self, top: &str, dirs: usize, n: usize) -> Layer {
-        self = self.dir(top, 0o755);
-        for d in 0..dirs {
-            self = self.dir(&format!("{top}/d{d}"), 0o755);
-        }
-        for i in 0..n {
-            let data = format!("file {i} of {top}\n").repeat(i % 7 + 1);
-            self = self.file(&format!("{top}/d{}/f{i}", i % dirs), data.as_bytes(), 0o644);
-        }
-        self
-    }
-
-    fn bytes(self) -> Vec<u8> {
-        self.b.into_inner().unwrap()
-    }
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
 
 fn fd(dir: &Path) -> OwnedFd {
     File::open(dir).unwrap().into()

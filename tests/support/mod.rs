@@ -2,6 +2,8 @@
 //! `scripts/test-env` (registries, fixture images, the debootstrap base).
 #![allow(dead_code)]
 
+pub mod layer;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
