@@ -299,26 +299,38 @@ struct Way {
     name: &'static str,
     rootfs: &'static str,
     from_blobs: bool,
+    /// Run hoist under `umask 0077`: the copy creates each file with its
+    /// permission bits and chmods only where the umask took some away.
+    umask_077: bool,
 }
 
 const OVERLAY: Way = Way {
     name: "overlay",
     rootfs: "overlay",
     from_blobs: false,
+    umask_077: false,
 };
 const COPY: Way = Way {
     name: "copy",
     rootfs: "copy",
     from_blobs: false,
+    umask_077: false,
 };
 const COPY_FROM_BLOBS: Way = Way {
     name: "copy-from-blobs",
     rootfs: "copy",
     from_blobs: true,
+    umask_077: false,
+};
+const COPY_UMASK_077: Way = Way {
+    name: "copy-under-umask-077",
+    rootfs: "copy",
+    from_blobs: false,
+    umask_077: true,
 };
 /// The copy first: with each test's fresh store it finds the layer cache
 /// empty, and fills it for the overlay.
-const WAYS: [Way; 3] = [COPY, OVERLAY, COPY_FROM_BLOBS];
+const WAYS: [Way; 4] = [COPY, OVERLAY, COPY_FROM_BLOBS, COPY_UMASK_077];
 
 fn materialize(store: &Path, axes: &[(&str, &str)], out: &Path, way: Way) -> Rootfs {
     let t0 = Instant::now();
@@ -333,6 +345,9 @@ fn materialize(store: &Path, axes: &[(&str, &str)], out: &Path, way: Way) -> Roo
     } else {
         cmd.env_remove("HOIST_COPY_FROM_BLOBS");
     }
+    if way.umask_077 {
+        cmd = under_umask_077(&cmd);
+    }
     let rootfs = Rootfs {
         dir: out.to_path_buf(),
     };
@@ -341,15 +356,32 @@ fn materialize(store: &Path, axes: &[(&str, &str)], out: &Path, way: Way) -> Roo
     rootfs
 }
 
-/// The copy from the cache against the overlay and against the copy from
-/// the blobs, whole listings (`listings` in [`WAYS`] order).
+/// `cmd` run by `sh` after `umask 0077`, with the same environment.
+fn under_umask_077(cmd: &Command) -> Command {
+    let mut sh = Command::new("sh");
+    sh.args(["-c", "umask 0077 && exec \"$@\"", "sh"])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    sh
+}
+
+/// The copy from the cache against the overlay, the copy from the blobs
+/// and the copy under another umask, whole listings (`listings` in
+/// [`WAYS`] order).
 fn compare_ways(what: &str, listings: &[Vec<String>], failures: &mut Vec<String>) {
-    let [copy, overlay, blobs] = listings else {
+    let [copy, overlay, blobs, umask] = listings else {
         panic!("one listing per way, got {}", listings.len());
     };
     let name = |w: Way| format!("{what} --rootfs {}", w.name);
     compare(&name(COPY), &name(OVERLAY), copy, overlay, failures);
     compare(&name(COPY), &name(COPY_FROM_BLOBS), copy, blobs, failures);
+    compare(&name(COPY), &name(COPY_UMASK_077), copy, umask, failures);
 }
 
 /// `hoist tree-digest --list DIR`, as lines.

@@ -343,6 +343,7 @@ fn copy_roots(roots: &[(OwnedFd, Form)], dest: BorrowedFd<'_>) -> Result<Fidelit
             rustix::process::getegid().as_raw(),
         ),
         devices: privileges == Privileges::Root,
+        umask: umask(),
         linked: Mutex::new(HashMap::new()),
         links: Mutex::new(Vec::new()),
         dirs: Mutex::new(Vec::new()),
@@ -367,6 +368,15 @@ fn copy_roots(roots: &[(OwnedFd, Form)], dest: BorrowedFd<'_>) -> Result<Fidelit
     )?;
     let f = *lock(&shared.fidelity);
     Ok(f)
+}
+
+/// The umask, as `/proc/self/status` gives it (Linux 4.7 on), without
+/// setting it: umask(2) alone cannot read it, and setting it would change
+/// it for every thread a moment.
+fn umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
 }
 
 /// A poisoned lock means a writer panicked, which `thread::scope` then
@@ -422,6 +432,9 @@ struct Shared<'a> {
     ids: (u32, u32),
     /// May make device nodes (CAP_MKNOD in the initial namespace).
     devices: bool,
+    /// This process's umask, when /proc says it: a file created with its
+    /// permission bits then needs no chmod unless the umask took some away.
+    umask: Option<u32>,
     /// (st_dev, st_ino) of a multiply-linked cached inode → the path in
     /// the copy that was made from it first.
     linked: Mutex<HashMap<(u64, u64), RelPath>>,
@@ -859,7 +872,12 @@ impl<'s, 'a> Writer<'s, 'a> {
             .map_err(|e| fail(comps, name, "open cached file")(e.into()))?;
         let new =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let dest = rfs::openat(dest_dir, name, new, Mode::from_raw_mode(0o600))
+        // Created with its permission bits: where the umask takes none of
+        // them away and there is no setuid, setgid or sticky bit (which a
+        // create does not set, and a chown would clear), it needs no chmod.
+        let mode = st.st_mode & 0o7777;
+        let made = mode & 0o777 & !self.shared.umask.unwrap_or(0o777);
+        let dest = rfs::openat(dest_dir, name, new, Mode::from_raw_mode(mode & 0o777))
             .map_err(|e| fail(comps, name, "create file")(e.into()))?;
         let (src, dest) = (File::from(src), File::from(dest));
         self.copy_data(&src, &dest, st.st_size as u64)
@@ -875,8 +893,10 @@ impl<'s, 'a> Writer<'s, 'a> {
                 )
             })?;
         }
-        rfs::fchmod(&dest, Mode::from_raw_mode(st.st_mode & 0o7777))
-            .map_err(|e| fail(comps, name, "chmod")(e.into()))?;
+        if made != mode {
+            rfs::fchmod(&dest, Mode::from_raw_mode(mode))
+                .map_err(|e| fail(comps, name, "chmod")(e.into()))?;
+        }
         self.copy_xattrs(comps, name, &Node::Fd(src.as_fd()), &Node::Fd(dest.as_fd()))?;
         rfs::futimens(&dest, &times_of(st)).map_err(|e| fail(comps, name, "set times")(e.into()))
     }
