@@ -482,6 +482,15 @@ async fn build_and_import(
             path: store.ingest_dir(),
             source,
         })?;
+    // And this, on the directory itself, while the build lives: `hoist
+    // system df` and gc tell a live build's scratch from a dead one's by it.
+    let _alive = crate::rootfs::gc::hold_build_scratch(scratch.path()).map_err(|source| {
+        BuildError::Path {
+            reference: given.clone(),
+            path: scratch.path().to_path_buf(),
+            source,
+        }
+    })?;
     let layout = scratch.path().join("layout");
     {
         let (given, inputs, dir, layout) = (

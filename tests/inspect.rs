@@ -433,10 +433,20 @@ fn system_df_adds_up_and_gc_reclaims_exactly_what_it_said() {
         .retain(|d| d["annotations"]["org.opencontainers.image.ref.name"] != agent_name.as_str());
     std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
     inspect(&store, &s.reg("gateway-replay"));
+    // The scratch of two `dockerfile:` builds: one killed, one still
+    // running (it holds its directory locked, as a build does).
+    let ingest = store.join("ingest");
+    for name in ["build-killed", "build-running"] {
+        std::fs::create_dir_all(ingest.join(name).join("layout")).unwrap();
+        std::fs::write(ingest.join(name).join("layout/blob"), vec![7u8; 64 << 10]).unwrap();
+    }
+    let running = std::fs::File::open(ingest.join("build-running")).unwrap();
+    rustix::fs::flock(&running, rustix::fs::FlockOperation::LockExclusive).unwrap();
 
     let before = json_of(hoist(&store).args(["system", "df"]));
+    let kinds = ["blobs", "layers", "subtrees", "runs", "builds"];
     let sum = |field: &str| -> u64 {
-        ["blobs", "layers", "subtrees", "runs"]
+        kinds
             .iter()
             .map(|k| before[k][field].as_u64().unwrap())
             .sum()
@@ -451,7 +461,13 @@ fn system_df_adds_up_and_gc_reclaims_exactly_what_it_said() {
     assert_eq!(g["subtrees"], 1, "{before}");
     // The agent's manifest, config and layer, and gateway-replay's config.
     assert_eq!(g["blobs"], 4, "{before}");
-    for kind in ["blobs", "subtrees", "runs"] {
+    assert_eq!(g["builds"], 1, "{before}");
+    assert_eq!(
+        (&before["builds"]["count"], &before["builds"]["active"]),
+        (&Value::from(2), &Value::from(1)),
+        "{before}"
+    );
+    for kind in ["blobs", "subtrees", "runs", "builds"] {
         assert!(
             before[kind]["reclaimable"].as_u64().unwrap() > 0,
             "{kind}: {before}"
@@ -459,11 +475,13 @@ fn system_df_adds_up_and_gc_reclaims_exactly_what_it_said() {
     }
 
     let gc = json_of(hoist(&store).arg("gc"));
-    for k in ["runs", "layers", "subtrees", "blobs", "bytes"] {
+    for k in ["runs", "builds", "layers", "subtrees", "blobs", "bytes"] {
         assert_eq!(gc[k], g[k], "{k}: gc said {g}, did {gc}");
     }
+    assert!(!ingest.join("build-killed").exists());
+    assert!(ingest.join("build-running/layout/blob").exists());
     let after = json_of(hoist(&store).args(["system", "df"]));
-    for kind in ["blobs", "layers", "subtrees", "runs", "total"] {
+    for kind in ["blobs", "layers", "subtrees", "runs", "builds", "total"] {
         let (b, a) = (&before[kind], &after[kind]);
         let n = |v: &Value, f: &str| v[f].as_u64().unwrap();
         assert_eq!(
@@ -474,5 +492,6 @@ fn system_df_adds_up_and_gc_reclaims_exactly_what_it_said() {
         assert_eq!(n(a, "count"), n(b, "active"), "{kind}: {b} -> {a}");
         assert_eq!(n(a, "reclaimable"), 0, "{kind}: {a}");
     }
+    drop(running);
     assert_store_verifies(&store);
 }

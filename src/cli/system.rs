@@ -19,11 +19,13 @@ pub struct SystemArgs {
 #[derive(Subcommand)]
 enum SystemCommand {
     /// Show the store's disk use by kind (blobs, unpacked layers, agent
-    /// and gateway subtrees, run directories) and how much `hoist gc`
-    /// would reclaim now, without removing anything.
+    /// and gateway subtrees, run directories, the scratch of `dockerfile:`
+    /// builds) and how much `hoist gc` would reclaim now, without removing
+    /// anything.
     #[command(
         after_help = "ACTIVE entries are kept by gc: blobs, layers and subtrees an image in the \
-store references or a live run reads, and the run directories of live runs. Sizes are bytes on disk.
+store references or a live run reads, the run directories of live runs, and the scratch of \
+builds still running. Sizes are bytes on disk.
 
 Examples:
   hoist system df                                # the table, then what hoist gc would remove
@@ -50,11 +52,12 @@ fn df(global: &Global) -> anyhow::Result<ExitStatus> {
 }
 
 fn render(u: &DiskUsage) -> String {
-    let rows: [(&str, &Row); 5] = [
+    let rows: [(&str, &Row); 6] = [
         ("Blobs", &u.blobs),
         ("Layers", &u.layers),
         ("Subtrees", &u.subtrees),
         ("Runs", &u.runs),
+        ("Builds", &u.builds),
         ("Total", &u.total),
     ];
     let mut out = format!(
@@ -78,8 +81,9 @@ fn render(u: &DiskUsage) -> String {
     }
     let g = &u.gc;
     out.push_str(&format!(
-        "hoist gc would remove {} runs, {} layers, {} subtrees, {} blobs: {} on disk\n",
+        "hoist gc would remove {} runs, {} builds, {} layers, {} subtrees, {} blobs: {} on disk\n",
         g.runs,
+        g.builds,
         g.layers,
         g.subtrees,
         g.blobs,

@@ -36,7 +36,9 @@ pub struct DiskUsage {
     pub subtrees: Row,
     /// Run directories (the writable layers of runs and kept rootfs).
     pub runs: Row,
-    /// The four rows summed.
+    /// Scratch directories of `dockerfile:` builds (`ingest/build-*`).
+    pub builds: Row,
+    /// The five rows summed.
     pub total: Row,
     /// What `hoist gc` would print if it ran now (its `bytes` are the
     /// blobs' lengths, as gc counts them).
@@ -47,14 +49,15 @@ pub struct DiskUsage {
 pub fn usage(store: &Store) -> Result<DiskUsage, InspectError> {
     let inv = gc::inventory(store)?;
     let images = store.index()?.manifests.len();
-    let (blobs, layers, subtrees, runs) = (
+    let (blobs, layers, subtrees, runs, builds) = (
         row(&inv.blobs),
         row(&inv.layers),
         row(&inv.subtrees),
         row(&inv.runs),
+        row(&inv.builds),
     );
     let mut total = Row::default();
-    for r in [&blobs, &layers, &subtrees, &runs] {
+    for r in [&blobs, &layers, &subtrees, &runs, &builds] {
         total.count += r.count;
         total.active += r.active;
         total.size += r.size;
@@ -67,6 +70,7 @@ pub fn usage(store: &Store) -> Result<DiskUsage, InspectError> {
         layers,
         subtrees,
         runs,
+        builds,
         total,
         gc: inv.gc,
     })

@@ -234,8 +234,8 @@ pub fn gc(store: &Store) -> Result<GcReport, RootfsError> {
 /// builder's subordinate-id files) is left for root, and said so.
 fn sweep_builds(store: &Store) -> usize {
     let mut removed = 0;
-    for (name, path) in list(&store.root().join("ingest")) {
-        if !name.starts_with(crate::build::SCRATCH_PREFIX) {
+    for path in build_scratch(store) {
+        if build_alive(&path) {
             continue;
         }
         match fs::remove_dir_all(&path) {
@@ -246,6 +246,36 @@ fn sweep_builds(store: &Store) -> usize {
         }
     }
     removed
+}
+
+/// The scratch directories of `dockerfile:` builds, live or not.
+fn build_scratch(store: &Store) -> Vec<PathBuf> {
+    list(&store.root().join("ingest"))
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(crate::build::SCRATCH_PREFIX))
+        .map(|(_, path)| path)
+        .collect()
+}
+
+/// An exclusive lock on a build's scratch directory `dir`, held by the
+/// build while it lives (besides the gc lock, shared, which tells gc only
+/// that some build runs, not which).
+pub fn hold_build_scratch(dir: &Path) -> std::io::Result<fs::File> {
+    let f = fs::File::open(dir)?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
+    Ok(f)
+}
+
+/// Whether a build still holds its scratch directory `dir`. One that
+/// cannot be opened is not: gc says so when it cannot remove it either.
+fn build_alive(dir: &Path) -> bool {
+    let Ok(f) = fs::File::open(dir) else {
+        return false;
+    };
+    matches!(
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive),
+        Err(rustix::io::Errno::WOULDBLOCK)
+    )
 }
 
 /// With the gc lock held: remove every blob, unpacked layer and subtree
@@ -433,6 +463,9 @@ pub struct Inventory {
     pub subtrees: Vec<Found>,
     /// `runs/ID`: the writable layers of runs and kept rootfs.
     pub runs: Vec<Found>,
+    /// `ingest/build-*`: the scratch directories of `dockerfile:` builds,
+    /// reclaimable once their build is gone.
+    pub builds: Vec<Found>,
     /// The report [`gc`] would print now.
     pub gc: GcReport,
 }
@@ -474,6 +507,15 @@ pub fn inventory(store: &Store) -> Result<Inventory, RootfsError> {
             path: dir,
             counted: true,
             reclaimable: gone,
+        });
+    }
+    for path in build_scratch(store) {
+        let reclaimable = !build_alive(&path);
+        inv.gc.builds += usize::from(reclaimable);
+        inv.builds.push(Found {
+            path,
+            counted: true,
+            reclaimable,
         });
     }
     let live = live_set(store)?;
