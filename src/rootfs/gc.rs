@@ -266,16 +266,12 @@ pub fn hold_build_scratch(dir: &Path) -> std::io::Result<fs::File> {
     Ok(f)
 }
 
-/// Whether a build still holds its scratch directory `dir`. One that
-/// cannot be opened is not: gc says so when it cannot remove it either.
+/// Whether a build still holds its scratch directory `dir`: taking the
+/// lock [`hold_build_scratch`] takes would block. One that cannot be
+/// opened is not: gc says so when it cannot remove it either.
 fn build_alive(dir: &Path) -> bool {
-    let Ok(f) = fs::File::open(dir) else {
-        return false;
-    };
-    matches!(
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive),
-        Err(rustix::io::Errno::WOULDBLOCK)
-    )
+    hold_build_scratch(dir)
+        .is_err_and(|e| rustix::io::Errno::from_io_error(&e) == Some(rustix::io::Errno::WOULDBLOCK))
 }
 
 /// With the gc lock held: remove every blob, unpacked layer and subtree
