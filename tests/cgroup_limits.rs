@@ -280,19 +280,8 @@ fn stale_cgroups_of_killed_runs_are_cleared_and_do_not_block_runs() {
 /// output.
 fn run_after(setup: &str, e: &Env, rec: &Path, out: &Path, extra: &[&str]) -> (u32, Output) {
     let inner = run_command(e, rec, out, extra);
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(format!("set -e\n{setup}\nexec \"$@\""))
-        .arg("sh")
-        .arg(inner.get_program())
-        .args(inner.get_args());
-    for (k, v) in inner.get_envs() {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
-    let child = cmd
+    let launcher = ["unshare", "--mount", "--propagation", "private"];
+    let child = support::after_shell(&launcher, setup, &inner)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -346,7 +346,7 @@ fn materialize(store: &Path, axes: &[(&str, &str)], out: &Path, way: Way) -> Roo
         cmd.env_remove("HOIST_COPY_FROM_BLOBS");
     }
     if way.umask_077 {
-        cmd = under_umask_077(&cmd);
+        cmd = support::after_shell(&[], "umask 0077", &cmd);
     }
     let rootfs = Rootfs {
         dir: out.to_path_buf(),
@@ -354,21 +354,6 @@ fn materialize(store: &Path, axes: &[(&str, &str)], out: &Path, way: Way) -> Roo
     ok(&mut cmd);
     eprintln!("materialize {way:?} {axes:?}: {:.1?}", t0.elapsed());
     rootfs
-}
-
-/// `cmd` run by `sh` after `umask 0077`, with the same environment.
-fn under_umask_077(cmd: &Command) -> Command {
-    let mut sh = Command::new("sh");
-    sh.args(["-c", "umask 0077 && exec \"$@\"", "sh"])
-        .arg(cmd.get_program())
-        .args(cmd.get_args());
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => sh.env(k, v),
-            None => sh.env_remove(k),
-        };
-    }
-    sh
 }
 
 /// The copy from the cache against the overlay, the copy from the blobs

@@ -86,6 +86,32 @@ pub fn hoist(store: &Path) -> Command {
     c
 }
 
+/// `inner` started by `sh` after the shell lines `setup` (under `set -e`),
+/// itself started by `launcher` (a program and its arguments, or nothing),
+/// with `inner`'s environment.
+pub fn after_shell(launcher: &[&str], setup: &str, inner: &Command) -> Command {
+    let mut cmd = match launcher.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg("sh");
+            c
+        }
+        None => Command::new("sh"),
+    };
+    cmd.arg("-c")
+        .arg(format!("set -e\n{setup}\nexec \"$@\""))
+        .arg("sh")
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    for (k, v) in inner.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd
+}
+
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("spawn")
 }
